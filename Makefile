@@ -1,0 +1,45 @@
+VENV ?= .venv
+PY = $(VENV)/bin/python
+PYTEST_ARGS ?=
+SRC = vhd migrate tests bench
+
+.PHONY: venv deps lint test demo bench fmt clean
+
+venv: $(VENV)/.stamp
+
+$(VENV)/.stamp: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+deps:
+	@if ! command -v qemu-img >/dev/null 2>&1 || ! command -v qemu-io >/dev/null 2>&1; then \
+		SUDO=; \
+		if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+		echo "installing qemu-utils"; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-utils; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+	$(VENV)/bin/mypy vhd migrate
+
+test: venv deps lint
+	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+demo: venv deps
+	$(PY) -m migrate.cli.demo
+
+bench: venv deps
+	$(PY) bench/vhd_convert.py
+
+fmt: venv
+	$(VENV)/bin/ruff format $(SRC)
+	$(VENV)/bin/ruff check --fix $(SRC)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""The xfer host daemon, transfer and migration engine."""

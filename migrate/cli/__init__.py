@@ -1,0 +1,1 @@
+"""The ``xfer`` command line."""

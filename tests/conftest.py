@@ -1,0 +1,46 @@
+"""Shared fixtures: the real qemu-img and qemu-io, and a runner for the ``xfer`` CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+XFER = [sys.executable, "-m", "migrate.cli.main"]
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing in CI: `make deps` should have installed qemu-utils")
+        pytest.skip(f"{name} not installed (qemu-utils); `make test` installs it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def qemu_img() -> str:
+    """Path of the real qemu-img."""
+    return _tool("qemu-img")
+
+
+@pytest.fixture(scope="session")
+def qemu_io() -> str:
+    """Path of the real qemu-io."""
+    return _tool("qemu-io")
+
+
+@pytest.fixture
+def xfer() -> Callable[..., subprocess.CompletedProcess[bytes]]:
+    """Run ``xfer ARGS...`` in a subprocess; returns the completed process (never raises)."""
+
+    def run(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*XFER, *args], input=input, capture_output=True, timeout=300, check=False
+        )
+
+    return run

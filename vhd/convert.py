@@ -1,0 +1,131 @@
+"""Conversions between raw files and VHD images, sparse-aware, planned then executed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import numpy as np
+
+from vhd.disk import Disk, RawDisk
+from vhd.errors import VhdError
+from vhd.file import File
+from vhd.format import DEFAULT_BLOCK_SIZE, FOOTER_COOKIE
+from vhd.image import Image
+from vhd.plan import (
+    ParentRef,
+    Plan,
+    allocated_blocks,
+    differing_blocks,
+    parent_name,
+    plan_raw,
+    plan_vhd,
+)
+from vhd.transport import Progress, write_plan
+
+
+def sniff(path: str) -> str:
+    """``vhd`` if the file ends (or, when damaged, starts) with a VHD footer, else ``raw``."""
+    with File(path) as f:
+        if f.size >= 512:
+            for offset in ((f.size - 512) // 512 * 512, 0):
+                if f.pread(8, offset) == FOOTER_COOKIE:
+                    return "vhd"
+    return "raw"
+
+
+@contextmanager
+def open_disk(path: str, fmt: str | None = None) -> Iterator[Disk]:
+    """Open ``path`` as a disk: a VHD with its chain, or a raw file (``fmt`` sniffed if None)."""
+    fmt = fmt or sniff(path)
+    disk: Image | RawDisk = Image.open(path) if fmt == "vhd" else RawDisk.open(path)
+    try:
+        yield disk
+    finally:
+        disk.close()
+
+
+def nonzero_ranges(disk: RawDisk, block_size: int = DEFAULT_BLOCK_SIZE) -> list[tuple[int, int]]:
+    """The blocks of a raw disk that hold a non-zero byte, as byte ranges.
+
+    Only the file's data extents are read (SEEK_DATA), so the cost follows the data.
+    """
+    if disk.file is None:
+        return []
+    fd, size = disk.file.fileno(), disk.size
+    block = bytearray(block_size)
+    zero = bytes(block_size)
+    found: list[tuple[int, int]] = []
+    for b in allocated_blocks(disk, block_size).tolist():
+        start = b * block_size
+        n = os.preadv(fd, [block], start)
+        if n < block_size:
+            block[n:] = zero[n:]
+        if block != zero:
+            end = min(start + block_size, size)
+            if found and found[-1][1] == start:
+                found[-1] = (found[-1][0], end)
+            else:
+                found.append((start, end))
+    return found
+
+
+def vhd_plan(
+    disk: Disk, *, base: Image | None = None, name: str | None = None
+) -> tuple[Plan, np.ndarray]:
+    """The one-pass VHD of ``disk``; relative to ``base``, a differencing VHD naming it ``name``.
+
+    Raw disks are scanned first so that all-zero blocks are left out.
+    """
+    if isinstance(disk, RawDisk):
+        disk = RawDisk(disk.file, disk.size, nonzero_ranges(disk))
+    if base is None:
+        blocks = allocated_blocks(disk)
+        return plan_vhd(disk, blocks), blocks
+    if base.size != disk.size:
+        raise VhdError(f"base is {base.size} bytes, disk is {disk.size}: sizes must match")
+    blocks = differing_blocks(disk, base)
+    ref = ParentRef.of(base.footer, base.file.mtime, name or os.path.basename(base.path))
+    return plan_vhd(disk, blocks, parent=ref), blocks
+
+
+def convert(
+    src: str,
+    dst: str,
+    to: str,
+    *,
+    base: str | None = None,
+    src_format: str | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Convert ``src`` into ``dst`` (``-`` for stdout) as ``raw`` or ``vhd``; returns bytes written.
+
+    With ``base`` (a VHD), ``dst`` is a differencing VHD of ``src`` whose parent is ``base``.
+    """
+    if to not in ("raw", "vhd"):
+        raise VhdError(f"unknown output format {to!r}: expected raw or vhd")
+    if base is not None and to != "vhd":
+        raise VhdError("--base needs a VHD output")
+    with ExitStack() as stack:
+        disk = stack.enter_context(open_disk(src, src_format))
+        if to == "raw":
+            plan = plan_raw(disk)
+        else:
+            base_image = None
+            if base is not None:
+                if sniff(base) != "vhd":
+                    raise VhdError("the base of a differencing VHD must itself be a VHD", path=base)
+                base_image = stack.enter_context(Image.open(base))
+            name = parent_name(dst, base) if base is not None and dst != "-" else None
+            plan, _ = vhd_plan(disk, base=base_image, name=name)
+        if dst == "-":
+            return write_plan(plan, 1, progress)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            return write_plan(plan, fd, progress)
+        except BaseException:
+            os.unlink(dst)
+            raise
+        finally:
+            os.close(fd)

@@ -1,0 +1,76 @@
+"""The small file interface images are accessed through: positional reads and writes on an fd."""
+
+from __future__ import annotations
+
+import os
+from typing import Self
+
+from vhd.errors import VhdError
+
+
+class File:
+    """An open regular file, read and written by position only (pread/pwrite).
+
+    Plans refer to files of this type for their copies, so that a transport can hand the
+    descriptor to ``os.sendfile`` or ``os.copy_file_range``.
+    """
+
+    def __init__(self, path: str, *, writable: bool = False, create: bool = False) -> None:
+        flags = os.O_RDWR if writable or create else os.O_RDONLY
+        if create:
+            flags |= os.O_CREAT | os.O_EXCL
+        self.path = path
+        self.writable = writable or create
+        try:
+            self.fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise VhdError(e.strerror or str(e), path=path) from e
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        self.mtime = st.st_mtime
+        self.identity = (st.st_dev, st.st_ino)
+
+    def fileno(self) -> int:
+        """The descriptor, for zero-copy transports."""
+        return self.fd
+
+    def pread(self, length: int, offset: int, *, field: str = "data") -> bytes:
+        """Exactly ``length`` bytes at ``offset``; a short read is a VhdError naming ``field``."""
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise VhdError(
+                f"file ends after {len(data)} of {length} bytes",
+                field=field,
+                offset=offset,
+                path=self.path,
+            )
+        return data
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset``, growing the recorded size as needed."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+        self.size = max(self.size, offset)
+
+    def truncate(self, size: int) -> None:
+        """Set the file's length."""
+        os.ftruncate(self.fd, size)
+        self.size = size
+
+    def sync(self) -> None:
+        """Flush data and metadata to stable storage."""
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        """Close the descriptor (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,208 @@
+"""Export plans: a stream described as elements before any byte of it is read or sent.
+
+An element is literal bytes, a copy of N bytes from a file at an offset, or N zero bytes. A
+plan knows its total length up front and yields its elements lazily, in constant memory; a
+transport executes it (sendfile or copy_file_range for copies, holes or skipped writes for
+zeros). Planning reads metadata (footers, tables, bitmaps) through the images, never data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from vhd import bitmap
+from vhd.disk import Disk
+from vhd.elements import Copy, Element, Literal, Zeros, coalesce
+from vhd.errors import VhdError
+from vhd.format import (
+    DEFAULT_BLOCK_SIZE,
+    DIFFERENCING,
+    DYNAMIC,
+    FIXED,
+    FOOTER_SIZE,
+    HEADER_SIZE,
+    PLATFORM_MACX,
+    PLATFORM_W2RU,
+    SECTOR,
+    UNALLOCATED,
+    DynamicHeader,
+    Footer,
+    ParentLocator,
+    table_entries,
+    vhd_timestamp,
+)
+
+
+def _clip(e: Element, skip: int, length: int) -> Element:
+    if isinstance(e, Literal):
+        return Literal(e.data[skip : skip + length])
+    if isinstance(e, Copy):
+        return Copy(e.file, e.offset + skip, length)
+    return Zeros(length)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A stream of known ``length`` whose elements are produced on demand."""
+
+    length: int
+    produce: Callable[[], Iterator[Element]]
+
+    def __iter__(self) -> Iterator[Element]:
+        return coalesce(self.produce())
+
+    def window(self, start: int, stop: int) -> Iterator[Element]:
+        """The elements of bytes ``start`` .. ``stop - 1`` only (for HTTP ranges)."""
+        pos = 0
+        for e in self:
+            end = pos + e.length
+            if end > start and pos < stop:
+                lo, hi = max(pos, start), min(end, stop)
+                yield e if (lo, hi) == (pos, end) else _clip(e, lo - pos, hi - lo)
+            if end >= stop:
+                return
+            pos = end
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """What a differencing image records about its parent."""
+
+    uuid: uuidlib.UUID
+    timestamp: int
+    name: str
+
+    @classmethod
+    def of(cls, footer: Footer, mtime: float, name: str) -> ParentRef:
+        """The reference to an image with this ``footer`` and file ``mtime``, stored as ``name``."""
+        return cls(footer.uuid, vhd_timestamp(mtime), name)
+
+
+def plan_raw(disk: Disk) -> Plan:
+    """The disk's contents as a raw stream of exactly its virtual size."""
+    return Plan(disk.size, lambda: disk.extents(0, disk.size))
+
+
+def plan_fixed(disk: Disk, *, uuid: uuidlib.UUID | None = None) -> Plan:
+    """A fixed VHD: the raw contents, then a footer. The size must be a multiple of 512."""
+    if disk.size % SECTOR:
+        raise VhdError(f"a fixed VHD needs a size that is a multiple of {SECTOR}: {disk.size}")
+    footer = Footer.new(FIXED, disk.size, uuid=uuid).build()
+
+    def produce() -> Iterator[Element]:
+        yield from disk.extents(0, disk.size)
+        yield Literal(footer)
+
+    return Plan(disk.size + FOOTER_SIZE, produce)
+
+
+def _locators(parent: ParentRef, start: int) -> tuple[tuple[ParentLocator, ...], bytes]:
+    """MacX and W2ru locators naming ``parent.name`` relative to the child, and their data."""
+    name = parent.name
+    payloads = [
+        (PLATFORM_MACX, f"file://./{name}".encode()),
+        (PLATFORM_W2RU, (".\\" + name.replace("/", "\\")).encode("utf-16-le")),
+    ]
+    locators, data = [], bytearray()
+    for code, payload in payloads:
+        space = -(-len(payload) // SECTOR) * SECTOR
+        locators.append(ParentLocator(code, space, len(payload), start + len(data)))
+        data += payload.ljust(space, b"\0")
+    return tuple(locators), bytes(data)
+
+
+def plan_vhd(
+    disk: Disk,
+    blocks: np.ndarray,
+    *,
+    parent: ParentRef | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    uuid: uuidlib.UUID | None = None,
+) -> Plan:
+    """A one-pass dynamic VHD (differencing when ``parent`` is given) holding ``blocks``.
+
+    Layout, as vhd-tool streams it: footer copy, header, BAT, parent locators, then each block
+    of ``blocks`` (sorted ascending) as a full bitmap and ``block_size`` bytes, then the footer.
+    """
+    size = disk.size
+    entries = table_entries(size, block_size)
+    blocks = np.asarray(blocks, dtype=np.int64)
+    if blocks.size and (blocks[0] < 0 or blocks[-1] >= entries or np.any(np.diff(blocks) <= 0)):
+        raise VhdError("block list must be ascending, unique and inside the disk")
+    if parent is not None and len(parent.name.encode("utf-16-be")) > 512:
+        raise VhdError(f"parent name longer than 256 characters: {parent.name!r}")
+    table_offset = SECTOR + HEADER_SIZE
+    header = DynamicHeader(
+        table_offset=table_offset, max_table_entries=entries, block_size=block_size
+    )
+    locator_start = table_offset + header.table_size
+    locator_data = b""
+    if parent is not None:
+        locators, locator_data = _locators(parent, locator_start)
+        header = header.replace(
+            parent_uuid=parent.uuid,
+            parent_timestamp=parent.timestamp,
+            parent_name=parent.name,
+            locators=locators,
+        )
+    data_start = locator_start + len(locator_data)
+    bitmap_size = header.bitmap_size
+    stride = bitmap_size + block_size
+    if (data_start + blocks.size * stride) // SECTOR > UNALLOCATED:
+        raise VhdError("image too large for 32-bit sector addresses in the BAT")
+    bat = np.full(entries, UNALLOCATED, dtype=">u4")
+    bat[blocks] = (data_start + np.arange(blocks.size, dtype=np.int64) * stride) // SECTOR
+    table = bat.tobytes().ljust(header.table_size, b"\xff")
+    disk_type = DYNAMIC if parent is None else DIFFERENCING
+    footer = Footer.new(disk_type, size, uuid=uuid, data_offset=SECTOR).build()
+    full = bitmap.full(bitmap_size)
+
+    def produce() -> Iterator[Element]:
+        yield Literal(footer + header.build() + table + locator_data)
+        for b in blocks.tolist():
+            yield Literal(full)
+            start = b * block_size
+            inside = min(block_size, size - start)
+            yield from disk.extents(start, inside)
+            yield Zeros(block_size - inside)
+        yield Literal(footer)
+
+    return Plan(data_start + blocks.size * stride + FOOTER_SIZE, produce)
+
+
+def allocated_blocks(disk: Disk, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """Blocks of ``block_size`` that any layer of ``disk`` has data in, ascending."""
+    return _union(blocks for _, blocks in disk.layers(block_size))
+
+
+def differing_blocks(disk: Disk, base: Disk, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """Blocks that may differ between ``disk`` and ``base``, from metadata alone.
+
+    Layers both chains share cannot hold a difference; every block allocated in a layer only
+    one side has may. This is vhd-tool's rule for delta exports.
+    """
+    mine = dict(disk.layers(block_size))
+    theirs = dict(base.layers(block_size))
+    return _union(
+        blocks
+        for layers, other in ((mine, theirs), (theirs, mine))
+        for key, blocks in layers.items()
+        if key not in other
+    )
+
+
+def _union(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    parts = [a for a in arrays if a.size]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def parent_name(child_path: str, parent_path: str) -> str:
+    """How a child at ``child_path`` names ``parent_path``: relative to the child's directory."""
+    return os.path.relpath(
+        os.path.abspath(parent_path), os.path.dirname(os.path.abspath(child_path))
+    )

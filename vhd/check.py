@@ -29,13 +29,9 @@ def check(path: str) -> list[Problem]:
 
     Checks cookies, checksums, versions, sizes against the 2040 GiB limit, the footer copy,
     the header, the BAT's place and each entry (inside the file, not overlapping), parent
-    locators and the parent chain.
+    locators and the parent chain. A file that cannot be opened raises VhdError.
     """
-    try:
-        file = File(path)
-    except VhdError as e:
-        return [e]
-    with file:
+    with File(path) as file:
         return [p.at(path) for p in _check(file)]
 
 
@@ -59,14 +55,14 @@ def _check(file: File) -> list[Problem]:
     copy = file.pread(FOOTER_SIZE, 0)
     copy_problems = Footer.problems(copy, 0)
     problems += copy_problems
-    limit = end if footer is not None else file.size
+    limit, footer_at = (end, end) if footer is not None else (file.size, 0)
     if footer is None:
         if copy_problems:
             return problems
         footer = Footer.parse(copy, 0)
     elif not copy_problems and copy != trailing:
         problems.append(VhdError("differs from the trailing footer", field="footer copy", offset=0))
-    problems += _check_dynamic(file, footer, limit)
+    problems += _check_dynamic(file, footer, footer_at, limit)
     if not problems and footer.disk_type == DIFFERENCING:
         try:
             Image.open(file.path).close()
@@ -75,14 +71,14 @@ def _check(file: File) -> list[Problem]:
     return problems
 
 
-def _check_dynamic(file: File, footer: Footer, limit: int) -> list[Problem]:
+def _check_dynamic(file: File, footer: Footer, footer_at: int, limit: int) -> list[Problem]:
     at = footer.data_offset
     if at + HEADER_SIZE > limit:
         return [
             VhdError(
                 f"dynamic header at {at} lies past the end of the image",
                 field="footer.data_offset",
-                offset=16,
+                offset=footer_at + 16,
             )
         ]
     raw = file.pread(HEADER_SIZE, at)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-
-import numpy as np
 
 from vhd.disk import Disk, RawDisk
 from vhd.errors import VhdError
@@ -71,9 +70,7 @@ def nonzero_ranges(disk: RawDisk, block_size: int = DEFAULT_BLOCK_SIZE) -> list[
     return found
 
 
-def vhd_plan(
-    disk: Disk, *, base: Image | None = None, name: str | None = None
-) -> tuple[Plan, np.ndarray]:
+def vhd_export_plan(disk: Disk, *, base: Image | None = None, name: str | None = None) -> Plan:
     """The one-pass VHD of ``disk``; relative to ``base``, a differencing VHD naming it ``name``.
 
     Raw disks are scanned first so that all-zero blocks are left out.
@@ -81,13 +78,46 @@ def vhd_plan(
     if isinstance(disk, RawDisk):
         disk = RawDisk(disk.file, disk.size, nonzero_ranges(disk))
     if base is None:
-        blocks = allocated_blocks(disk)
-        return plan_vhd(disk, blocks), blocks
+        return plan_vhd(disk, allocated_blocks(disk))
     if base.size != disk.size:
         raise VhdError(f"base is {base.size} bytes, disk is {disk.size}: sizes must match")
-    blocks = differing_blocks(disk, base)
     ref = ParentRef.of(base.footer, base.file.mtime, name or os.path.basename(base.path))
-    return plan_vhd(disk, blocks, parent=ref), blocks
+    return plan_vhd(disk, differing_blocks(disk, base), parent=ref)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def write_output(plan: Plan, dst: str, progress: Progress | None = None) -> int:
+    """Execute ``plan`` into ``dst``: stdout for ``-``, an existing device or FIFO in place, and
+    a regular file through a temporary file renamed over ``dst`` only once complete."""
+    if dst == "-":
+        return write_plan(plan, 1, progress)
+    if os.path.exists(dst) and not os.path.isfile(dst):
+        fd = os.open(dst, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            return write_plan(plan, fd, progress)
+        finally:
+            os.close(fd)
+    folder, name = os.path.split(os.path.abspath(dst))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".part")
+    except OSError as e:
+        raise VhdError(f"cannot create a file in {folder}: {e.strerror}", path=dst) from None
+    try:
+        written = write_plan(plan, fd, progress)
+        os.fchmod(fd, 0o644)
+        os.replace(tmp, dst)
+        return written
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    finally:
+        os.close(fd)
 
 
 def convert(
@@ -102,11 +132,15 @@ def convert(
     """Convert ``src`` into ``dst`` (``-`` for stdout) as ``raw`` or ``vhd``; returns bytes written.
 
     With ``base`` (a VHD), ``dst`` is a differencing VHD of ``src`` whose parent is ``base``.
+    ``dst`` is replaced only when the conversion succeeded.
     """
     if to not in ("raw", "vhd"):
         raise VhdError(f"unknown output format {to!r}: expected raw or vhd")
     if base is not None and to != "vhd":
         raise VhdError("--base needs a VHD output")
+    for other in (src, base):
+        if other is not None and dst != "-" and _same_file(other, dst):
+            raise VhdError(f"{dst} is also an input", path=dst)
     with ExitStack() as stack:
         disk = stack.enter_context(open_disk(src, src_format))
         if to == "raw":
@@ -118,14 +152,5 @@ def convert(
                     raise VhdError("the base of a differencing VHD must itself be a VHD", path=base)
                 base_image = stack.enter_context(Image.open(base))
             name = parent_name(dst, base) if base is not None and dst != "-" else None
-            plan, _ = vhd_plan(disk, base=base_image, name=name)
-        if dst == "-":
-            return write_plan(plan, 1, progress)
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            return write_plan(plan, fd, progress)
-        except BaseException:
-            os.unlink(dst)
-            raise
-        finally:
-            os.close(fd)
+            plan = vhd_export_plan(disk, base=base_image, name=name)
+        return write_output(plan, dst, progress)

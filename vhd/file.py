@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from typing import Self
 
 from vhd.errors import VhdError
@@ -22,11 +23,16 @@ class File:
         self.path = path
         self.writable = writable or create
         try:
-            self.fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+            # Non-blocking so that opening a FIFO cannot hang; it is refused just below.
+            self.fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as e:
             raise VhdError(e.strerror or str(e), path=path) from e
         st = os.fstat(self.fd)
-        self.size = st.st_size
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            os.close(self.fd)
+            raise VhdError("not a regular file or block device", path=path)
+        os.set_blocking(self.fd, True)
+        self.size = os.lseek(self.fd, 0, os.SEEK_END)
         self.mtime = st.st_mtime
         self.identity = (st.st_dev, st.st_ino)
 

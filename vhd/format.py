@@ -483,6 +483,23 @@ class DynamicHeader:
         return dataclasses.replace(self, **changes)
 
 
+DATA_ALIGNMENT = 4096
+"""Blocks xfer places have their data start on a 4 KiB boundary (page-aligned writes)."""
+
+
+def block_position(free: int, bitmap_size: int) -> int:
+    """Where a new block's bitmap goes, at or after ``free``: its data then starts 4 KiB-aligned."""
+    return -(-(free + bitmap_size) // DATA_ALIGNMENT) * DATA_ALIGNMENT - bitmap_size
+
+
+def block_slot(block_size: int, bitmap_size: int) -> int:
+    """Room one block takes in images xfer lays out: bitmap and data, padded to keep alignment."""
+    stride = bitmap_size + block_size
+    if block_size % DATA_ALIGNMENT:
+        return stride
+    return -(-stride // DATA_ALIGNMENT) * DATA_ALIGNMENT
+
+
 def table_entries(size: int, block_size: int) -> int:
     """How many BAT entries a disk of ``size`` bytes needs."""
     return max(1, -(-size // block_size))

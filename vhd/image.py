@@ -30,6 +30,7 @@ from vhd.format import (
     DynamicHeader,
     Footer,
     ParentLocator,
+    block_position,
 )
 
 MAX_CHAIN_LENGTH = 128
@@ -127,6 +128,7 @@ class Image:
         self.size = self.footer.current_size
         self._allocated = np.flatnonzero(self.bat != UNALLOCATED)
         self._raw = RawDisk(self.file, self.size) if self.footer.disk_type == FIXED else None
+        self._raw_stale = False
 
     @classmethod
     def open(cls, path: str, *, writable: bool = False, parents: bool = True) -> Image:
@@ -206,7 +208,7 @@ class Image:
         end = offset + length
         inside = min(end, self.size)
         if self._raw is not None:
-            yield from self._raw.extents(offset, max(0, inside - offset))
+            yield from self._fixed().extents(offset, max(0, inside - offset))
         else:
             yield from self._dynamic_extents(offset, inside)
         if end > max(offset, inside):
@@ -240,6 +242,14 @@ class Image:
                     yield from self._below(lo, hi - lo)
             pos = stop
 
+    def _fixed(self) -> RawDisk:
+        """A fixed image's data extents, found again after writes may have filled holes."""
+        assert self._raw is not None
+        if self._raw_stale:
+            self._raw = RawDisk(self.file, self.size)
+            self._raw_stale = False
+        return self._raw
+
     def _below(self, offset: int, length: int) -> Iterator[Copy | Zeros]:
         """What shows through where this image holds nothing: the parent's data, or zeros."""
         if self.parent is None:
@@ -262,7 +272,7 @@ class Image:
         out: list[tuple[Hashable, np.ndarray]] = []
         for image in self.chain():
             if image._raw is not None:
-                blocks = image._raw.layers(block_size)[0][1]
+                blocks = image._fixed().layers(block_size)[0][1]
             else:
                 blocks = remap(image._allocated, image.block_size, block_size)
             out.append((image.footer.uuid, blocks))
@@ -294,6 +304,7 @@ class Image:
             view = memoryview(buf)
         if self._raw is not None:
             self.file.pwrite(view, start)
+            self._raw_stale = True
             return
         assert self.header is not None
         bs = self.header.block_size
@@ -320,7 +331,8 @@ class Image:
             self.file.pwrite(new, entry * SECTOR)
 
     def _free_offset(self) -> int:
-        """Where the next block goes: past every block, table, locator and the footer."""
+        """Where the next block's bitmap goes: past every block, table, locator and the footer,
+        placed so that its data starts on a 4 KiB boundary."""
         assert self.header is not None
         h = self.header
         ends = [self.footer.data_offset + HEADER_SIZE, h.table_offset + h.table_size]
@@ -330,7 +342,7 @@ class Image:
             ends.append(last + h.bitmap_size + h.block_size)
         if self.meta.footer_problem is None:
             ends.append(self.meta.footer_offset)
-        return -(-max(ends) // SECTOR) * SECTOR
+        return block_position(-(-max(ends) // SECTOR) * SECTOR, h.bitmap_size)
 
     def _allocate(self, b: int, offset: int, data: memoryview) -> None:
         """Give block ``b`` room at the end: data, then bitmap, then BAT entry, then footer."""
@@ -349,10 +361,12 @@ class Image:
             self.file.pwrite(data, at + h.bitmap_size + offset)
             bits = bitmap.set_range(bytes(h.bitmap_size), first, count)
         self.file.pwrite(bits, at)
+        footer_at = at + h.bitmap_size + h.block_size
+        if self.file.size < footer_at:
+            self.file.truncate(footer_at)  # the block lies inside the file before the BAT says so
         self.file.pwrite((at // SECTOR).to_bytes(4, "big"), h.table_offset + 4 * b)
         self.bat[b] = at // SECTOR
         self._allocated = np.flatnonzero(self.bat != UNALLOCATED)
-        footer_at = at + h.bitmap_size + h.block_size
         self.file.pwrite(self.footer.build(), footer_at)
         self.meta.footer_offset = footer_at
         self.meta.footer_problem = None

@@ -33,6 +33,8 @@ from vhd.format import (
     DynamicHeader,
     Footer,
     ParentLocator,
+    block_position,
+    block_slot,
     table_entries,
     vhd_timestamp,
 )
@@ -89,16 +91,15 @@ def plan_raw(disk: Disk) -> Plan:
 
 
 def plan_fixed(disk: Disk, *, uuid: uuidlib.UUID | None = None) -> Plan:
-    """A fixed VHD: the raw contents, then a footer. The size must be a multiple of 512."""
-    if disk.size % SECTOR:
-        raise VhdError(f"a fixed VHD needs a size that is a multiple of {SECTOR}: {disk.size}")
-    footer = Footer.new(FIXED, disk.size, uuid=uuid).build()
+    """A fixed VHD: the raw contents (zero-padded to a whole sector), then a footer."""
+    size = -(-disk.size // SECTOR) * SECTOR
+    footer = Footer.new(FIXED, size, uuid=uuid).build()
 
     def produce() -> Iterator[Element]:
-        yield from disk.extents(0, disk.size)
+        yield from disk.extents(0, size)
         yield Literal(footer)
 
-    return Plan(disk.size + FOOTER_SIZE, produce)
+    return Plan(size + FOOTER_SIZE, produce)
 
 
 def _locators(parent: ParentRef, start: int) -> tuple[tuple[ParentLocator, ...], bytes]:
@@ -128,8 +129,10 @@ def plan_vhd(
 
     Layout, as vhd-tool streams it: footer copy, header, BAT, parent locators, then each block
     of ``blocks`` (sorted ascending) as a full bitmap and ``block_size`` bytes, then the footer.
+    Block data starts on 4 KiB boundaries (zero padding before each bitmap). A size that is not
+    a whole number of sectors is rounded up with zeros, as qemu-img does.
     """
-    size = disk.size
+    size = -(-disk.size // SECTOR) * SECTOR
     entries = table_entries(size, block_size)
     blocks = np.asarray(blocks, dtype=np.int64)
     if blocks.size and (blocks[0] < 0 or blocks[-1] >= entries or np.any(np.diff(blocks) <= 0)):
@@ -150,13 +153,22 @@ def plan_vhd(
             parent_name=parent.name,
             locators=locators,
         )
-    data_start = locator_start + len(locator_data)
+    metadata_end = locator_start + len(locator_data)
     bitmap_size = header.bitmap_size
-    stride = bitmap_size + block_size
-    if (data_start + blocks.size * stride) // SECTOR > UNALLOCATED:
+    data_start = block_position(metadata_end, bitmap_size)
+    slot = block_slot(block_size, bitmap_size)
+    padding = slot - bitmap_size - block_size
+    # The footer follows the last block (or the metadata) directly: qemu puts its next block
+    # right after the last one, and would otherwise expose a footer left in padding as data.
+    footer_at = (
+        data_start + (blocks.size - 1) * slot + bitmap_size + block_size
+        if blocks.size
+        else metadata_end
+    )
+    if footer_at // SECTOR > UNALLOCATED:
         raise VhdError("image too large for 32-bit sector addresses in the BAT")
     bat = np.full(entries, UNALLOCATED, dtype=">u4")
-    bat[blocks] = (data_start + np.arange(blocks.size, dtype=np.int64) * stride) // SECTOR
+    bat[blocks] = (data_start + np.arange(blocks.size, dtype=np.int64) * slot) // SECTOR
     table = bat.tobytes().ljust(header.table_size, b"\xff")
     disk_type = DYNAMIC if parent is None else DIFFERENCING
     footer = Footer.new(disk_type, size, uuid=uuid, data_offset=SECTOR).build()
@@ -164,15 +176,18 @@ def plan_vhd(
 
     def produce() -> Iterator[Element]:
         yield Literal(footer + header.build() + table + locator_data)
+        gap = data_start - metadata_end
         for b in blocks.tolist():
+            yield Zeros(gap)
             yield Literal(full)
             start = b * block_size
-            inside = min(block_size, size - start)
+            inside = max(0, min(block_size, disk.size - start))
             yield from disk.extents(start, inside)
             yield Zeros(block_size - inside)
+            gap = padding
         yield Literal(footer)
 
-    return Plan(data_start + blocks.size * stride + FOOTER_SIZE, produce)
+    return Plan(footer_at + FOOTER_SIZE, produce)
 
 
 def allocated_blocks(disk: Disk, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:

@@ -133,7 +133,9 @@ class StreamParser:
         events: list[Event] = []
         request = self._request
         try:
-            if isinstance(request, _Tail) and len(request.kept) == FOOTER_SIZE:
+            if isinstance(request, _Tail):
+                if len(request.kept) < FOOTER_SIZE:
+                    raise VhdError("stream ends early", field="footer", offset=self.position)
                 self._advance(bytes(request.kept))
                 self._drain(events)
             elif request is not None:
@@ -218,11 +220,11 @@ class StreamParser:
     def _parse(self) -> Generator[_Request, bytes | None, None]:
         first = yield _Read(FOOTER_SIZE, "footer copy")
         assert first is not None
-        problems = Footer.problems(first, 0)
-        if problems or Footer.parse(first, 0).disk_type == FIXED:
+        footer = None if Footer.problems(first, 0) else Footer.parse(first, 0)
+        if footer is None or footer.disk_type == FIXED:
             yield from self._parse_fixed(first)
         else:
-            yield from self._parse_dynamic(Footer.parse(first, 0), first)
+            yield from self._parse_dynamic(footer, first)
 
     def _parse_fixed(self, first: bytes) -> Generator[_Request, bytes | None, None]:
         yield _Emit(Data(0, memoryview(first)))

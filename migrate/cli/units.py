@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 
 _SUFFIXES = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
-_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(?:i?B)?", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+)\s*(?:([KMGT])(?:i?B)?|B)?", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """``"10G"`` -> 10737418240. Accepts ``123``, ``4K``, ``2M``, ``1.5``-free integers only,
-    with an optional ``B``/``iB`` after the suffix; raises ValueError naming the input."""
+    """``"10G"`` -> 10737418240. Whole numbers with an optional K, M, G or T (``KiB``, ``KB``
+    and a bare ``B`` are accepted too); raises ValueError naming the input."""
     m = _SIZE.fullmatch(text.strip())
     if not m:
         raise ValueError(f"invalid size {text!r}: expected bytes or a number with K, M, G or T")
-    return int(m.group(1)) << _SUFFIXES[m.group(2).upper()]
+    return int(m.group(1)) << _SUFFIXES[(m.group(2) or "").upper()]
 
 
 def format_size(n: float) -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 
-XFER = [sys.executable, "-m", "migrate.cli.main"]
+from support import XFER
 
 
 def _tool(name: str) -> str:

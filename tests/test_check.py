@@ -3,33 +3,30 @@
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import vhd
+from support import (
+    BAT_OFFSET,
+    BLOCK,
+    SIZE,
+    MiB,
+    Xfer,
+    bat_of,
+    make_dynamic,
+    patch,
+    qemu_convert_to_vpc,
+    run,
+    write_raw,
+)
 from vhd import Image, Problem, VhdError
 from vhd.format import Footer, ParentLocator, checksum
-
-MIB = 1 << 20
-BLOCK = 2 * MIB
-SIZE = 8 * MIB
-TABLE = 1536  # where vhd.create puts the BAT
-
-Xfer = Callable[..., subprocess.CompletedProcess[bytes]]
 
 
 def where(problems: list[Problem]) -> list[tuple[str | None, int | None]]:
     return [(p.field, p.offset) for p in problems]
-
-
-def patch(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
 
 
 def refooter(raw: bytes, **changes: object) -> bytes:
@@ -37,23 +34,31 @@ def refooter(raw: bytes, **changes: object) -> bytes:
 
 
 def dynamic_with_blocks(path: Path, blocks: list[int]) -> None:
-    vhd.create(str(path), SIZE)
-    with Image.open(str(path), writable=True) as image:
-        for b in blocks:
-            image.write(b * BLOCK + 100, b"data %d" % b)
+    make_dynamic(path, SIZE, [(b * BLOCK + 100, b"data %d" % b) for b in blocks])
 
 
 def set_bat(path: Path, entries: dict[int, int]) -> None:
-    with open(path, "r+b") as f:
-        for b, value in entries.items():
-            f.seek(TABLE + 4 * b)
-            f.write(value.to_bytes(4, "big"))
+    for b, value in entries.items():
+        patch(path, BAT_OFFSET + 4 * b, value.to_bytes(4, "big"))
 
 
-def bat_of(path: Path) -> list[int]:
-    with open(path, "rb") as f:
-        f.seek(TABLE)
-        return np.frombuffer(f.read(16), ">u4").tolist()
+def three_problems(path: Path) -> list[int]:
+    """A dynamic image with blocks 0 and 1 in which the footer copy's checksum no longer
+    matches, block 1 overlaps block 0 and block 2 is past the end; returns the BAT before."""
+    dynamic_with_blocks(path, [0, 1])
+    bat = bat_of(path)
+    patch(path, 100, b"\x01")
+    set_bat(path, {1: bat[0] + 1, 2: 0x00FFFFFF})
+    return bat
+
+
+def empty_chain(tmp_path: Path) -> tuple[Path, Path]:
+    """An empty dynamic ``base.vhd`` and a differencing ``child.vhd`` over it."""
+    base = tmp_path / "base.vhd"
+    vhd.create(str(base), SIZE)
+    child = tmp_path / "child.vhd"
+    vhd.create_differencing(str(child), str(base))
+    return base, child
 
 
 # Clean images
@@ -67,7 +72,7 @@ def test_clean_images_made_here(tmp_path: Path) -> None:
     with Image.open(str(fixed), writable=True) as image:
         image.write(1234, b"fixed")
     empty = tmp_path / "empty.vhd"
-    vhd.create(str(empty), 3 * MIB + 512)
+    vhd.create(str(empty), 3 * MiB + 512)
     child = tmp_path / "child.vhd"
     vhd.create_differencing(str(child), str(dyn))
     with Image.open(str(child), writable=True) as image:
@@ -80,10 +85,7 @@ def test_clean_images_made_here(tmp_path: Path) -> None:
 
 def test_clean_images_made_by_xfer(tmp_path: Path, xfer: Xfer) -> None:
     raw = tmp_path / "disk.raw"
-    with open(raw, "wb") as f:
-        f.truncate(SIZE)
-        f.seek(3 * MIB)
-        f.write(b"raw data" * 100)
+    write_raw(raw, SIZE, [(3 * MiB, b"raw data" * 100)])
     steps = [
         ("vhd", "create", str(tmp_path / "x-dyn.vhd"), "--size", "8M"),
         ("vhd", "create", str(tmp_path / "x-fixed.vhd"), "--size", "8M", "--fixed"),
@@ -101,44 +103,21 @@ def test_clean_images_made_by_xfer(tmp_path: Path, xfer: Xfer) -> None:
         done = xfer("vhd", "check", str(path))
         assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
     with Image.open(str(tmp_path / "x-delta.vhd")) as image:
-        assert image.read(3 * MIB, 800) == b"raw data" * 100
+        assert image.read(3 * MiB, 800) == b"raw data" * 100
 
 
 def test_clean_images_made_by_qemu(tmp_path: Path, qemu_img: str) -> None:
     raw = tmp_path / "disk.raw"
-    with open(raw, "wb") as f:
-        f.truncate(SIZE)
-        f.seek(5 * MIB)
-        f.write(b"q" * 70_000)
+    write_raw(raw, SIZE, [(5 * MiB, b"q" * 70_000)])
     made = []
     for sub in ("dynamic", "fixed"):
         created = tmp_path / f"q-{sub}.vhd"
-        subprocess.run(
-            [qemu_img, "create", "-q", "-f", "vpc", "-o", f"subformat={sub}", str(created), "8M"],
-            check=True,
-        )
+        run(qemu_img, "create", "-q", "-f", "vpc", "-o", f"subformat={sub}", str(created), "8M")
         converted = tmp_path / f"qc-{sub}.vhd"
-        subprocess.run(
-            [
-                qemu_img,
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vpc",
-                "-o",
-                f"subformat={sub}",
-                str(raw),
-                str(converted),
-            ],
-            check=True,
-        )
+        qemu_convert_to_vpc(qemu_img, raw, converted, sub)
         made += [created, converted]
     forced = tmp_path / "q-forced.vhd"
-    subprocess.run(
-        [qemu_img, "create", "-q", "-f", "vpc", "-o", "force_size=on", str(forced), "10M"],
-        check=True,
-    )
+    run(qemu_img, "create", "-q", "-f", "vpc", "-o", "force_size=on", str(forced), "10M")
     made.append(forced)
     for path in made:
         assert vhd.check(str(path)) == [], path
@@ -149,19 +128,14 @@ def test_clean_images_made_by_qemu(tmp_path: Path, qemu_img: str) -> None:
 
 def test_every_problem_at_once(tmp_path: Path) -> None:
     path = tmp_path / "bad.vhd"
-    dynamic_with_blocks(path, [0, 1])
-    first, second, _, _ = bat_of(path)
-    patch(path, 100, b"\x01")  # the footer copy's checksum no longer matches
-    set_bat(
-        path, {1: first + 1, 2: 0x00FFFFFF}
-    )  # block 1 overlaps block 0, block 2 is past the end
+    first, second, _, _ = three_problems(path)
     assert second != first + 1
     problems = vhd.check(str(path))
     assert len(problems) >= 3
     found = where(problems)
     assert ("footer.checksum", 64) in found
-    assert ("bat[1]", TABLE + 4) in found
-    assert ("bat[2]", TABLE + 8) in found
+    assert ("bat[1]", BAT_OFFSET + 4) in found
+    assert ("bat[2]", BAT_OFFSET + 8) in found
     for p in problems:
         assert isinstance(p, VhdError)
         assert p.field is not None and p.offset is not None
@@ -171,10 +145,8 @@ def test_every_problem_at_once(tmp_path: Path) -> None:
 
 def test_many_misplaced_entries_are_summarised(tmp_path: Path) -> None:
     path = tmp_path / "bad.vhd"
-    vhd.create(str(path), 200 * MIB)  # 100 BAT entries
-    with open(path, "r+b") as f:
-        f.seek(TABLE)
-        f.write(b"".join((0x00F00000 + i).to_bytes(4, "big") for i in range(100)))
+    vhd.create(str(path), 200 * MiB)  # 100 BAT entries
+    patch(path, BAT_OFFSET, b"".join((0x00F00000 + i).to_bytes(4, "big") for i in range(100)))
     problems = vhd.check(str(path))
     # 100 entries past the end, 99 overlapping their neighbour: at least 20 of each kind are
     # listed one by one, the rest counted in a last summary
@@ -182,7 +154,7 @@ def test_many_misplaced_entries_are_summarised(tmp_path: Path) -> None:
     assert len([p for p in listed if "outside" in p.message]) >= 20
     assert len([p for p in listed if "overlaps" in p.message]) >= 20
     assert problems[-1].field == "bat"
-    assert problems[-1].offset == TABLE
+    assert problems[-1].offset == BAT_OFFSET
     assert f"{100 + 99 - len(listed)} more" in problems[-1].message
 
 
@@ -231,7 +203,7 @@ def test_header_problems_all_listed(tmp_path: Path) -> None:
     path = tmp_path / "d.vhd"
     vhd.create(str(path), SIZE)
     header = bytearray(path.read_bytes()[512:1536])
-    header[32:36] = (3 * MIB).to_bytes(4, "big")
+    header[32:36] = (3 * MiB).to_bytes(4, "big")
     header[8:16] = bytes(8)
     patch(path, 512, bytes(header))  # checksum left stale too
     assert where(vhd.check(str(path))) == [
@@ -252,24 +224,18 @@ def test_bat_too_short_for_the_disk(tmp_path: Path) -> None:
 
 
 def test_locator_past_the_end(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    vhd.create(str(base), SIZE)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    _, child = empty_chain(tmp_path)
     with Image.open(str(child), parents=False) as image:
         assert image.header is not None
         header = image.header
-        moved = ParentLocator(header.locators[1].platform_code, 512, 20, 10 * MIB)
+        moved = ParentLocator(header.locators[1].platform_code, 512, 20, 10 * MiB)
         new = header.replace(locators=(header.locators[0], moved)).build()
     patch(child, 512, new)
-    assert where(vhd.check(str(child))) == [("header.locators[1]", 10 * MIB)]
+    assert where(vhd.check(str(child))) == [("header.locators[1]", 10 * MiB)]
 
 
 def test_missing_parent(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    vhd.create(str(base), SIZE)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    base, child = empty_chain(tmp_path)
     assert vhd.check(str(child)) == []
     os.unlink(base)
     problems = vhd.check(str(child))
@@ -278,20 +244,14 @@ def test_missing_parent(tmp_path: Path) -> None:
 
 
 def test_parent_with_another_uuid(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    vhd.create(str(base), SIZE)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    base, child = empty_chain(tmp_path)
     os.unlink(base)
     vhd.create(str(base), SIZE)
     assert where(vhd.check(str(child))) == [("header.parent_uuid", 512 + 40)]
 
 
 def test_damaged_parent_is_reported(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    vhd.create(str(base), SIZE)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    base, child = empty_chain(tmp_path)
     patch(base, 512, b"xxxxxxxx")  # the parent's dynamic header cookie
     problems = vhd.check(str(child))
     assert where(problems) == [("header.cookie", 512)]
@@ -302,8 +262,8 @@ def test_fixed_image_shorter_than_its_footer_says(tmp_path: Path) -> None:
     path = tmp_path / "f.vhd"
     vhd.create(str(path), SIZE, fixed=True)
     raw = path.read_bytes()
-    path.write_bytes(raw[: 4 * MIB] + raw[-512:])
-    assert where(vhd.check(str(path))) == [("footer.current_size", 4 * MIB + 48)]
+    path.write_bytes(raw[: 4 * MiB] + raw[-512:])
+    assert where(vhd.check(str(path))) == [("footer.current_size", 4 * MiB + 48)]
 
 
 def test_not_an_image(tmp_path: Path) -> None:
@@ -321,10 +281,7 @@ def test_not_an_image(tmp_path: Path) -> None:
 
 def test_check_command_lists_problems(tmp_path: Path, xfer: Xfer) -> None:
     path = tmp_path / "bad.vhd"
-    dynamic_with_blocks(path, [0, 1])
-    first = bat_of(path)[0]
-    patch(path, 100, b"\x01")
-    set_bat(path, {1: first + 1, 2: 0x00FFFFFF})
+    three_problems(path)
     done = xfer("vhd", "check", str(path))
     assert done.returncode == 1
     lines = done.stdout.decode().splitlines()

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pty
 import random
 import struct
 import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vhd
 from migrate.cli.units import parse_size
-
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
-BLOCK = 2 * MiB
-BAT_OFFSET = 1536
-"""Where xfer puts the BAT: after the footer copy and the dynamic header."""
-
-XFER = [sys.executable, "-m", "migrate.cli.main"]
-
-Xfer = Callable[..., subprocess.CompletedProcess[bytes]]
-
+from support import (
+    BAT_OFFSET,
+    BLOCK,
+    XFER,
+    GiB,
+    KiB,
+    MiB,
+    TiB,
+    Xfer,
+    bat_of,
+    disk_content,
+    info_json,
+    make_dynamic,
+    ok,
+    patch,
+)
 
 # Helpers
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
-    """``proc`` after asserting it exited 0 with nothing on stderr."""
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stderr == b""
-    return proc
 
 
 def error_line(proc: subprocess.CompletedProcess[bytes], *fragments: str) -> str:
@@ -76,33 +72,6 @@ def info_rows(proc: subprocess.CompletedProcess[bytes]) -> dict[str, str]:
         key, value = line.split("  ", 1)
         rows[key.strip()] = value.strip()
     return rows
-
-
-def info_json(xfer: Xfer, path: Path) -> dict[str, object]:
-    """``xfer vhd info --json``."""
-    out: dict[str, object] = json.loads(ok(xfer("vhd", "info", "--json", str(path))).stdout)
-    return out
-
-
-def make_dynamic(path: Path, size: int, writes: list[tuple[int, bytes]]) -> None:
-    """A dynamic image made with the library, ``writes`` applied."""
-    vhd.create(str(path), size)
-    with vhd.Image.open(str(path), writable=True) as image:
-        for offset, data in writes:
-            image.write(offset, data)
-
-
-def patch(path: Path, offset: int, data: bytes) -> None:
-    """Overwrite bytes of a file in place."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
-def bat(path: Path) -> list[int]:
-    """The image's BAT entries."""
-    with vhd.Image.open(str(path), parents=False) as image:
-        return [int(e) for e in image.bat]
 
 
 @pytest.fixture
@@ -205,7 +174,7 @@ def test_check_clean(tmp_path: Path, xfer: Xfer, kind: str) -> None:
 
 
 def test_check_lists_every_problem_one_per_line(four_blocks: Path, xfer: Xfer) -> None:
-    entries = bat(four_blocks)
+    entries = bat_of(four_blocks)
     patch(four_blocks, BAT_OFFSET, struct.pack(">I", 0x00FFFFF0))  # block 0 past the end
     patch(four_blocks, BAT_OFFSET + 8, struct.pack(">I", entries[1] + 1))  # 2 overlaps 1
     patch(four_blocks, 100, b"\x55")  # the footer copy's checksum no longer matches
@@ -351,10 +320,7 @@ def content_vhd(tmp_path: Path) -> tuple[Path, bytes]:
     writes = [(17, rng.randbytes(1000)), (BLOCK - 4, rng.randbytes(8)), (size - 3, b"end")]
     path = tmp_path / "src.vhd"
     make_dynamic(path, size, writes)
-    content = bytearray(size)
-    for offset, data in writes:
-        content[offset : offset + len(data)] = data
-    return path, bytes(content)
+    return path, disk_content(size, writes)
 
 
 def test_convert_to_stdout_raw(content_vhd: tuple[Path, bytes], xfer: Xfer) -> None:

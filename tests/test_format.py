@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from support import SECTOR, GiB
 from vhd.errors import VhdError
 from vhd.format import (
     DIFFERENCING,
@@ -31,9 +32,6 @@ from vhd.format import (
     unix_time,
     vhd_timestamp,
 )
-
-SECTOR = 512
-GIB = 1 << 30
 
 # Absolute offsets of the fields inside the structures (VHD specification).
 F_COOKIE, F_VERSION, F_DATA_OFFSET, F_TIMESTAMP = 0, 12, 16, 24
@@ -95,7 +93,7 @@ GEOMETRY_TABLE = [
     (267382799, (65534, 16, 255)),
     (267382800, (65535, 16, 255)),  # the largest geometry, about 127.5 GiB
     (267382800 + 1, (65535, 16, 255)),
-    (128 * GIB // SECTOR, (65535, 16, 255)),
+    (128 * GiB // SECTOR, (65535, 16, 255)),
     (MAX_VIRTUAL_SIZE // SECTOR, (65535, 16, 255)),
 ]
 
@@ -119,7 +117,7 @@ def test_geometry_never_exceeds_the_size(sectors: int) -> None:
 
 
 def test_new_footer_carries_the_geometry() -> None:
-    footer = Footer.new(DYNAMIC, GIB, data_offset=512)
+    footer = Footer.new(DYNAMIC, GiB, data_offset=512)
     assert footer.geometry == (2080, 16, 63)
     assert footer.chs_size() == 2080 * 16 * 63 * SECTOR
     parsed = Footer.parse(footer.build())
@@ -270,7 +268,7 @@ def test_footer_size_above_2040_gib(raw: bytes) -> None:
 
 def test_footer_size_of_2040_gib_accepted() -> None:
     raw = patch(GOOD_FOOTER, F_CURRENT_SIZE, be64(MAX_VIRTUAL_SIZE), 64)
-    assert Footer.parse(raw).current_size == 2040 * GIB
+    assert Footer.parse(raw).current_size == 2040 * GiB
 
 
 def test_fixed_footer_size_not_a_sector_multiple() -> None:
@@ -381,7 +379,7 @@ def test_table_entries() -> None:
     assert table_entries(1, 2 << 20) == 1
     assert table_entries(2 << 20, 2 << 20) == 1
     assert table_entries((2 << 20) + 512, 2 << 20) == 2
-    assert table_entries(2040 * GIB, 2 << 20) == 1044480
+    assert table_entries(2040 * GiB, 2 << 20) == 1044480
 
 
 GOOD_HEADER = header_with_parent().build()

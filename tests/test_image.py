@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 import shutil
-import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import vhd
+from support import (
+    BLOCK,
+    SECTOR,
+    SIZE,
+    MiB,
+    bat_of,
+    patch,
+    pattern,
+    qemu_raw,
+    read_all,
+    run,
+)
 from vhd import Copy, Image, VhdError
 from vhd.format import (
     DIFFERENCING,
@@ -28,30 +37,13 @@ from vhd.format import (
     Footer,
 )
 
-MIB = 1 << 20
-SIZE = 8 * MIB
-BLOCK = 2 * MIB
-SECTOR = 512
-
-
-def pattern(length: int, seed: int) -> bytes:
-    """``length`` pseudo-random bytes, never all zero when long enough."""
-    return random.Random(seed).randbytes(length)
-
-
-def read_all(path: Path | str) -> bytes:
-    with Image.open(str(path)) as image:
-        return image.read(0, image.size)
-
 
 def rewrite_header(path: Path, **changes: object) -> None:
     """Replace fields of the dynamic header of the image at ``path`` (checksum redone)."""
     with Image.open(str(path), parents=False) as image:
         assert image.header is not None
         header, at = image.header, image.footer.data_offset
-    with open(path, "r+b") as f:
-        f.seek(at)
-        f.write(header.replace(**changes).build())
+    patch(path, at, header.replace(**changes).build())
 
 
 def uuid_of(path: Path) -> object:
@@ -59,20 +51,27 @@ def uuid_of(path: Path) -> object:
         return image.footer.uuid
 
 
-def bat_of(path: Path) -> np.ndarray:
-    with Image.open(str(path), parents=False) as image:
-        return image.bat.copy()
-
-
 def base_with_data(path: Path, size: int = SIZE, *, fixed: bool = False) -> bytearray:
     """Create an image at ``path`` holding a pattern in its first 5 MiB; returns the content."""
     vhd.create(str(path), size, fixed=fixed)
     model = bytearray(size)
-    data = pattern(5 * MIB, 1)
+    data = pattern(5 * MiB, 1)
     with Image.open(str(path), writable=True) as image:
         image.write(0, data)
     model[: len(data)] = data
     return model
+
+
+def child_over_base(directory: Path, parent_rel: str = "base.vhd") -> tuple[Path, Path, bytearray]:
+    """``child.vhd`` in ``directory``, an empty differencing image over a base made by
+    base_with_data at ``parent_rel`` from it: the child, the base and their content."""
+    child = directory / "child.vhd"
+    base = directory / parent_rel
+    base.parent.mkdir(parents=True, exist_ok=True)
+    child.parent.mkdir(parents=True, exist_ok=True)
+    model = base_with_data(base)
+    vhd.create_differencing(str(child), str(base))
+    return child, base, model
 
 
 # Creation
@@ -166,7 +165,7 @@ boundary_offsets = st.builds(
     st.integers(-1100, 1100),
 )
 offsets = st.one_of(st.integers(0, SIZE - 1), boundary_offsets)
-lengths = st.one_of(st.integers(0, 1100), st.integers(0, 3 * MIB))
+lengths = st.one_of(st.integers(0, 1100), st.integers(0, 3 * MiB))
 fills = st.sampled_from(["random", "zeros", "ones"])
 writes = st.lists(st.tuples(offsets, lengths, fills, st.integers(0, 1 << 30)), max_size=5)
 
@@ -238,31 +237,24 @@ def test_writes_match_qemu(tmp_path: Path, qemu_img: str) -> None:
     vhd.create(str(path), SIZE)
     model = bytearray(SIZE)
     with Image.open(str(path), writable=True) as image:
-        for offset, length, seed in [(123, 4567, 1), (BLOCK - 10, 20, 2), (7 * MIB, MIB, 3)]:
+        for offset, length, seed in [(123, 4567, 1), (BLOCK - 10, 20, 2), (7 * MiB, MiB, 3)]:
             data = pattern(length, seed)
             image.write(offset, data)
             model[offset : offset + length] = data
-    out = tmp_path / "out.raw"
-    subprocess.run([qemu_img, "convert", "-f", "vpc", "-O", "raw", str(path), str(out)], check=True)
-    assert out.read_bytes() == model
+    assert qemu_raw(qemu_img, path, tmp_path / "out.raw") == model
 
 
 def test_write_into_a_qemu_image(tmp_path: Path, qemu_img: str) -> None:
     path = tmp_path / "q.vhd"
-    subprocess.run(
-        [qemu_img, "create", "-q", "-f", "vpc", "-o", "subformat=dynamic", str(path), "8M"],
-        check=True,
-    )
+    run(qemu_img, "create", "-q", "-f", "vpc", "-o", "subformat=dynamic", str(path), "8M")
     with Image.open(str(path), writable=True) as image:
         size = image.size
-        data = pattern(3 * MIB, 11)
-        image.write(MIB + 1, data)
-        assert image.read(MIB + 1, len(data)) == data
+        data = pattern(3 * MiB, 11)
+        image.write(MiB + 1, data)
+        assert image.read(MiB + 1, len(data)) == data
     model = bytearray(size)
-    model[MIB + 1 : MIB + 1 + len(data)] = data
-    out = tmp_path / "out.raw"
-    subprocess.run([qemu_img, "convert", "-f", "vpc", "-O", "raw", str(path), str(out)], check=True)
-    assert out.read_bytes() == model
+    model[MiB + 1 : MiB + 1 + len(data)] = data
+    assert qemu_raw(qemu_img, path, tmp_path / "out.raw") == model
     assert read_all(path) == model
 
 
@@ -276,27 +268,22 @@ def test_qemu_io_writes_into_our_images(
     model = bytearray(SIZE)
     if start == "exported":  # a one-pass stream written to a file, as `xfer vhd convert` does
         raw = tmp_path / "src.raw"
-        raw.write_bytes(bytes(2 * MIB) + b"\x33" * 512 + bytes(SIZE - 2 * MIB - 512))
+        raw.write_bytes(bytes(2 * MiB) + b"\x33" * 512 + bytes(SIZE - 2 * MiB - 512))
         assert vhd.convert(str(raw), str(path), "vhd") > 0
     else:
         vhd.create(str(path), SIZE)
     if start == "one-block":
         with Image.open(str(path), writable=True) as image:
-            image.write(2 * MIB, b"\x33" * 512)
+            image.write(2 * MiB, b"\x33" * 512)
     if start != "empty":
-        model[2 * MIB : 2 * MIB + 512] = b"\x33" * 512
+        model[2 * MiB : 2 * MiB + 512] = b"\x33" * 512
     commands = ["write -P 0x5a 1536 512", "write -P 7 6M 512"]
-    subprocess.run(
-        [qemu_io, "-f", "vpc", *[a for c in commands for a in ("-c", c)], str(path)],
-        check=True,
-        capture_output=True,
-    )
+    run(qemu_io, "-f", "vpc", *[a for c in commands for a in ("-c", c)], str(path))
     model[1536 : 1536 + 512] = b"\x5a" * 512
-    model[6 * MIB : 6 * MIB + 512] = b"\x07" * 512
-    out = tmp_path / "out.raw"
-    subprocess.run([qemu_img, "convert", "-f", "vpc", "-O", "raw", str(path), str(out)], check=True)
+    model[6 * MiB : 6 * MiB + 512] = b"\x07" * 512
+    theirs = qemu_raw(qemu_img, path, tmp_path / "out.raw")
     assert read_all(path) == model
-    assert out.read_bytes() == model
+    assert theirs == model
 
 
 def test_read_past_the_end_gives_zeros(tmp_path: Path) -> None:
@@ -359,10 +346,7 @@ def test_write_allocates_only_touched_blocks(tmp_path: Path) -> None:
 
 
 def test_differencing_zero_write_shadows_the_parent(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    model = base_with_data(base)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    child, base, model = child_over_base(tmp_path)
     with Image.open(str(child), writable=True) as image:
         image.write(1000, bytes(3000))
         model[1000:4000] = bytes(3000)
@@ -370,25 +354,22 @@ def test_differencing_zero_write_shadows_the_parent(tmp_path: Path) -> None:
         model[BLOCK : BLOCK + 8192] = bytes(8192)
         assert image.read(0, SIZE) == model
     assert [int(x) != UNALLOCATED for x in bat_of(child)] == [True, True, False, False]
-    assert read_all(base)[1000:4000] == pattern(5 * MIB, 1)[1000:4000]
+    assert read_all(base)[1000:4000] == pattern(5 * MiB, 1)[1000:4000]
 
 
 def test_differencing_reads_fall_through_where_the_bitmap_is_clear(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    model = base_with_data(base)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    child, base, model = child_over_base(tmp_path)
     with Image.open(str(child), writable=True) as image:
-        image.write(MIB + 512, b"\xee" * 1024)  # sectors 2049 and 2050 of block 0
-        model[MIB + 512 : MIB + 1536] = b"\xee" * 1024
+        image.write(MiB + 512, b"\xee" * 1024)  # sectors 2049 and 2050 of block 0
+        model[MiB + 512 : MiB + 1536] = b"\xee" * 1024
         assert image.read(0, SIZE) == model
         assert image.parent is not None
         parent_file = image.parent.file
         copies = [e for e in image.extents(0, BLOCK) if isinstance(e, Copy)]
         assert [(e.file is parent_file, e.length) for e in copies] == [
-            (True, MIB + 512),
+            (True, MiB + 512),
             (False, 1024),
-            (True, BLOCK - MIB - 1536),
+            (True, BLOCK - MiB - 1536),
         ]
         assert image.header is not None
         entry = int(image.bat[0])
@@ -402,15 +383,12 @@ def test_differencing_reads_fall_through_where_the_bitmap_is_clear(tmp_path: Pat
 
 def base_content() -> bytes:
     model = bytearray(SIZE)
-    model[: 5 * MIB] = pattern(5 * MIB, 1)
+    model[: 5 * MiB] = pattern(5 * MiB, 1)
     return bytes(model)
 
 
 def test_differencing_sub_sector_write_keeps_parent_bytes(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    model = base_with_data(base)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    child, _, model = child_over_base(tmp_path)
     with Image.open(str(child), writable=True) as image:
         image.write(SIZE - BLOCK - 1, b"XY")  # last byte of block 2, first of block 3
         model[SIZE - BLOCK - 1 : SIZE - BLOCK + 1] = b"XY"
@@ -426,19 +404,19 @@ def test_chain_of_three(tmp_path: Path) -> None:
     top = tmp_path / "top.vhd"
     vhd.create_differencing(str(mid), str(base))
     with Image.open(str(mid), writable=True) as image:
-        image.write(MIB, b"M" * (3 * MIB))
-        image.write(7 * MIB, b"m" * 100)
-    model[MIB : 4 * MIB] = b"M" * (3 * MIB)
-    model[7 * MIB : 7 * MIB + 100] = b"m" * 100
+        image.write(MiB, b"M" * (3 * MiB))
+        image.write(7 * MiB, b"m" * 100)
+    model[MiB : 4 * MiB] = b"M" * (3 * MiB)
+    model[7 * MiB : 7 * MiB + 100] = b"m" * 100
     mid_model = bytes(model)
     vhd.create_differencing(str(top), str(mid))
     with Image.open(str(top), writable=True) as image:
-        image.write(2 * MIB - 7, b"T" * 14)
-        image.write(7 * MIB + 50, bytes(20))
-        image.write(6 * MIB, b"t")
-    model[2 * MIB - 7 : 2 * MIB + 7] = b"T" * 14
-    model[7 * MIB + 50 : 7 * MIB + 70] = bytes(20)
-    model[6 * MIB] = ord("t")
+        image.write(2 * MiB - 7, b"T" * 14)
+        image.write(7 * MiB + 50, bytes(20))
+        image.write(6 * MiB, b"t")
+    model[2 * MiB - 7 : 2 * MiB + 7] = b"T" * 14
+    model[7 * MiB + 50 : 7 * MiB + 70] = bytes(20)
+    model[6 * MiB] = ord("t")
     with Image.open(str(top)) as image:
         assert [os.path.basename(i.path) for i in image.chain()] == [
             "top.vhd",
@@ -451,10 +429,7 @@ def test_chain_of_three(tmp_path: Path) -> None:
 
 
 def test_open_without_parents(tmp_path: Path) -> None:
-    base = tmp_path / "base.vhd"
-    base_with_data(base)
-    child = tmp_path / "child.vhd"
-    vhd.create_differencing(str(child), str(base))
+    child, base, _ = child_over_base(tmp_path)
     base.unlink()
     with Image.open(str(child), parents=False) as image:
         assert image.parent is None
@@ -466,15 +441,10 @@ def test_open_without_parents(tmp_path: Path) -> None:
 
 def make_pair(directory: Path, parent_rel: str = "base.vhd") -> tuple[Path, Path, bytes]:
     """A base with data and a child with more, the base at ``parent_rel`` from the child."""
-    child = directory / "child.vhd"
-    base = directory / parent_rel
-    base.parent.mkdir(parents=True, exist_ok=True)
-    child.parent.mkdir(parents=True, exist_ok=True)
-    model = base_with_data(base)
-    vhd.create_differencing(str(child), str(base))
+    child, base, model = child_over_base(directory, parent_rel)
     with Image.open(str(child), writable=True) as image:
-        image.write(4 * MIB, b"child" * 1000)
-    model[4 * MIB : 4 * MIB + 5000] = b"child" * 1000
+        image.write(4 * MiB, b"child" * 1000)
+    model[4 * MiB : 4 * MiB + 5000] = b"child" * 1000
     return child, base, bytes(model)
 
 
@@ -654,11 +624,11 @@ def test_crash_at_every_step_of_an_allocation(
     block where the data did not reach its end, then BAT entry, then footer)."""
     path, old = new_image(tmp_path, kind)
     with Image.open(str(path), writable=True) as image:
-        image.write(6 * MIB, b"first")  # an allocated block before the one being added
-    old[6 * MIB : 6 * MIB + 5] = b"first"
+        image.write(6 * MiB, b"first")  # an allocated block before the one being added
+    old[6 * MiB : 6 * MiB + 5] = b"first"
     original = path.read_bytes()
     new = bytearray(old)
-    new[2 * MIB + 1000 : 2 * MIB + 1100] = b"\x42" * 100
+    new[2 * MiB + 1000 : 2 * MiB + 1100] = b"\x42" * 100
     steps: list[tuple[bytes | None, int]] = []  # (data, offset) or (None, new length)
     with Image.open(str(path), writable=True) as image:
         real_pwrite, real_truncate = image.file.pwrite, image.file.truncate
@@ -673,7 +643,7 @@ def test_crash_at_every_step_of_an_allocation(
 
         monkeypatch.setattr(image.file, "pwrite", record)
         monkeypatch.setattr(image.file, "truncate", record_truncate)
-        image.write(2 * MIB + 1000, b"\x42" * 100)
+        image.write(2 * MiB + 1000, b"\x42" * 100)
         assert image.header is not None
         table = image.header.table_offset
         at = int(image.bat[1]) * SECTOR
@@ -710,9 +680,7 @@ def test_overwritten_trailing_footer_is_recovered(tmp_path: Path) -> None:
         image.write(0, b"A" * 5000)
     copy = path.read_bytes()[:512]
     damaged_at = path.stat().st_size - 512
-    with open(path, "r+b") as f:
-        f.seek(-512, os.SEEK_END)
-        f.write(b"\xaa" * 512)
+    patch(path, damaged_at, b"\xaa" * 512)
     with Image.open(str(path), writable=True) as image:
         assert image.meta.footer_problem is not None
         assert image.meta.footer_problem.field == "footer.cookie"
@@ -755,9 +723,7 @@ def test_allocation_keeps_what_lies_before_the_footer(tmp_path: Path) -> None:
 def test_fixed_image_with_a_damaged_footer_does_not_open(tmp_path: Path) -> None:
     path = tmp_path / "f.vhd"
     vhd.create(str(path), SIZE, fixed=True)
-    with open(path, "r+b") as f:
-        f.seek(-512 + 64, os.SEEK_END)
-        f.write(b"\0\0\0\0")
+    patch(path, SIZE + 64, b"\0\0\0\0")  # the footer's checksum
     with pytest.raises(VhdError) as info:
         Image.open(str(path))
     assert info.value.field == "footer.checksum"
@@ -768,11 +734,11 @@ def test_truncated_fixed_image(tmp_path: Path) -> None:
     path = tmp_path / "f.vhd"
     vhd.create(str(path), SIZE, fixed=True)
     raw = path.read_bytes()
-    path.write_bytes(raw[: SIZE - MIB] + raw[-512:])
+    path.write_bytes(raw[: SIZE - MiB] + raw[-512:])
     with pytest.raises(VhdError) as info:
         Image.open(str(path))
     assert info.value.field == "footer.current_size"
-    assert info.value.offset == SIZE - MIB + 48
+    assert info.value.offset == SIZE - MiB + 48
 
 
 def test_copy_of_a_moved_chain(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import random
 import resource
 import signal
 import struct
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,10 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vhd
+from support import BAT_OFFSET, BLOCK, KiB, MiB, Xfer, bat_of, make_dynamic, patch, run
 from vhd import VhdError
 
-KiB, MiB = 1 << 10, 1 << 20
-BLOCK = 2 * MiB
 TIME_LIMIT = 5.0
 """No single operation on one example may take longer (seconds)."""
 MEMORY_LIMIT = 200 * MiB
@@ -79,11 +77,6 @@ class Corpus:
         return self.folder / "mutant.vhd"
 
 
-def _run(*cmd: str) -> None:
-    proc = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr.decode()
-
-
 def _sample(name: str, path: Path) -> Sample:
     data = path.read_bytes()
     with vhd.Image.open(str(path), parents=False) as image:
@@ -120,11 +113,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory, qemu_img: str, qemu_io: str
         image.write(2 * BLOCK + 512, rng.randbytes(4096))
 
     qdyn, qfix = folder / "qemu-dynamic.vhd", folder / "qemu-fixed.vhd"
-    _run(qemu_img, "create", "-q", "-f", "vpc", str(qdyn), "4M")
+    run(qemu_img, "create", "-q", "-f", "vpc", str(qdyn), "4M", timeout=60)
     writes = ["-c", "write -P 0x5a 512 70000", "-c", "write -P 0xa5 3000000 5000"]
-    _run(qemu_io, "-f", "vpc", *writes, str(qdyn))
-    _run(qemu_img, "create", "-q", "-f", "vpc", "-o", "subformat=fixed", str(qfix), "3M")
-    _run(qemu_io, "-f", "vpc", "-c", "write -P 0x3c 1000 9000", str(qfix))
+    run(qemu_io, "-f", "vpc", *writes, str(qdyn), timeout=60)
+    run(qemu_img, "create", "-q", "-f", "vpc", "-o", "subformat=fixed", str(qfix), "3M", timeout=60)
+    run(qemu_io, "-f", "vpc", "-c", "write -P 0x3c 1000 9000", str(qfix), timeout=60)
 
     samples = {
         name: _sample(name, path)
@@ -391,10 +384,7 @@ def test_truncated(corpus: Corpus, data: st.DataObject, name: str, chunk: int) -
 def _dynamic(tmp: Path, name: str = "disk.vhd") -> Path:
     """A 10 MiB xfer dynamic image with blocks 0 and 1 holding data."""
     path = tmp / name
-    vhd.create(str(path), 10 * MiB)
-    with vhd.Image.open(str(path), writable=True) as image:
-        image.write(5, b"zero" * 100)
-        image.write(BLOCK + 5, b"one!" * 100)
+    make_dynamic(path, 10 * MiB, [(5, b"zero" * 100), (BLOCK + 5, b"one!" * 100)])
     return path
 
 
@@ -406,13 +396,10 @@ def _fixed(tmp: Path) -> Path:
     return path
 
 
-def _patch(path: Path, at: int, data: bytes, *, footers: bool = False) -> None:
-    """Overwrite bytes at ``at`` (with ``footers``: ``at`` inside the footer, in both copies)."""
-    with open(path, "r+b") as f:
-        size = os.fstat(f.fileno()).st_size
-        for where in [size - 512 + at, at] if footers else [at]:
-            f.seek(where)
-            f.write(data)
+def _patch_footers(path: Path, at: int, data: bytes) -> None:
+    """Overwrite bytes at ``at`` inside the footer, in both copies."""
+    patch(path, path.stat().st_size - 512 + at, data)
+    patch(path, at, data)
 
 
 def _refix(path: Path) -> None:
@@ -425,14 +412,9 @@ def _refix(path: Path) -> None:
     path.write_bytes(data)
 
 
-def _bat(path: Path) -> list[int]:
-    with vhd.Image.open(str(path), parents=False) as image:
-        return [int(e) for e in image.bat]
-
-
 def _truncated_in_block(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    os.truncate(path, _bat(path)[1] * 512 + 512 + MiB)
+    os.truncate(path, bat_of(path)[1] * 512 + 512 + MiB)
     return path
 
 
@@ -450,57 +432,57 @@ def _truncated_in_header(tmp: Path) -> Path:
 
 def _fixed_bad_cookie(tmp: Path) -> Path:
     path = _fixed(tmp)
-    _patch(path, 3 * MiB, b"connetix")
+    patch(path, 3 * MiB, b"connetix")
     return path
 
 
 def _dynamic_bad_cookies(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 0, b"CONECTIX", footers=True)
+    _patch_footers(path, 0, b"CONECTIX")
     return path
 
 
 def _footer_bad_checksum(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 300, b"\x01", footers=True)  # reserved bytes: only the checksum catches it
+    _patch_footers(path, 300, b"\x01")  # reserved bytes: only the checksum catches it
     return path
 
 
 def _header_bad_checksum(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 512 + 900, b"\x01")
+    patch(path, 512 + 900, b"\x01")
     return path
 
 
 def _bat_past_end(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 1536, struct.pack(">I", 0x00FFFFF0))
+    patch(path, BAT_OFFSET, struct.pack(">I", 0x00FFFFF0))
     return path
 
 
 def _bat_overlap(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 1536 + 4, struct.pack(">I", _bat(path)[0] + 1))
+    patch(path, BAT_OFFSET + 4, struct.pack(">I", bat_of(path)[0] + 1))
     return path
 
 
 def _absurd_table_entries(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 512 + 28, struct.pack(">I", 0xFFFFFFFF))
+    patch(path, 512 + 28, struct.pack(">I", 0xFFFFFFFF))
     _refix(path)
     return path
 
 
 def _absurd_size_dynamic(tmp: Path) -> Path:
     path = _dynamic(tmp)
-    _patch(path, 48, struct.pack(">Q", 1 << 63), footers=True)
+    _patch_footers(path, 48, struct.pack(">Q", 1 << 63))
     _refix(path)
     return path
 
 
 def _absurd_size_fixed(tmp: Path) -> Path:
     path = _fixed(tmp)
-    _patch(path, 3 * MiB + 48, struct.pack(">Q", 1 << 63))
+    patch(path, 3 * MiB + 48, struct.pack(">Q", 1 << 63))
     _refix(path)
     return path
 
@@ -598,9 +580,7 @@ def test_corruption_is_named(tmp_path: Path, case: Case) -> None:
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_corruption_cli(
-    tmp_path: Path, xfer: Callable[..., subprocess.CompletedProcess[bytes]], case: Case
-) -> None:
+def test_corruption_cli(tmp_path: Path, xfer: Xfer, case: Case) -> None:
     path = case.make(tmp_path)
     info = xfer("vhd", "info", str(path))
     err = info.stderr.decode()
@@ -628,7 +608,7 @@ def test_trailing_footer_damage_is_tolerated_but_checked(tmp_path: Path) -> None
     path = _dynamic(tmp_path)
     content = read_disk(path)
     size = path.stat().st_size
-    _patch(path, size - 512 + 48, struct.pack(">Q", 1 << 63))
+    patch(path, size - 512 + 48, struct.pack(">Q", 1 << 63))
     data = bytearray(path.read_bytes())
     _fix(data, size - 512, 512, FOOTER_CHECKSUM)
     path.write_bytes(data)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import random
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vhd
-from vhd import Copy, Image, Literal, Plan, RawDisk, VhdError, Zeros
+from support import (
+    BLOCK,
+    SIZE,
+    MiB,
+    disk_content,
+    make_dynamic,
+    materialise,
+    pattern,
+    write_raw,
+)
+from vhd import Copy, Image, Plan, RawDisk, VhdError, Zeros
 from vhd.disk import Disk
 from vhd.elements import Element
 from vhd.format import DIFFERENCING, DYNAMIC, FIXED, DynamicHeader, Footer
@@ -30,30 +39,6 @@ from vhd.plan import (
     plan_vhd,
 )
 from vhd.transport import write_plan
-
-MIB = 1 << 20
-BLOCK = 2 * MIB
-SIZE = 8 * MIB
-
-
-def pattern(length: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(length)
-
-
-def materialise(elements: Iterable[Element]) -> bytes:
-    """The bytes a sequence of plan elements stands for."""
-    out = bytearray()
-    for e in elements:
-        if isinstance(e, Literal):
-            out += e.data
-        elif isinstance(e, Copy):
-            data = os.pread(e.file.fileno(), e.length, e.offset)
-            assert len(data) == e.length, "copy reaches past the end of its file"
-            out += data
-        else:
-            assert isinstance(e, Zeros)
-            out += bytes(e.length)
-    return bytes(out)
 
 
 def assert_coalesced(elements: list[Element]) -> None:
@@ -69,35 +54,21 @@ def assert_coalesced(elements: list[Element]) -> None:
 # Sources: each writes the same content in a different kind of disk.
 
 WRITES = [
-    (MIB + 3, pattern(100_000, 1)),
+    (MiB + 3, pattern(100_000, 1)),
     (BLOCK - 10, pattern(20, 2)),  # straddles blocks 0 and 1
-    (5 * MIB, b"\x01" * 10),
+    (5 * MiB, b"\x01" * 10),
     (SIZE - 512, pattern(512, 3)),
 ]
 
 
-def expected_content(size: int = SIZE) -> bytes:
-    model = bytearray(size)
-    for offset, data in WRITES:
-        model[offset : offset + len(data)] = data
-    return bytes(model)
-
-
-def make_raw(path: Path) -> None:
-    with open(path, "wb") as f:
-        f.truncate(SIZE)
-        for offset, data in WRITES:
-            f.seek(offset)
-            f.write(data)
+def expected_content() -> bytes:
+    return disk_content(SIZE, WRITES)
 
 
 def make_image(path: Path, kind: str) -> None:
     if kind == "differencing":
         base = path.with_name("base.vhd")
-        vhd.create(str(base), SIZE)
-        with Image.open(str(base), writable=True) as image:
-            for offset, data in WRITES[:2]:
-                image.write(offset, data)
+        make_dynamic(base, SIZE, WRITES[:2])
         vhd.create_differencing(str(path), str(base))
         todo = WRITES[2:]
     else:
@@ -115,7 +86,7 @@ SOURCES = ["raw", "fixed", "dynamic", "differencing"]
 def open_source(tmp_path: Path, kind: str) -> Iterator[Disk]:
     if kind == "raw":
         path = tmp_path / "disk.raw"
-        make_raw(path)
+        write_raw(path, SIZE, WRITES)
         disk: RawDisk | Image = RawDisk.open(str(path))
     else:
         path = tmp_path / "disk.vhd"
@@ -133,7 +104,7 @@ PLANS: dict[str, Callable[[Disk], Plan]] = {
     "vhd": lambda d: plan_vhd(d, allocated_blocks(d)),
     "vhd-all": lambda d: plan_vhd(d, np.arange(4)),
     "vhd-none": lambda d: plan_vhd(d, np.zeros(0, dtype=np.int64)),
-    "vhd-1m": lambda d: plan_vhd(d, allocated_blocks(d, MIB), block_size=MIB),
+    "vhd-1m": lambda d: plan_vhd(d, allocated_blocks(d, MiB), block_size=MiB),
 }
 
 
@@ -212,38 +183,34 @@ def test_plan_vhd_layout(tmp_path: Path) -> None:
 
 
 def test_plan_vhd_partial_last_block(tmp_path: Path) -> None:
-    size = 5 * MIB + 512
+    size = 5 * MiB + 512
     path = tmp_path / "small.raw"
     content = pattern(size, 9)
     path.write_bytes(content)
-    disk = RawDisk.open(str(path))
-    try:
+    with closing(RawDisk.open(str(path))) as disk:
         plan = plan_vhd(disk, allocated_blocks(disk))
         assert allocated_blocks(disk).tolist() == [0, 1, 2]
         assert plan.length >= 512 + 1024 + 512 + 3 * (512 + BLOCK) + 512
         out = tmp_path / "small.vhd"
         out.write_bytes(materialise(plan))
-    finally:
-        disk.close()
     with Image.open(str(out)) as image:
         assert image.size == size
         assert image.read(0, size) == content
 
 
 def test_plan_vhd_differencing(tmp_path: Path) -> None:
-    with open_source(tmp_path, "differencing") as disk:
-        base = Image.open(str(tmp_path / "base.vhd"))
-        try:
-            ref = ParentRef.of(base.footer, base.file.mtime, "base.vhd")
-            blocks = differing_blocks(disk, base)
-            plan = plan_vhd(disk, blocks, parent=ref)
-            elements = list(plan)
-            assert sum(e.length for e in elements) == plan.length
-            assert_coalesced(elements)
-            out = tmp_path / "delta.vhd"
-            out.write_bytes(materialise(elements))
-        finally:
-            base.close()
+    with (
+        open_source(tmp_path, "differencing") as disk,
+        Image.open(str(tmp_path / "base.vhd")) as base,
+    ):
+        ref = ParentRef.of(base.footer, base.file.mtime, "base.vhd")
+        blocks = differing_blocks(disk, base)
+        plan = plan_vhd(disk, blocks, parent=ref)
+        elements = list(plan)
+        assert sum(e.length for e in elements) == plan.length
+        assert_coalesced(elements)
+        out = tmp_path / "delta.vhd"
+        out.write_bytes(materialise(elements))
     with Image.open(str(out)) as image:
         assert image.disk_type == DIFFERENCING
         assert image.header is not None
@@ -255,12 +222,9 @@ def test_plan_vhd_differencing(tmp_path: Path) -> None:
 def test_plan_fixed_pads_to_whole_sectors(tmp_path: Path) -> None:
     path = tmp_path / "odd.raw"
     path.write_bytes(b"\x07" * 1000)
-    disk = RawDisk.open(str(path))
-    try:
+    with closing(RawDisk.open(str(path))) as disk:
         plan = plan_fixed(disk)
         data = materialise(plan)
-    finally:
-        disk.close()
     assert plan.length == len(data) == 1024 + 512
     assert data[:1024] == b"\x07" * 1000 + bytes(24)
     assert Footer.parse(data[1024:], 1024).current_size == 1024
@@ -285,7 +249,7 @@ def test_plan_vhd_rejects_long_parent_names() -> None:
 def window_case(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Plan, bytes]]:
     tmp_path = tmp_path_factory.mktemp("window")
     with open_source(tmp_path, "differencing") as disk:
-        plan = plan_vhd(disk, allocated_blocks(disk, MIB), block_size=MIB)
+        plan = plan_vhd(disk, allocated_blocks(disk, MiB), block_size=MiB)
         yield plan, materialise(plan)
 
 
@@ -325,10 +289,10 @@ def test_allocated_blocks(tmp_path: Path) -> None:
     one = tmp_path / "one.vhd"
     vhd.create(str(one), SIZE)
     with Image.open(str(one), writable=True) as image:
-        image.write(5 * MIB, b"x")
+        image.write(5 * MiB, b"x")
         assert allocated_blocks(image).tolist() == [2]
-        assert allocated_blocks(image, MIB).tolist() == [4, 5]
-        assert allocated_blocks(image, 4 * MIB).tolist() == [1]
+        assert allocated_blocks(image, MiB).tolist() == [4, 5]
+        assert allocated_blocks(image, 4 * MiB).tolist() == [1]
         image.write(0, b"y")
         assert allocated_blocks(image).tolist() == [0, 2]
 
@@ -344,44 +308,38 @@ def test_allocated_blocks_of_a_chain_is_the_union(tmp_path: Path) -> None:
 def test_allocated_blocks_of_raw_disks(tmp_path: Path) -> None:
     assert allocated_blocks(RawDisk(None, SIZE)).size == 0
     path = tmp_path / "sparse.raw"
-    with open(path, "wb") as f:
-        f.truncate(SIZE)
-        f.seek(6 * MIB)
-        f.write(b"z" * 4096)
-    disk = RawDisk.open(str(path))
-    try:
+    write_raw(path, SIZE, [(6 * MiB, b"z" * 4096)])
+    with closing(RawDisk.open(str(path))) as disk:
         assert allocated_blocks(disk).tolist() == [3]
-        assert allocated_blocks(disk, MIB).tolist() == [6]
-    finally:
-        disk.close()
+        assert allocated_blocks(disk, MiB).tolist() == [6]
     explicit = RawDisk(None, SIZE, [(0, 1), (BLOCK, BLOCK + 1)])
     assert allocated_blocks(explicit).tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("block_size", [BLOCK, MIB, 4 * MIB])
+@pytest.mark.parametrize("block_size", [BLOCK, MiB, 4 * MiB])
 def test_differing_blocks_of_a_child_over_its_base(tmp_path: Path, block_size: int) -> None:
     base_path = tmp_path / "base.vhd"
     vhd.create(str(base_path), SIZE)
     with Image.open(str(base_path), writable=True) as image:
         image.write(0, b"b" * 100)
-        image.write(3 * MIB, b"b" * 100)
+        image.write(3 * MiB, b"b" * 100)
     child_path = tmp_path / "child.vhd"
     vhd.create_differencing(str(child_path), str(base_path))
     with Image.open(str(child_path), writable=True) as child:
-        child.write(5 * MIB, b"c")
+        child.write(5 * MiB, b"c")
         child.write(SIZE - 1, b"c")
     with Image.open(str(child_path)) as child, Image.open(str(base_path)) as base:
         own = child.layers(block_size)[0][1]
         assert differing_blocks(child, base, block_size).tolist() == own.tolist()
         assert differing_blocks(base, child, block_size).tolist() == own.tolist()
         assert differing_blocks(child, child, block_size).size == 0
-        expected = {BLOCK: [2, 3], MIB: [4, 5, 6, 7], 4 * MIB: [1]}[block_size]
+        expected = {BLOCK: [2, 3], MiB: [4, 5, 6, 7], 4 * MiB: [1]}[block_size]
         assert own.tolist() == expected
 
 
 def test_differing_blocks_of_unrelated_disks(tmp_path: Path) -> None:
     a, b = tmp_path / "a.vhd", tmp_path / "b.vhd"
-    for path, offset in ((a, 0), (b, 7 * MIB)):
+    for path, offset in ((a, 0), (b, 7 * MiB)):
         vhd.create(str(path), SIZE)
         with Image.open(str(path), writable=True) as image:
             image.write(offset, b"!")

@@ -9,36 +9,29 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 import vhd
-
-KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
-BLOCK = 2 * MiB
-SECTOR = 512
-
-Xfer = Callable[..., subprocess.CompletedProcess[bytes]]
-
+from support import (
+    BLOCK,
+    SECTOR,
+    GiB,
+    KiB,
+    MiB,
+    Xfer,
+    disk_content,
+    info_json,
+    ok,
+    qemu_convert_to_vpc,
+    qemu_raw,
+    read_all,
+    run,
+    write_raw,
+)
 
 # Helpers
-
-
-def run(*cmd: str) -> subprocess.CompletedProcess[bytes]:
-    """Run ``cmd``; fail the test with its stderr if it does not exit 0."""
-    proc = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
-    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {proc.stderr.decode()}"
-    return proc
-
-
-def ok(proc: subprocess.CompletedProcess[bytes]) -> subprocess.CompletedProcess[bytes]:
-    """``proc`` after asserting it exited 0 with nothing on stderr."""
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert b"Traceback" not in proc.stderr
-    return proc
 
 
 def qemu_info(qemu_img: str, path: Path) -> dict[str, object]:
@@ -47,18 +40,6 @@ def qemu_info(qemu_img: str, path: Path) -> dict[str, object]:
         run(qemu_img, "info", "-f", "vpc", "--output=json", str(path)).stdout
     )
     return info
-
-
-def qemu_raw(qemu_img: str, path: Path, out: Path) -> bytes:
-    """The whole disk of the VHD at ``path`` as qemu-img converts it to raw."""
-    run(qemu_img, "convert", "-f", "vpc", "-O", "raw", str(path), str(out))
-    return out.read_bytes()
-
-
-def xfer_read(path: Path) -> bytes:
-    """The whole disk as vhd.Image reads it (through its parent chain)."""
-    with vhd.Image.open(str(path)) as image:
-        return image.read(0, image.size)
 
 
 def xfer_size(path: Path) -> int:
@@ -78,10 +59,10 @@ def qemu_data_blocks(qemu_img: str, path: Path, block_size: int = BLOCK) -> set[
     return blocks
 
 
-def xfer_json(xfer: Xfer, path: Path) -> dict[str, object]:
-    """``xfer vhd info --json``."""
-    info: dict[str, object] = json.loads(ok(xfer("vhd", "info", "--json", str(path))).stdout)
-    return info
+def xfer_create(xfer: Xfer, path: Path, size: int, fixed: bool) -> None:
+    """``xfer vhd create`` a dynamic or fixed image of ``size`` bytes at ``path``."""
+    options = ["--size", str(size), *(["--fixed"] if fixed else [])]
+    ok(xfer("vhd", "create", str(path), *options), quiet=False)
 
 
 def qemu_io_write(qemu_io: str, path: Path, writes: list[tuple[int, int, int]]) -> None:
@@ -95,15 +76,8 @@ def qemu_io_write(qemu_io: str, path: Path, writes: list[tuple[int, int, int]]) 
 
 def sparse_raw(path: Path, size: int, writes: list[tuple[int, bytes]]) -> bytes:
     """A sparse raw file of ``size`` bytes with ``writes`` applied; returns its contents."""
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, data in writes:
-            f.seek(offset)
-            f.write(data)
-    content = bytearray(size)
-    for offset, data in writes:
-        content[offset : offset + len(data)] = data
-    return bytes(content)
+    write_raw(path, size, writes)
+    return disk_content(size, writes)
 
 
 def blocks_with_data(content: bytes, block_size: int = BLOCK) -> set[int]:
@@ -139,12 +113,12 @@ def test_xfer_created_size_is_exact_in_qemu(
     tmp_path: Path, xfer: Xfer, qemu_img: str, size: int, fixed: bool
 ) -> None:
     path = tmp_path / "disk.vhd"
-    ok(xfer("vhd", "create", str(path), "--size", str(size), *(["--fixed"] if fixed else [])))
+    xfer_create(xfer, path, size, fixed)
     info = qemu_info(qemu_img, path)
     assert info["format"] == "vpc"
     assert info["virtual-size"] == size
     assert xfer_size(path) == size
-    assert xfer_json(xfer, path)["virtual_size"] == size
+    assert info_json(xfer, path, quiet=False)["virtual_size"] == size
     if fixed:
         assert path.stat().st_size == size + SECTOR
         assert path.stat().st_blocks * 512 < 1 * MiB, "a new fixed image should be sparse"
@@ -158,7 +132,7 @@ def test_xfer_created_size_suffixes_are_exact_in_qemu(
     tmp_path: Path, xfer: Xfer, qemu_img: str, suffix: str
 ) -> None:
     path = tmp_path / "disk.vhd"
-    ok(xfer("vhd", "create", str(path), "--size", suffix))
+    ok(xfer("vhd", "create", str(path), "--size", suffix), quiet=False)
     expected = int(suffix[:-1]) << {"K": 10, "M": 20, "G": 30}[suffix[-1]]
     assert qemu_info(qemu_img, path)["virtual-size"] == expected
 
@@ -182,7 +156,7 @@ XFER_WRITES = [
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
 def test_xfer_writes_qemu_reads(tmp_path: Path, xfer: Xfer, qemu_img: str, fixed: bool) -> None:
     path = tmp_path / "disk.vhd"
-    ok(xfer("vhd", "create", str(path), "--size", str(SMALL), *(["--fixed"] if fixed else [])))
+    xfer_create(xfer, path, SMALL, fixed)
     rng = random.Random(1234)
     expected = bytearray(SMALL)
     with vhd.Image.open(str(path), writable=True) as image:
@@ -191,7 +165,7 @@ def test_xfer_writes_qemu_reads(tmp_path: Path, xfer: Xfer, qemu_img: str, fixed
             image.write(offset, data)
             expected[offset : offset + length] = data
         image.flush()
-    mine = xfer_read(path)
+    mine = read_all(path)
     assert len(mine) == SMALL
     assert mine == expected
     theirs = qemu_raw(qemu_img, path, tmp_path / "qemu.raw")
@@ -217,17 +191,24 @@ QEMU_WRITES = [
 ]
 
 
+def written_by_qemu(tmp_path: Path, xfer: Xfer, qemu_io: str, fixed: bool) -> Path:
+    """``disk.vhd``: a dynamic or fixed image of SMALL bytes created by xfer, then written by
+    qemu-io (QEMU_WRITES)."""
+    path = tmp_path / "disk.vhd"
+    xfer_create(xfer, path, SMALL, fixed)
+    qemu_io_write(qemu_io, path, QEMU_WRITES)
+    return path
+
+
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
 def test_qemu_writes_xfer_reads(
     tmp_path: Path, xfer: Xfer, qemu_img: str, qemu_io: str, fixed: bool
 ) -> None:
-    path = tmp_path / "disk.vhd"
-    ok(xfer("vhd", "create", str(path), "--size", str(SMALL), *(["--fixed"] if fixed else [])))
-    qemu_io_write(qemu_io, path, QEMU_WRITES)
+    path = written_by_qemu(tmp_path, xfer, qemu_io, fixed)
     expected = bytearray(SMALL)
     for pattern, offset, length in QEMU_WRITES:
         expected[offset : offset + length] = bytes([pattern]) * length
-    assert xfer_read(path) == expected
+    assert read_all(path) == expected
     assert qemu_raw(qemu_img, path, tmp_path / "qemu.raw") == expected
     checked = xfer("vhd", "check", str(path))
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
@@ -239,7 +220,7 @@ def test_qemu_writes_xfer_reads(
         for offset, data in [(BLOCK * 2 + 5, b"\x42" * 9000), (3000 + 4999, b"\x77\x78")]:
             image.write(offset, data)
             expected[offset : offset + len(data)] = data
-    assert xfer_read(path) == expected
+    assert read_all(path) == expected
     assert qemu_raw(qemu_img, path, tmp_path / "qemu2.raw") == expected
     assert vhd.check(str(path)) == []
 
@@ -269,14 +250,14 @@ def test_qemu_created_images_read_by_xfer(
     qemu_io_write(qemu_io, path, writes)
     theirs = qemu_raw(qemu_img, path, tmp_path / "qemu.raw")
     assert len(theirs) == virtual
-    assert xfer_read(path) == theirs
+    assert read_all(path) == theirs
     assert theirs[virtual - 1500 :] == b"\x3c" * 1500
     assert vhd.check(str(path)) == []
 
     # xfer writes into qemu's layout; qemu reads it back.
     with vhd.Image.open(str(path), writable=True) as image:
         image.write(virtual // 3 + 1, b"xfer was here" * 100)
-    assert xfer_read(path) == qemu_raw(qemu_img, path, tmp_path / "qemu2.raw")
+    assert read_all(path) == qemu_raw(qemu_img, path, tmp_path / "qemu2.raw")
     assert vhd.check(str(path)) == []
 
 
@@ -290,22 +271,11 @@ def test_qemu_converted_sparse_raw_read_by_xfer(tmp_path: Path, xfer: Xfer, qemu
         [(3_000_000, b"hello"), (15_000_000, rng.randbytes(100_000)), (size - 4, b"tail")],
     )
     path = tmp_path / "qemu.vhd"
-    run(
-        qemu_img,
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vpc",
-        "-o",
-        "subformat=dynamic",
-        str(raw),
-        str(path),
-    )
+    qemu_convert_to_vpc(qemu_img, raw, path, "dynamic")
     virtual = qemu_info(qemu_img, path)["virtual-size"]
     assert isinstance(virtual, int) and virtual >= size
     theirs = qemu_raw(qemu_img, path, tmp_path / "qemu.raw")
-    mine = xfer_read(path)
+    mine = read_all(path)
     assert mine == theirs
     assert mine[:size] == content
     assert mine[size:] == bytes(virtual - size)
@@ -314,10 +284,10 @@ def test_qemu_converted_sparse_raw_read_by_xfer(tmp_path: Path, xfer: Xfer, qemu
     # Only the blocks holding data were allocated by qemu, and xfer sees the same ones.
     expected_blocks = blocks_with_data(content)
     assert qemu_data_blocks(qemu_img, path) == expected_blocks
-    assert xfer_json(xfer, path)["allocated_blocks"] == len(expected_blocks)
+    assert info_json(xfer, path, quiet=False)["allocated_blocks"] == len(expected_blocks)
     # xfer converts qemu's image back to raw.
     out = tmp_path / "back.raw"
-    ok(xfer("vhd", "convert", str(path), str(out)))
+    ok(xfer("vhd", "convert", str(path), str(out)), quiet=False)
     assert out.read_bytes() == mine
 
 
@@ -353,16 +323,16 @@ def test_xfer_convert_round_trip_checked_by_qemu(tmp_path: Path, xfer: Xfer, qem
     assert blocks_with_data(content) == expected_blocks
 
     out = tmp_path / "out.vhd"
-    ok(xfer("vhd", "convert", str(raw), str(out)))
+    ok(xfer("vhd", "convert", str(raw), str(out)), quiet=False)
     assert qemu_info(qemu_img, out)["virtual-size"] == size
     run(qemu_img, "compare", "-f", "vpc", "-F", "raw", str(out), str(raw))
     assert qemu_raw(qemu_img, out, tmp_path / "qemu.raw") == content
-    assert xfer_read(out) == content
+    assert read_all(out) == content
     assert vhd.check(str(out)) == []
 
     # Only the non-zero blocks are allocated: not the explicit zero block 2.
     assert qemu_data_blocks(qemu_img, out) == expected_blocks
-    info = xfer_json(xfer, out)
+    info = info_json(xfer, out, quiet=False)
     assert info["type"] == "dynamic"
     assert info["allocated_blocks"] == len(expected_blocks)
     # Footer copy, header, one sector of BAT (13 entries), 5 blocks of bitmap + data whose data
@@ -373,14 +343,14 @@ def test_xfer_convert_round_trip_checked_by_qemu(tmp_path: Path, xfer: Xfer, qem
     assert allocated == expected_blocks
 
     back = tmp_path / "back.raw"
-    ok(xfer("vhd", "convert", str(out), str(back)))
+    ok(xfer("vhd", "convert", str(out), str(back)), quiet=False)
     assert back.stat().st_size == size
     assert back.read_bytes() == content
     run(qemu_img, "compare", "-f", "vpc", "-F", "raw", str(out), str(back))
 
     # Explicit --to, whatever the extension says.
     img = tmp_path / "disk.img"
-    ok(xfer("vhd", "convert", str(raw), str(img), "--to", "vhd"))
+    ok(xfer("vhd", "convert", str(raw), str(img), "--to", "vhd"), quiet=False)
     run(qemu_img, "compare", "-f", "vpc", "-F", "raw", str(img), str(raw))
 
 
@@ -389,15 +359,11 @@ def test_xfer_convert_huge_sparse_round_trip(tmp_path: Path, xfer: Xfer, qemu_im
     size = 130 * GiB
     writes = [(12345, b"head"), (128 * GiB + MiB + 1, b"middle"), (size - 4, b"tail")]
     raw = tmp_path / "big.raw"
-    with open(raw, "wb") as f:
-        f.truncate(size)
-        for offset, data in writes:
-            f.seek(offset)
-            f.write(data)
+    write_raw(raw, size, writes)
     out = tmp_path / "big.vhd"
-    ok(xfer("vhd", "convert", str(raw), str(out)))
+    ok(xfer("vhd", "convert", str(raw), str(out)), quiet=False)
     assert qemu_info(qemu_img, out)["virtual-size"] == size
-    assert xfer_json(xfer, out)["virtual_size"] == size
+    assert info_json(xfer, out, quiet=False)["virtual_size"] == size
     expected_blocks = {offset // BLOCK for offset, _ in writes}
     assert qemu_data_blocks(qemu_img, out) == expected_blocks
     assert out.stat().st_size < 4 * (BLOCK + 512) + 512 * KiB
@@ -407,7 +373,7 @@ def test_xfer_convert_huge_sparse_round_trip(tmp_path: Path, xfer: Xfer, qemu_im
             assert image.read(offset - 1, len(data) + 2) == b"\0" + data + b"\0"[: size - offset]
 
     back = tmp_path / "back.raw"
-    ok(xfer("vhd", "convert", str(out), str(back)))
+    ok(xfer("vhd", "convert", str(out), str(back)), quiet=False)
     assert back.stat().st_size == size
     assert back.stat().st_blocks * 512 <= len(expected_blocks) * BLOCK, "output is not sparse"
     with open(back, "rb") as f:
@@ -443,11 +409,9 @@ def test_xfer_convert_raw_of_odd_size(tmp_path: Path, xfer: Xfer, qemu_img: str)
 def test_xfer_convert_qemu_written_vhd_to_raw(
     tmp_path: Path, xfer: Xfer, qemu_img: str, qemu_io: str, fixed: bool
 ) -> None:
-    path = tmp_path / "disk.vhd"
-    ok(xfer("vhd", "create", str(path), "--size", str(SMALL), *(["--fixed"] if fixed else [])))
-    qemu_io_write(qemu_io, path, QEMU_WRITES)
+    path = written_by_qemu(tmp_path, xfer, qemu_io, fixed)
     out = tmp_path / "disk.raw"
-    ok(xfer("vhd", "convert", str(path), str(out)))
+    ok(xfer("vhd", "convert", str(path), str(out)), quiet=False)
     assert out.read_bytes() == qemu_raw(qemu_img, path, tmp_path / "qemu.raw")
     run(qemu_img, "compare", "-f", "vpc", "-F", "raw", str(path), str(out))
 
@@ -458,7 +422,7 @@ def test_xfer_convert_qemu_written_vhd_to_raw(
 def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) -> None:
     size = 10 * MiB
     base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
-    ok(xfer("vhd", "create", str(base), "--size", "10M"))
+    ok(xfer("vhd", "create", str(base), "--size", "10M"), quiet=False)
     rng = random.Random(5)
     expected = bytearray(size)
     with vhd.Image.open(str(base), writable=True) as image:
@@ -468,8 +432,8 @@ def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) 
             expected[offset : offset + length] = data
     base_content = bytes(expected)
 
-    ok(xfer("vhd", "create", str(child), "--parent", str(base)))
-    info = xfer_json(xfer, child)
+    ok(xfer("vhd", "create", str(child), "--parent", str(base)), quiet=False)
+    info = info_json(xfer, child, quiet=False)
     assert info["type"] == "differencing"
     assert info["virtual_size"] == size
     with vhd.Image.open(str(base)) as image:
@@ -490,12 +454,12 @@ def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) 
             image.write(offset, data)
             expected[offset : offset + length] = data
         assert image.read(0, size) == expected
-    assert xfer_read(base) == base_content, "writes into the child must not touch the base"
+    assert read_all(base) == base_content, "writes into the child must not touch the base"
     assert vhd.check(str(child)) == []
 
     delta, full = tmp_path / "delta.vhd", tmp_path / "full.raw"
-    ok(xfer("vhd", "convert", str(child), str(delta), "--base", str(base)))
-    ok(xfer("vhd", "convert", str(child), str(full)))
+    ok(xfer("vhd", "convert", str(child), str(delta), "--base", str(base)), quiet=False)
+    ok(xfer("vhd", "convert", str(child), str(full)), quiet=False)
     assert full.read_bytes() == expected
     assert vhd.check(str(delta)) == []
 
@@ -504,7 +468,7 @@ def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) 
         assert image.parent is not None
         assert str(image.parent.footer.uuid) == base_uuid
         assert image.read(0, image.size) == expected
-    delta_info = xfer_json(xfer, delta)
+    delta_info = info_json(xfer, delta, quiet=False)
     assert delta_info["type"] == "differencing"
     # The delta holds the blocks the child changed (0, 3, 4), not those of the base alone (1).
     assert delta_info["allocated_blocks"] == 3
@@ -513,13 +477,13 @@ def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) 
     assert qemu_info(qemu_img, delta)["virtual-size"] == size
 
     out = tmp_path / "out.raw"
-    ok(xfer("vhd", "convert", str(delta), str(out)))
+    ok(xfer("vhd", "convert", str(delta), str(out)), quiet=False)
     assert out.read_bytes() == full.read_bytes()
 
     # A delta in another directory names its parent relative to itself.
     (tmp_path / "sub").mkdir()
     far = tmp_path / "sub" / "delta.vhd"
-    ok(xfer("vhd", "convert", str(child), str(far), "--base", str(base)))
+    ok(xfer("vhd", "convert", str(child), str(far), "--base", str(base)), quiet=False)
     with vhd.Image.open(str(far)) as image:
         assert image.header is not None and image.header.parent_name == "../base.vhd"
         assert image.read(0, image.size) == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -168,8 +169,31 @@ def unix_time(timestamp: int) -> int:
     return timestamp + VHD_EPOCH
 
 
-def _fail(what: str, message: str, base: int, offsets: dict[str, int], field: str) -> VhdError:
-    return VhdError(message, field=f"{what}.{field}", offset=base + offsets[field])
+def _collector(
+    what: str, base: int, offsets: dict[str, int], found: list[VhdError]
+) -> Callable[[str, str], None]:
+    """A ``fail(field, message)`` that records an error naming ``what.field`` and its offset."""
+
+    def fail(field: str, message: str) -> None:
+        found.append(VhdError(message, field=f"{what}.{field}", offset=base + offsets[field]))
+
+    return fail
+
+
+def _envelope_valid(
+    raw: bytes, c: Any, cookie: bytes, offsets: dict[str, int], fail: Callable[[str, str], None]
+) -> bool:
+    """Cookie, checksum and major version, which footer and header share; False when the
+    cookie is wrong (nothing else of the structure is worth reading then)."""
+    if c.cookie != cookie:
+        fail("cookie", f"expected {cookie!r}, found {c.cookie!r}")
+        return False
+    expected = checksum(raw, offsets["checksum"])
+    if c.checksum != expected:
+        fail("checksum", f"stored {c.checksum:#010x}, computed {expected:#010x}")
+    if c.version >> 16 != 1:
+        fail("version", f"unsupported version {c.version:#010x}")
+    return True
 
 
 @dataclass(frozen=True)
@@ -248,19 +272,10 @@ class Footer:
     def problems(raw: bytes, offset: int = 0) -> list[VhdError]:
         """Every problem of the 512 footer bytes ``raw`` read at ``offset``."""
         c = FOOTER_STRUCT.parse(raw)
-        found = []
-
-        def fail(field: str, message: str) -> None:
-            found.append(_fail("footer", message, offset, FOOTER_OFFSETS, field))
-
-        if c.cookie != FOOTER_COOKIE:
-            fail("cookie", f"expected {FOOTER_COOKIE!r}, found {c.cookie!r}")
+        found: list[VhdError] = []
+        fail = _collector("footer", offset, FOOTER_OFFSETS, found)
+        if not _envelope_valid(raw, c, FOOTER_COOKIE, FOOTER_OFFSETS, fail):
             return found
-        expected = checksum(raw, FOOTER_OFFSETS["checksum"])
-        if c.checksum != expected:
-            fail("checksum", f"stored {c.checksum:#010x}, computed {expected:#010x}")
-        if c.version >> 16 != 1:
-            fail("version", f"unsupported format version {c.version:#010x}")
         if c.disk_type not in DISK_TYPE_NAMES:
             fail("disk_type", f"unknown disk type {c.disk_type}")
         if c.current_size > MAX_VIRTUAL_SIZE:
@@ -403,21 +418,12 @@ class DynamicHeader:
     def problems(raw: bytes, offset: int) -> list[VhdError]:
         """Every problem of the 1024 header bytes ``raw`` read at ``offset``."""
         c = HEADER_STRUCT.parse(raw)
-        found = []
-
-        def fail(field: str, message: str) -> None:
-            found.append(_fail("header", message, offset, HEADER_OFFSETS, field))
-
-        if c.cookie != HEADER_COOKIE:
-            fail("cookie", f"expected {HEADER_COOKIE!r}, found {c.cookie!r}")
+        found: list[VhdError] = []
+        fail = _collector("header", offset, HEADER_OFFSETS, found)
+        if not _envelope_valid(raw, c, HEADER_COOKIE, HEADER_OFFSETS, fail):
             return found
-        expected = checksum(raw, HEADER_OFFSETS["checksum"])
-        if c.checksum != expected:
-            fail("checksum", f"stored {c.checksum:#010x}, computed {expected:#010x}")
         if c.data_offset != NO_OFFSET:
             fail("data_offset", f"must be {NO_OFFSET:#x}, found {c.data_offset:#x}")
-        if c.version >> 16 != 1:
-            fail("version", f"unsupported header version {c.version:#010x}")
         bs = c.block_size
         if not MIN_BLOCK_SIZE <= bs <= MAX_BLOCK_SIZE or bs & (bs - 1):
             fail("block_size", f"{bs} is not a power of two from 512 bytes to 256 MiB")

@@ -37,7 +37,7 @@ MAX_CHAIN_LENGTH = 128
 """Longest parent chain we follow (xapi itself stops at 30)."""
 
 
-class Metadata:
+class ImageMetadata:
     """What an image file says about itself, validated against the file's size."""
 
     def __init__(self, file: File) -> None:
@@ -117,7 +117,7 @@ class Metadata:
 class Image:
     """An open VHD image and, for a differencing image, its open parent chain."""
 
-    def __init__(self, meta: Metadata, parent: Image | None = None) -> None:
+    def __init__(self, meta: ImageMetadata, parent: Image | None = None) -> None:
         self.meta = meta
         self.file = meta.file
         self.path = meta.file.path
@@ -143,7 +143,7 @@ class Image:
                 raise VhdError("parent chain loops back to this file", field="header.parent_name")
             if len(seen) >= MAX_CHAIN_LENGTH:
                 raise VhdError(f"parent chain longer than {MAX_CHAIN_LENGTH} images")
-            meta = Metadata(file)
+            meta = ImageMetadata(file)
             parent = None
             if parents and meta.footer.disk_type == DIFFERENCING:
                 parent = cls._open_parent(meta, [*seen, file])
@@ -156,7 +156,7 @@ class Image:
             raise
 
     @classmethod
-    def _open_parent(cls, meta: Metadata, seen: list[File]) -> Image:
+    def _open_parent(cls, meta: ImageMetadata, seen: list[File]) -> Image:
         assert meta.header is not None
         header = meta.header
         parent_path = find_parent(meta)
@@ -376,7 +376,7 @@ class Image:
         self.file.sync()
 
 
-def find_parent(meta: Metadata) -> str:
+def find_parent(meta: ImageMetadata) -> str:
     """The path of a differencing image's parent: its locators first, then its parent name.
 
     Relative paths are taken relative to the child's directory.

@@ -1,0 +1,146 @@
+"""Constants and helpers shared by the test modules (the fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import vhd
+from vhd import Copy, Element, Image, Literal, Zeros
+
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+SECTOR = 512
+BLOCK = 2 * MiB
+"""The default block size of dynamic images."""
+SIZE = 8 * MiB
+"""The virtual size of most test disks: four default blocks."""
+BAT_OFFSET = 1536
+"""Where vhd.create and xfer put the BAT: after the footer copy and the dynamic header."""
+
+XFER = [sys.executable, "-m", "migrate.cli.main"]
+"""The ``xfer`` command line."""
+
+Xfer = Callable[..., subprocess.CompletedProcess[bytes]]
+"""The ``xfer`` fixture: runs ``xfer ARGS...`` and returns the completed process."""
+
+Writes = Iterable[tuple[int, bytes]]
+"""(offset, data) pairs written to a disk."""
+
+
+# Content
+
+
+def pattern(length: int, seed: int) -> bytes:
+    """``length`` pseudo-random bytes, never all zero when long enough."""
+    return random.Random(seed).randbytes(length)
+
+
+def disk_content(size: int, writes: Writes) -> bytes:
+    """The content of a ``size``-byte disk of zeros after ``writes``."""
+    content = bytearray(size)
+    for offset, data in writes:
+        content[offset : offset + len(data)] = data
+    return bytes(content)
+
+
+def materialise(elements: Iterable[Element]) -> bytes:
+    """The bytes a sequence of plan elements stands for."""
+    out = bytearray()
+    for e in elements:
+        if isinstance(e, Literal):
+            out += e.data
+        elif isinstance(e, Copy):
+            data = os.pread(e.file.fileno(), e.length, e.offset)
+            assert len(data) == e.length, "copy reaches past the end of its file"
+            out += data
+        else:
+            assert isinstance(e, Zeros)
+            out += bytes(e.length)
+    return bytes(out)
+
+
+# Files and images
+
+
+def write_raw(path: Path, size: int, writes: Writes) -> None:
+    """A sparse raw disk of ``size`` bytes at ``path`` holding ``writes``."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in writes:
+            f.seek(offset)
+            f.write(data)
+
+
+def patch(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite bytes of a file in place."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def make_dynamic(path: Path, size: int, writes: Writes) -> None:
+    """A dynamic image made with the library, ``writes`` applied."""
+    vhd.create(str(path), size)
+    with Image.open(str(path), writable=True) as image:
+        for offset, data in writes:
+            image.write(offset, data)
+
+
+def read_all(path: Path | str) -> bytes:
+    """The whole disk as vhd.Image reads it (through its parent chain)."""
+    with Image.open(str(path)) as image:
+        return image.read(0, image.size)
+
+
+def bat_of(path: Path) -> list[int]:
+    """The image's BAT entries (its parents are not opened)."""
+    with Image.open(str(path), parents=False) as image:
+        return [int(e) for e in image.bat]
+
+
+# Processes
+
+
+def ok(
+    proc: subprocess.CompletedProcess[bytes], *, quiet: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """``proc`` after asserting it exited 0 and wrote nothing on stderr; with ``quiet=False``,
+    only that its stderr holds no traceback."""
+    assert proc.returncode == 0, proc.stderr.decode()
+    if quiet:
+        assert proc.stderr == b""
+    else:
+        assert b"Traceback" not in proc.stderr
+    return proc
+
+
+def info_json(xfer: Xfer, path: Path, *, quiet: bool = True) -> dict[str, object]:
+    """``xfer vhd info --json``, run as :func:`ok` checks it."""
+    info: dict[str, object] = json.loads(
+        ok(xfer("vhd", "info", "--json", str(path)), quiet=quiet).stdout
+    )
+    return info
+
+
+def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run ``cmd``; fail the test with its stderr if it does not exit 0."""
+    proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}: {proc.stderr.decode()}"
+    return proc
+
+
+def qemu_raw(qemu_img: str, path: Path, out: Path) -> bytes:
+    """The whole disk of the VHD at ``path`` as qemu-img converts it to raw (at ``out``)."""
+    run(qemu_img, "convert", "-f", "vpc", "-O", "raw", str(path), str(out))
+    return out.read_bytes()
+
+
+def qemu_convert_to_vpc(qemu_img: str, src: Path, dst: Path, subformat: str) -> None:
+    """``qemu-img convert`` the raw disk ``src`` to a VHD of ``subformat`` (dynamic or fixed)."""
+    options = ["-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
+    run(qemu_img, "convert", *options, str(src), str(dst))

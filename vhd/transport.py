@@ -1,14 +1,12 @@
 """Executing plans into a file descriptor: a regular file, a pipe or a socket.
 
 Into a regular file, zeros become holes and copies go through one reused buffer with
-pread/pwrite into space allocated first with fallocate (both measured faster here than
-copy_file_range into a new file); into anything else, copies go through ``os.sendfile`` and
-zeros are written from a shared zero buffer.
+pread/pwrite (faster here than copy_file_range into a new file); into anything else, copies
+go through ``os.sendfile`` and zeros are written from a shared zero buffer.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
@@ -56,18 +54,10 @@ def write_plan(elements: Iterable[Element], fd: int, progress: Progress | None =
 def _to_file(elements: Iterable[Element], fd: int, base: int, progress: Progress | None) -> int:
     buffer = memoryview(bytearray(BUFFER_SIZE))
     pos = base
-    allocate = True
     for e in elements:
         if isinstance(e, Literal):
             _pwrite_all(fd, e.data, pos)
         elif isinstance(e, Copy):
-            if allocate:
-                try:
-                    os.posix_fallocate(fd, pos, e.length)
-                except OSError as err:
-                    if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
-                    allocate = False  # the file system cannot: plain writes still work
             src, done = e.file.fileno(), 0
             while done < e.length:
                 n = os.preadv(src, [buffer[: min(BUFFER_SIZE, e.length - done)]], e.offset + done)

@@ -1,0 +1,122 @@
+"""Name resolution and connecting, IPv6-first: getaddrinfo only, Happy Eyeballs over every result.
+
+Resolution goes through trio's getaddrinfo with the bare host (never brackets, zone kept for
+link-local addresses); the results are ordered with the preferred family first and the
+families interleaved (RFC 8305 section 4), and connection attempts start one after another,
+``delay`` apart or as soon as the previous one fails, the first to succeed winning and the
+others cancelled (RFC 8305 section 5).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Literal
+
+import trio
+
+from migrate.addresses import Host, parse_host
+
+Family = Literal["ipv4", "ipv6"]
+FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+HAPPY_EYEBALLS_DELAY = 0.25
+"""RFC 8305's recommended connection attempt delay, in seconds."""
+
+Target = tuple[socket.AddressFamily, Any]
+"""An address family and the socket address to connect to."""
+
+
+class ConnectError(OSError):
+    """No address of a host accepted a connection; the message lists each attempt's error."""
+
+
+def order_targets(targets: list[Target], prefer: Family) -> list[Target]:
+    """``targets`` deduplicated, the preferred family first, then the families alternating."""
+    first = FAMILIES[prefer]
+    seen: set[tuple[int, Any]] = set()
+    preferred: list[Target] = []
+    others: list[Target] = []
+    for family, sockaddr in targets:
+        if (family, sockaddr) in seen:
+            continue
+        seen.add((family, sockaddr))
+        (preferred if family == first else others).append((family, sockaddr))
+    ordered: list[Target] = []
+    for i in range(max(len(preferred), len(others))):
+        ordered += preferred[i : i + 1] + others[i : i + 1]
+    return ordered
+
+
+async def resolve(host: Host | str, port: int, *, prefer: Family = "ipv6") -> list[Target]:
+    """Every TCP address of ``host``, ordered for connecting (see :func:`order_targets`)."""
+    parsed = host if isinstance(host, Host) else parse_host(host)
+    try:
+        infos = await trio.socket.getaddrinfo(
+            parsed.address, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+    except socket.gaierror as e:
+        raise ConnectError(f"cannot resolve {parsed.address}: {e.strerror}") from None
+    targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+    return order_targets([t for t in targets if t[0] in FAMILIES.values()], prefer)
+
+
+async def connect(
+    host: Host | str,
+    port: int | None = None,
+    *,
+    prefer: Family = "ipv6",
+    delay: float = HAPPY_EYEBALLS_DELAY,
+    timeout: float = 30.0,
+) -> trio.SocketStream:
+    """A TCP stream to ``host`` (any form :func:`parse_host` takes) on ``port`` or its own."""
+    parsed = host if isinstance(host, Host) else parse_host(host)
+    number = parsed.effective_port(port)
+    with trio.move_on_after(timeout) as scope:
+        targets = await resolve(parsed, number, prefer=prefer)
+        if not targets:
+            raise ConnectError(f"{parsed.address} has no IPv4 or IPv6 address")
+        return await _race(targets, delay)
+    assert scope.cancelled_caught
+    raise ConnectError(f"connecting to {parsed.host_port(number)} timed out after {timeout} s")
+
+
+async def _race(targets: list[Target], delay: float) -> trio.SocketStream:
+    """Staggered attempts; the first connected socket wins and the rest are cancelled."""
+    winner: trio.socket.SocketType | None = None
+    errors: list[str] = []
+
+    async def attempt(target: Target, failed: trio.Event, nursery: trio.Nursery) -> None:
+        nonlocal winner
+        family, sockaddr = target
+        sock = trio.socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            await sock.connect(sockaddr)
+        except OSError as e:
+            sock.close()
+            errors.append(f"{_show(target)}: {e.strerror or e}")
+            failed.set()
+            return
+        except BaseException:
+            sock.close()
+            raise
+        if winner is not None:  # another attempt connected at the same moment
+            sock.close()
+            return
+        winner = sock
+        nursery.cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for target in targets:
+            failed = trio.Event()
+            nursery.start_soon(attempt, target, failed, nursery)
+            with trio.move_on_after(delay):
+                await failed.wait()
+    if winner is None:
+        raise ConnectError("; ".join(errors))
+    winner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return trio.SocketStream(winner)
+
+
+def _show(target: Target) -> str:
+    family, sockaddr = target
+    host, port = sockaddr[0], sockaddr[1]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"

@@ -1,0 +1,107 @@
+"""migrate.net: resolution and Happy Eyeballs connecting, over real sockets on ::1 and 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+from functools import partial
+
+import pytest
+import trio
+
+from migrate.net import ConnectError, _race, connect, order_targets, resolve
+
+V6 = socket.AF_INET6
+V4 = socket.AF_INET
+
+
+def test_order_prefers_a_family_and_interleaves() -> None:
+    targets = [
+        (V4, ("192.0.2.1", 80)),
+        (V4, ("192.0.2.2", 80)),
+        (V6, ("2001:db8::1", 80, 0, 0)),
+        (V4, ("192.0.2.1", 80)),
+        (V6, ("2001:db8::2", 80, 0, 0)),
+        (V6, ("2001:db8::3", 80, 0, 0)),
+    ]
+    assert [a[1][0] for a in order_targets(targets, "ipv6")] == [
+        "2001:db8::1",
+        "192.0.2.1",
+        "2001:db8::2",
+        "192.0.2.2",
+        "2001:db8::3",
+    ]
+    assert [a[1][0] for a in order_targets(targets, "ipv4")] == [
+        "192.0.2.1",
+        "2001:db8::1",
+        "192.0.2.2",
+        "2001:db8::2",
+        "2001:db8::3",
+    ]
+
+
+async def test_resolve_literals_without_brackets() -> None:
+    assert await resolve("[::1]:9", 80) == [(V6, ("::1", 80, 0, 0))]
+    assert await resolve("http://127.0.0.1:9/", 81) == [(V4, ("127.0.0.1", 81))]
+    assert await resolve("::ffff:127.0.0.1", 82) == [(V4, ("127.0.0.1", 82))]
+
+
+async def test_resolve_failure_is_a_connect_error() -> None:
+    with pytest.raises(ConnectError, match="cannot resolve"):
+        await resolve("no-such-host.invalid", 80)
+
+
+async def _echo_server(nursery: trio.Nursery, host: str) -> int:
+    async def echo(stream: trio.SocketStream) -> None:
+        async with stream:
+            async for data in stream:
+                await stream.send_all(data)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, echo, 0, host=host))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1"])
+async def test_connect_to_each_loopback(host: str) -> None:
+    async with trio.open_nursery() as nursery:
+        port = await _echo_server(nursery, host)
+        text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        stream = await connect(text)
+        async with stream:
+            await stream.send_all(b"ping")
+            assert await stream.receive_some(4) == b"ping"
+            peer = stream.socket.getpeername()
+            assert peer[0] == host
+        nursery.cancel_scope.cancel()
+
+
+async def _closed_port(family: socket.AddressFamily, host: str) -> int:
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    await sock.bind((host, 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+async def test_falls_back_to_the_next_address() -> None:
+    async with trio.open_nursery() as nursery:
+        port = await _echo_server(nursery, "127.0.0.1")
+        dead = await _closed_port(V6, "::1")
+        stream = await _race([(V6, ("::1", dead, 0, 0)), (V4, ("127.0.0.1", port))], delay=5)
+        async with stream:
+            assert stream.socket.getpeername() == ("127.0.0.1", port)
+        nursery.cancel_scope.cancel()
+
+
+async def test_every_address_refused_lists_each_error() -> None:
+    dead6 = await _closed_port(V6, "::1")
+    dead4 = await _closed_port(V4, "127.0.0.1")
+    with pytest.raises(ConnectError) as info:
+        await _race([(V6, ("::1", dead6, 0, 0)), (V4, ("127.0.0.1", dead4))], delay=5)
+    assert f"[::1]:{dead6}" in str(info.value)
+    assert f"127.0.0.1:{dead4}" in str(info.value)
+
+
+async def test_link_local_without_zone_is_refused_before_any_packet() -> None:
+    with pytest.raises(ValueError, match="needs a zone"):
+        await connect("[fe80::1]:80")

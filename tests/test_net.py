@@ -45,9 +45,23 @@ async def test_resolve_literals_without_brackets() -> None:
     assert await resolve("::ffff:127.0.0.1", 82) == [(V4, ("127.0.0.1", 82))]
 
 
-async def test_resolve_failure_is_a_connect_error() -> None:
-    with pytest.raises(ConnectError, match="cannot resolve"):
-        await resolve("no-such-host.invalid", 80)
+class _NoSuchName(trio.abc.HostnameResolver):
+    """trio's resolver hook: every name is unknown, without asking any name server."""
+
+    async def getaddrinfo(self, *args: object, **kwargs: object) -> list[object]:
+        raise socket.gaierror(socket.EAI_NONAME, "unknown to the test resolver")
+
+    async def getnameinfo(self, *args: object) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_resolution_goes_through_trio_and_fails_clearly() -> None:
+    previous = trio.socket.set_custom_hostname_resolver(_NoSuchName())
+    try:
+        with pytest.raises(ConnectError, match=r"cannot resolve host\.example: unknown to the test resolver"):
+            await resolve("host.example", 80)
+    finally:
+        trio.socket.set_custom_hostname_resolver(previous)
 
 
 async def _echo_server(nursery: trio.Nursery, host: str) -> int:

@@ -58,7 +58,9 @@ class _NoSuchName(trio.abc.HostnameResolver):
 async def test_resolution_goes_through_trio_and_fails_clearly() -> None:
     previous = trio.socket.set_custom_hostname_resolver(_NoSuchName())
     try:
-        with pytest.raises(ConnectError, match=r"cannot resolve host\.example: unknown to the test resolver"):
+        with pytest.raises(
+            ConnectError, match=r"cannot resolve host\.example: unknown to the test resolver"
+        ):
             await resolve("host.example", 80)
     finally:
         trio.socket.set_custom_hostname_resolver(previous)

@@ -1,0 +1,490 @@
+"""migrate.http.server: curl, httpx and raw sockets against the server on ::1 and 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from migrate.addresses import parse_host
+from migrate.http.server import (
+    Connection,
+    HTTPError,
+    Limits,
+    Request,
+    Router,
+    client_address,
+    serve,
+    split_target,
+)
+
+LIMITS = Limits(header_timeout=0.5, idle_timeout=5.0, body_timeout=0.5, max_body=8 << 20)
+BIG = 4 << 20
+CURL = "/usr/bin/curl"
+
+
+async def echo(request: Request, conn: Connection) -> None:
+    body = await conn.read_body()
+    answer = {
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "length": len(body),
+        "method": request.method,
+        "client": request.client,
+        "query": request.query,
+    }
+    await conn.respond(200, [("content-type", "application/json")], json.dumps(answer).encode())
+
+
+async def info(request: Request, conn: Connection) -> None:
+    answer = {
+        "client": request.client,
+        "path": request.path,
+        "query": request.query,
+        "version": request.http_version,
+        "x-test": request.header("X-Test"),
+    }
+    await conn.respond(200, [("content-type", "application/json")], json.dumps(answer).encode())
+
+
+async def stream(request: Request, conn: Connection) -> None:
+    await conn.start_response(200, [("content-type", "text/plain")])
+    for i in range(int(request.query.get("n", ["3"])[0])):
+        await conn.send(f"chunk {i}\n".encode())
+    await conn.end()
+
+
+async def big(request: Request, conn: Connection) -> None:
+    """4 MiB with a Content-Length, sent in 1 MiB pieces (the passthrough path)."""
+    await conn.start_response(200, [("content-length", str(BIG))])
+    for i in range(4):
+        await conn.send(bytes([i]) * (1 << 20))
+    await conn.end()
+
+
+async def boom(request: Request, conn: Connection) -> None:
+    raise RuntimeError("secret detail")
+
+
+async def teapot(request: Request, conn: Connection) -> None:
+    raise HTTPError(418, "short and stout")
+
+
+def make_router() -> Router:
+    router = Router()
+    router.add("POST", "/echo", echo)
+    router.add("PUT", "/echo", echo)
+    router.add("GET", "/info", info)
+    router.add("GET", "/stream", stream)
+    router.add("GET", "/big", big)
+    router.add("GET", "/boom", boom)
+    router.add("GET", "/teapot", teapot)
+    return router
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+
+    def url(self, path: str) -> str:
+        return parse_host(self.host).url(path, port=self.port)
+
+    async def connect(self) -> trio.SocketStream:
+        return await trio.open_tcp_stream(self.host, self.port)
+
+
+@pytest.fixture(params=["::1", "127.0.0.1"])
+async def server(request: pytest.FixtureRequest, nursery: trio.Nursery) -> Server:
+    listeners = await trio.open_tcp_listeners(0, host=request.param)
+    await nursery.start(partial(serve, make_router(), listeners, LIMITS))
+    return Server(request.param, listeners[0].socket.getsockname()[1])
+
+
+async def read_all(stream: trio.SocketStream) -> bytes:
+    """Everything until the server closes."""
+    chunks = []
+    while data := await stream.receive_some(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+async def read_response(stream: trio.SocketStream, buffer: bytearray) -> Response:
+    """One response with a Content-Length off ``stream``; extra bytes stay in ``buffer``."""
+    while b"\r\n\r\n" not in buffer:
+        data = await stream.receive_some(65536)
+        assert data, f"connection closed mid-head: {bytes(buffer)!r}"
+        buffer += data
+    response = Response.parse_head(bytes(buffer))
+    del buffer[: response.head_length]
+    length = int(response.headers["content-length"])
+    while len(buffer) < length:
+        data = await stream.receive_some(65536)
+        assert data, "connection closed mid-body"
+        buffer += data
+    response.body = bytes(buffer[:length])
+    del buffer[:length]
+    return response
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    head_length: int
+    body: bytes = b""
+
+    @classmethod
+    def parse_head(cls, data: bytes) -> Response:
+        head, _, _ = data.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        version, status, _ = status_line.split(" ", 2)
+        assert version == "HTTP/1.1"
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.lower()] = value.strip()
+        return cls(int(status), headers, len(head) + 4)
+
+    @classmethod
+    def parse(cls, data: bytes) -> Response:
+        response = cls.parse_head(data)
+        response.body = data[response.head_length :]
+        return response
+
+
+async def exchange(server: Server, request: bytes) -> Response:
+    """Send raw ``request``, read until the server closes, parse the one response."""
+    with trio.fail_after(5):
+        async with await server.connect() as s:
+            await s.send_all(request)
+            return Response.parse(await read_all(s))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=15, check=False)
+
+
+async def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    """curl in a worker thread, so that the server keeps running meanwhile."""
+    with trio.fail_after(15):
+        return await trio.to_thread.run_sync(partial(run, CURL, "-g", "-s", "-v", *args))
+
+
+# pure parts
+
+
+def test_split_target() -> None:
+    assert split_target("/a%20b/?x=1&x=2&y=&z") == (
+        "/a b/",
+        {"x": ["1", "2"], "y": [""], "z": [""]},
+    )
+    assert split_target("//double?") == ("//double", {})
+    assert split_target("http://[::1]:80/p?q=%2F") == ("/p", {"q": ["/"]})
+    assert split_target("*") == ("*", {})
+
+
+def test_client_address_is_canonical() -> None:
+    assert client_address(("::ffff:192.0.2.1", 80, 0, 0)) == "192.0.2.1"
+    assert client_address(("2001:DB8:0::1", 80, 0, 0)) == "2001:db8::1"
+    assert client_address(("127.0.0.1", 80)) == "127.0.0.1"
+    assert client_address("/run/socket") is None
+
+
+def test_request_header_any_case_and_joined() -> None:
+    request = Request("GET", "/", "/", {}, [("accept", "a"), ("x-one", "1"), ("accept", "b")])
+    assert request.header("Accept") == "a, b"
+    assert request.header("X-ONE") == "1"
+    assert request.header("missing") is None
+
+
+def test_router_resolves_404_405_and_trailing_slash() -> None:
+    router = make_router()
+    assert router.resolve("GET", "/info/") is info
+    assert router.resolve("HEAD", "/info") is info
+    assert router.resolve("PUT", "/echo") is echo
+    with pytest.raises(HTTPError) as e:
+        router.resolve("GET", "/nowhere")
+    assert e.value.status == 404
+    with pytest.raises(HTTPError) as e:
+        router.resolve("DELETE", "/echo")
+    assert e.value.status == 405
+    assert e.value.headers == [("allow", "POST, PUT")]
+
+
+# real clients
+
+
+async def test_curl_keep_alive_two_urls(server: Server) -> None:
+    done = await curl(server.url("/info?x=1&x=2"), server.url("/stream?n=4"))
+    assert done.returncode == 0, done.stderr
+    first, end = json.JSONDecoder().raw_decode(done.stdout)
+    rest = done.stdout[end:]
+    assert first == {
+        "client": server.host,
+        "path": "/info",
+        "query": {"x": ["1", "2"]},
+        "version": "1.1",
+        "x-test": None,
+    }
+    assert rest == "".join(f"chunk {i}\n" for i in range(4))
+    assert "Re-using existing connection" in done.stderr
+    assert done.stderr.count("< HTTP/1.1 200 OK") == 2
+    assert "< transfer-encoding: chunked" in done.stderr.lower()
+
+
+async def test_curl_upload_with_expect_100_continue(server: Server, tmp_path: Path) -> None:
+    data = os.urandom(2 << 20)
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+    done = await curl("-T", str(path), server.url("/echo?name=upload"))
+    assert done.returncode == 0, done.stderr
+    assert "> Expect: 100-continue" in done.stderr
+    assert "< HTTP/1.1 100 Continue" in done.stderr
+    assert "< HTTP/1.1 200 OK" in done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["sha256"] == hashlib.sha256(data).hexdigest()
+    assert answer["length"] == len(data)
+    assert answer["method"] == "PUT"
+    assert answer["query"] == {"name": ["upload"]}
+
+
+async def test_curl_chunked_upload(server: Server, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    path = tmp_path / "upload"
+    path.write_bytes(data)
+    done = await curl(
+        "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{path}", server.url("/echo")
+    )
+    assert done.returncode == 0, done.stderr
+    assert "> Transfer-Encoding: chunked" in done.stderr
+    answer = json.loads(done.stdout)
+    assert (answer["sha256"], answer["length"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert answer["method"] == "POST"
+
+
+async def test_curl_sees_404_and_405(server: Server) -> None:
+    done = await curl("-X", "DELETE", server.url("/info"), server.url("/nowhere"))
+    assert "< HTTP/1.1 405 Method Not Allowed" in done.stderr
+    assert "< allow: GET, HEAD" in done.stderr
+    assert "< HTTP/1.1 404 Not Found" in done.stderr
+    assert "Re-using existing connection" in done.stderr
+
+
+def httpx_session(server: Server) -> list[object]:
+    with httpx.Client(timeout=5) as client:
+        got = client.get(server.url("/info"), headers={"X-Test": "yes"})
+        posted = client.post(server.url("/echo/"), content=b"hello" * 1000)
+        streamed = client.get(server.url("/stream"), params={"n": 2})
+        return [got.status_code, got.json(), posted.json(), streamed.text]
+
+
+async def test_httpx_sync_client_in_a_thread(server: Server) -> None:
+    with trio.fail_after(10):
+        status, got, posted, streamed = await trio.to_thread.run_sync(httpx_session, server)
+    assert status == 200
+    assert got == {
+        "client": server.host,
+        "path": "/info",
+        "query": {},
+        "version": "1.1",
+        "x-test": "yes",
+    }
+    assert isinstance(posted, dict)
+    assert posted["sha256"] == hashlib.sha256(b"hello" * 1000).hexdigest()
+    assert streamed == "chunk 0\nchunk 1\n"
+
+
+async def test_httpx_async_client_under_trio(server: Server) -> None:
+    """httpx's AsyncClient runs on trio through anyio."""
+    digest = hashlib.sha256()
+    with trio.fail_after(10):
+        async with httpx.AsyncClient(timeout=5) as client:
+            async with client.stream("GET", server.url("/big")) as response:
+                assert response.status_code == 200
+                assert response.headers["content-length"] == str(BIG)
+                async for chunk in response.aiter_bytes():
+                    digest.update(chunk)
+            head = await client.head(server.url("/info"))
+    expected = b"".join(bytes([i]) * (1 << 20) for i in range(4))
+    assert digest.hexdigest() == hashlib.sha256(expected).hexdigest()
+    assert head.status_code == 200
+    assert int(head.headers["content-length"]) > 0
+    assert head.content == b""
+
+
+# raw sockets
+
+
+async def test_keep_alive_pipelining_and_routing_errors(server: Server) -> None:
+    requests = (
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /info HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /teapot HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /info/?a=b HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    with trio.fail_after(5):
+        async with await server.connect() as s:
+            await s.send_all(requests)
+            buffer = bytearray()
+            responses = [await read_response(s, buffer) for _ in range(5)]
+    assert [r.status for r in responses] == [404, 405, 200, 418, 200]
+    assert responses[0].body == b"404 Not Found: no resource at /nowhere\n"
+    assert responses[1].headers["allow"] == "GET, HEAD"
+    assert json.loads(responses[2].body)["sha256"] == hashlib.sha256(b"abc").hexdigest()
+    assert responses[3].body == b"418 I'm a Teapot: short and stout\n"
+    assert json.loads(responses[4].body)["query"] == {"a": ["b"]}
+    assert all("connection" not in r.headers for r in responses)
+
+
+async def test_connection_close_is_honoured(server: Server) -> None:
+    response = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert response.status == 200
+    assert response.headers["connection"] == "close"
+    assert json.loads(response.body)["path"] == "/info"
+
+
+async def test_http_1_0_gets_an_answer_and_a_close(server: Server) -> None:
+    response = await exchange(server, b"GET /stream?n=2 HTTP/1.0\r\n\r\n")
+    assert response.status == 200
+    assert response.body == b"chunk 0\nchunk 1\n"  # close-delimited, no chunked coding
+
+
+async def test_malformed_request_line_is_400(server: Server) -> None:
+    response = await exchange(server, b"GARBAGE\r\n\r\n")
+    assert response.status == 400
+    assert response.headers["connection"] == "close"
+    assert response.body.startswith(b"400 Bad Request: ")
+    assert response.body.count(b"\n") == 1
+
+
+async def test_bad_chunked_body_is_400(server: Server) -> None:
+    response = await exchange(
+        server, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    )
+    assert response.status == 400
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /info HTTP/1.1\r\nHost: x\r\nbad header line\r\n\r\n", 400),
+        (b"GET /info HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
+        (b"GET /info HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"GET /in\x00fo HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /info HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\xaa" * 64 + b"\r\n\r\n", 400),
+    ],
+)
+async def test_bad_input_is_answered_and_the_server_carries_on(
+    server: Server, request_bytes: bytes, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = await exchange(server, request_bytes)
+    assert response.status == status
+    assert response.headers["connection"] == "close"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    again = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert again.status == 200
+
+
+async def test_unread_body_closes_after_the_answer(server: Server) -> None:
+    response = await exchange(
+        server, b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+    )
+    assert response.status == 404
+    assert response.headers["connection"] == "close"
+
+
+async def test_oversized_head_is_431(server: Server) -> None:
+    request = b"GET /info HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 * 1024) + b"\r\n\r\n"
+    response = await exchange(server, request)
+    assert response.status == 431
+    assert response.headers["connection"] == "close"
+
+
+async def test_oversized_body_is_413_without_100_continue(server: Server) -> None:
+    response = await exchange(
+        server,
+        b"PUT /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % (LIMITS.max_body + 1),
+    )
+    assert response.status == 413
+    assert response.headers["connection"] == "close"
+
+
+async def test_stalled_head_gets_408_while_another_client_is_served(server: Server) -> None:
+    with trio.fail_after(5):
+        async with await server.connect() as slow:
+            await slow.send_all(b"GET /info HTTP/1.1\r\nHost: x\r\n")
+            start = trio.current_time()
+            # meanwhile, another client is served at once
+            fast = await exchange(
+                server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            assert fast.status == 200
+            assert trio.current_time() - start < LIMITS.header_timeout
+            response = Response.parse(await read_all(slow))
+            assert trio.current_time() - start >= LIMITS.header_timeout * 0.9
+    assert response.status == 408
+
+
+async def test_silent_client_is_closed_after_the_header_timeout(server: Server) -> None:
+    with trio.fail_after(5):
+        async with await server.connect() as s:
+            assert await read_all(s) == b""
+
+
+async def test_stalled_body_closes_the_connection(server: Server) -> None:
+    with trio.fail_after(5):
+        async with await server.connect() as s:
+            await s.send_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+            start = trio.current_time()
+            data = await read_all(s)
+            assert trio.current_time() - start >= LIMITS.body_timeout * 0.9
+    response = Response.parse(data)
+    assert response.status == 408
+    assert response.headers["connection"] == "close"
+
+
+async def test_handler_exception_is_500_and_logged(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="xfer.http")
+    response = await exchange(server, b"GET /boom HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert response.status == 500
+    assert response.headers["connection"] == "close"
+    assert response.body == b"500 Internal Server Error: internal server error\n"
+    assert b"secret" not in response.body
+    assert b"Traceback" not in response.body
+    [record] = [r for r in caplog.records if r.name == "xfer.http"]
+    assert record.exc_info is not None
+    assert "secret detail" in caplog.text
+    again = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert again.status == 200
+
+
+async def test_ipv4_mapped_peer_is_recorded_as_ipv4(nursery: trio.Nursery) -> None:
+    sock = trio.socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    try:
+        await sock.bind(("::ffff:127.0.0.1", 0))
+    except OSError as e:
+        sock.close()
+        pytest.skip(f"cannot bind an IPv4-mapped address: {e}")
+    sock.listen()
+    listener = trio.SocketListener(sock)
+    await nursery.start(partial(serve, make_router(), [listener], LIMITS))
+    server = Server("127.0.0.1", sock.getsockname()[1])
+    response = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert json.loads(response.body)["client"] == "127.0.0.1"

@@ -1,0 +1,258 @@
+"""Storage repositories: a directory of VDI files ``<uuid>.vhd``, each with its ``vdi`` row.
+
+The invariant, kept across crashes: every ``ready`` row has its file and every ``<uuid>.vhd``
+has its row. Creation writes the row (``creating``) before the file; destruction marks the row
+(``destroying``) before removing the file; :func:`reconcile` finishes or undoes what a crash
+interrupted. Plain synchronous code: the daemon calls it from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid as uuidlib
+from typing import Any
+
+import vhd
+from migrate.state.store import NotFound, Store
+
+log = logging.getLogger("xfer.storage")
+
+SUFFIX = ".vhd"
+PART_SUFFIX = ".vhd.part"
+
+
+class VdiInUse(Exception):
+    """The VDI cannot be destroyed: other VDIs name it as their parent."""
+
+
+def _check_uuid(uuid: str) -> str:
+    if str(uuidlib.UUID(uuid)) != uuid:
+        raise ValueError(f"{uuid!r} is not a lowercase hyphenated UUID")
+    return uuid
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> bool:
+    """Remove ``path``; whether there was a file to remove."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _part_path(sr_path: str, uuid: str) -> str:
+    return os.path.join(sr_path, f".{_check_uuid(uuid)}{PART_SUFFIX}")
+
+
+def vdi_path(sr_path: str, uuid: str) -> str:
+    """The file of VDI ``uuid`` in the SR directory ``sr_path``."""
+    return os.path.join(sr_path, f"{_check_uuid(uuid)}{SUFFIX}")
+
+
+def ensure_sr(store: Store, path: str, name_label: str, *, default: bool = False) -> str:
+    """The uuid of the SR whose directory is ``path``, creating directory and row if needed.
+
+    The directory is created with mode 0o700 and recorded by its canonical absolute path. With
+    ``default`` this SR becomes the only default one.
+    """
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    path = os.path.realpath(path)
+    rows = store.all("SR", path=path)
+    others = [row["uuid"] for row in store.all("SR", is_default=1) if row["path"] != path]
+    if rows and not (default and (others or not rows[0]["is_default"])):
+        return str(rows[0]["uuid"])
+    with store.change():
+        if rows:
+            sr_uuid = str(rows[0]["uuid"])
+            store.update("SR", sr_uuid, {"is_default": 1})
+        else:
+            sr_uuid = str(uuidlib.uuid4())
+            fields = {"uuid": sr_uuid, "name_label": name_label, "path": path}
+            store.insert("SR", {**fields, "is_default": int(default)})
+        if default:
+            for other in others:
+                store.update("SR", other, {"is_default": 0})
+    return sr_uuid
+
+
+def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -> str:
+    """Create an empty dynamic VDI of ``virtual_size`` bytes in SR ``sr_uuid``; its uuid.
+
+    Row (``creating``) first, then the file under a temporary name, synced and renamed, then the
+    row ``ready``. On error the partial file and the row are removed and the error re-raised
+    (an invalid size is a :class:`vhd.VhdError`).
+    """
+    sr_path = store.get("SR", sr_uuid)["path"]
+    uuid = str(uuidlib.uuid4())
+    final, part = vdi_path(sr_path, uuid), _part_path(sr_path, uuid)
+    store.insert(
+        "VDI",
+        {
+            "uuid": uuid,
+            "sr": sr_uuid,
+            "name_label": name_label,
+            "virtual_size": virtual_size,
+            "format": "vhd",
+            "parent": None,
+            "state": "creating",
+        },
+    )
+    try:
+        vhd.create(part, virtual_size, uuid=uuidlib.UUID(uuid))
+        _fsync_file(part)
+        os.replace(part, final)
+        _fsync_dir(sr_path)
+        store.update("VDI", uuid, {"state": "ready"})
+    except BaseException:
+        for leftover in (part, final):
+            with contextlib.suppress(OSError):
+                _unlink(leftover)
+        with contextlib.suppress(OSError):
+            _fsync_dir(sr_path)
+        store.delete("VDI", uuid)
+        raise
+    return uuid
+
+
+def destroy_vdi(store: Store, vdi_uuid: str) -> None:
+    """Destroy VDI ``vdi_uuid``: row ``destroying``, file removed, row deleted.
+
+    :class:`VdiInUse` if other VDIs name it as their parent; NotFound if there is no such VDI.
+    """
+    with store.change():
+        row = store.get("VDI", vdi_uuid)
+        children = store.all("VDI", parent=vdi_uuid)
+        if children:
+            names = ", ".join(child["uuid"] for child in children)
+            raise VdiInUse(f"VDI {vdi_uuid} is the parent of {names}")
+        store.update("VDI", vdi_uuid, {"state": "destroying"})
+    sr_path = store.get("SR", row["sr"])["path"]
+    _unlink(vdi_path(sr_path, vdi_uuid))
+    _fsync_dir(sr_path)
+    store.delete("VDI", vdi_uuid)
+
+
+def ready_vdis(store: Store, sr_uuid: str) -> list[dict[str, Any]]:
+    """The VDI rows of SR ``sr_uuid`` in state ``ready``, in uuid order."""
+    return store.all("VDI", sr=sr_uuid, state="ready")
+
+
+def _depth(row: dict[str, Any], parents: dict[str, str | None]) -> int:
+    depth, parent = 0, row["parent"]
+    while parent is not None and depth <= len(parents):
+        depth, parent = depth + 1, parents.get(parent)
+    return depth
+
+
+def _repair_rows(store: Store, sr_path: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Delete the rows a crash (or a removal behind our back) left without a valid file."""
+    repairs: list[str] = []
+    parents = {row["uuid"]: row["parent"] for row in store.all("VDI")}
+    # Children before parents, so that a parent's row is free of references when its turn comes.
+    for row in sorted(rows, key=lambda r: -_depth(r, parents)):
+        uuid, state = row["uuid"], row["state"]
+        final = vdi_path(sr_path, uuid)
+        if state == "ready" and os.path.exists(final):
+            continue
+        children = [child["uuid"] for child in store.all("VDI", parent=uuid)]
+        if children:
+            repairs.append(f"VDI {uuid} ({state}) kept: parent of {', '.join(children)}")
+            log.error("%s", repairs[-1])
+            continue
+        if state == "creating":
+            removed = [p for p in (final, _part_path(sr_path, uuid)) if _unlink(p)]
+            what = f"its file {', '.join(removed)} and " if removed else ""
+            repairs.append(f"VDI {uuid}: creation interrupted; removed {what}its row")
+        elif state == "destroying":
+            what = "its file and " if _unlink(final) else ""
+            repairs.append(f"VDI {uuid}: destruction interrupted; removed {what}its row")
+        else:
+            repairs.append(f"VDI {uuid}: file {final} was removed behind our back; row deleted")
+        log.warning("%s", repairs[-1])
+        store.delete("VDI", uuid)
+    return repairs
+
+
+def _introduce(store: Store, sr_uuid: str, path: str, uuid: str) -> str:
+    """Record the VHD file ``path`` as a ready VDI; the repair done, or why it was not."""
+    try:
+        existing = store.get("VDI", uuid)
+    except NotFound:
+        pass
+    else:
+        return f"file {path} left alone: VDI {uuid} belongs to SR {existing['sr']}"
+    try:
+        with vhd.Image.open(path, parents=False) as image:
+            size = image.size
+    except (vhd.VhdError, OSError) as e:
+        return f"file {path} left alone: not a VHD ({e})"
+    store.insert(
+        "VDI",
+        {
+            "uuid": uuid,
+            "sr": sr_uuid,
+            "name_label": f"introduced {uuid}",
+            "virtual_size": size,
+            "format": "vhd",
+            "parent": None,
+            "state": "ready",
+        },
+    )
+    return f"VDI {uuid}: introduced file {path} of {size} bytes"
+
+
+def _repair_files(store: Store, sr_uuid: str, sr_path: str) -> list[str]:
+    """Remove ``.part`` leftovers and introduce ``<uuid>.vhd`` files that have no row."""
+    repairs: list[str] = []
+    recorded = {row["uuid"] for row in store.all("VDI", sr=sr_uuid)}
+    for name in sorted(os.listdir(sr_path)):
+        path = os.path.join(sr_path, name)
+        if name.startswith(".") and name.endswith(PART_SUFFIX):
+            if _unlink(path):
+                repairs.append(f"removed partial file {path}")
+            continue
+        uuid = name.removesuffix(SUFFIX)
+        if uuid == name or uuid in recorded:
+            continue
+        try:
+            _check_uuid(uuid)
+        except ValueError:
+            continue
+        repairs.append(_introduce(store, sr_uuid, path, uuid))
+    for repair in repairs:
+        log.warning("%s", repair)
+    return repairs
+
+
+def reconcile(store: Store, sr_uuid: str) -> list[str]:
+    """Restore SR ``sr_uuid``'s invariant after a crash; a description of each repair.
+
+    Rows ``creating`` or ``destroying`` are finished off (file and row removed); ``ready`` rows
+    whose file is missing are deleted; ``<uuid>.vhd`` files without a row are introduced as
+    ready VDIs (files that are not VHDs are reported and left alone); ``.part`` leftovers are
+    removed. Run at start-up, before any VDI of the SR is used.
+    """
+    sr_path = store.get("SR", sr_uuid)["path"]
+    repairs = _repair_rows(store, sr_path, store.all("VDI", sr=sr_uuid))
+    repairs += _repair_files(store, sr_uuid, sr_path)
+    if repairs:
+        _fsync_dir(sr_path)
+    return repairs

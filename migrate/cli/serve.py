@@ -1,0 +1,81 @@
+"""``xfer serve``: run the host daemon (see :mod:`migrate.daemon`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+import trio
+
+from migrate.addresses import parse_host
+from migrate.interfaces import InterfaceError
+from migrate.state.schema import SchemaError
+
+
+def register(commands: Any) -> None:
+    """Add ``serve`` to ``commands``."""
+    p = commands.add_parser("serve", help="run the host daemon (XenAPI over HTTP)")
+    p.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDR",
+        help="address to listen on: IPv4, IPv6 or zoned link-local, optionally with a port "
+        "(default port 8080, 0 picks a free one); repeatable (default: [::]:8080, dual-stack)",
+    )
+    p.add_argument(
+        "--ipv6-only", action="store_true", help="the IPv6 wildcard [::] refuses IPv4 clients"
+    )
+    p.add_argument(
+        "--primary-address-type",
+        choices=["ipv4", "ipv6"],
+        default="ipv6",
+        help="the address family this host advertises (default: ipv6)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the database and the default SR live "
+        "(default: $XDG_DATA_HOME/xfer or ~/.local/share/xfer)",
+    )
+    p.add_argument(
+        "--sr", action="append", default=[], metavar="DIR", help="add an SR directory; repeatable"
+    )
+    p.add_argument(
+        "--password",
+        help="root's password (default: $XFER_PASSWORD, else the stored one, else generated)",
+    )
+    p.set_defaults(run=serve_command)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    """``xfer serve [--listen ADDR]... [--ipv6-only] [--primary-address-type ipv4|ipv6]
+    [--state-dir DIR] [--sr DIR]... [--password PW]``; 0 after a clean shutdown."""
+    # imported here so that the other commands do not load the daemon and the RPC classes
+    from migrate.daemon import WILDCARD, DaemonConfig, default_state_dir, run_daemon
+
+    listen = [parse_host(text, allow_port_zero=True) for text in args.listen or []]
+    for host in listen:
+        if host.kind == "name":
+            raise ValueError(f"--listen {host.address}: an IPv4 or IPv6 address is needed")
+    password = args.password if args.password is not None else os.environ.get("XFER_PASSWORD")
+    if password == "":
+        raise ValueError("the password must not be empty")
+    config = DaemonConfig(
+        state_dir=os.path.abspath(args.state_dir or default_state_dir()),
+        listen=tuple(listen) or (WILDCARD,),
+        ipv6_only=args.ipv6_only,
+        primary_address_type="IPv4" if args.primary_address_type == "ipv4" else "IPv6",
+        password=password,
+        srs=tuple(args.sr),
+    )
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"
+    )
+    try:
+        trio.run(run_daemon, config)
+    except (SchemaError, InterfaceError) as e:
+        raise ValueError(str(e)) from None
+    return 0

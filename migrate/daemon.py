@@ -1,0 +1,236 @@
+"""The host daemon behind ``xfer serve``: state at start-up, listeners, serving, clean shutdown.
+
+Start-up (in a worker thread, the database being plain synchronous code): the host record is
+created once and its address refreshed, the live interfaces mirrored into PIFs, the default SR
+created on first start and every SR reconciled, the ``root`` password set or generated. Then
+one listening socket per address (by default ``[::]:8080``, dual-stack), a ``listening on
+<URL>`` line for each on stdout, and HTTP served until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from migrate.addresses import Host
+from migrate.http.server import Limits, Router, serve
+from migrate.interfaces import Family, Interface, InterfaceError, read_interfaces
+from migrate.rpc.dispatch import Api, register_rpc
+from migrate.state.pifs import sync_interfaces
+from migrate.state.store import Store
+from migrate.storage.sr import ensure_sr, reconcile
+
+log = logging.getLogger("xfer.daemon")
+
+DEFAULT_PORT = 8080
+WILDCARD = Host("::", "ipv6", DEFAULT_PORT)
+"""The default listener: every IPv6 address and, dual-stack, every IPv4 address."""
+USER = "root"
+"""The one user the daemon knows."""
+DATABASE = "xfer.db"
+LOOPBACK: dict[Family, str] = {"IPv4": "127.0.0.1", "IPv6": "::1"}
+
+
+class ListenError(OSError):
+    """A listening socket could not be set up; the message names the address and why."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What ``xfer serve`` was asked to do."""
+
+    state_dir: str
+    listen: Sequence[Host] = (WILDCARD,)
+    """Addresses to listen on; a host without a port gets :data:`DEFAULT_PORT`, port 0 a
+    free one."""
+    ipv6_only: bool = False
+    """Whether the IPv6 wildcard ``::`` refuses IPv4 clients (IPV6_V6ONLY)."""
+    primary_address_type: Family = "IPv6"
+    password: str | None = None
+    """The ``root`` password to store; None keeps the stored one (or generates one)."""
+    srs: Sequence[str] = ()
+    """SR directories to add besides the default one."""
+    limits: Limits = field(default_factory=Limits)
+
+
+def default_state_dir() -> str:
+    """``$XDG_DATA_HOME/xfer``, or ``~/.local/share/xfer`` when that is unset or relative."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "xfer")
+
+
+def host_address(interfaces: Sequence[Interface], primary: Family) -> str:
+    """The ``primary``-family address of the first non-loopback interface that has one,
+    else the loopback address of that family."""
+    for interface in interfaces:
+        address = interface.address_for(primary)
+        if address is not None and not ipaddress.ip_address(address).is_loopback:
+            return address
+    return LOOPBACK[primary]
+
+
+def prepare_state(store: Store, config: DaemonConfig) -> str:
+    """Bring the state database up to date for this start; the host's uuid (synchronous)."""
+    primary = config.primary_address_type
+    try:
+        interfaces: list[Interface] | None = read_interfaces()
+    except InterfaceError as e:
+        log.warning("interfaces not mirrored: %s", e)
+        interfaces = None
+    address = host_address(interfaces or [], primary)
+    with store.change():
+        hosts = store.all("host")
+        if hosts:
+            host_uuid = str(hosts[0]["uuid"])
+            fresh = {"address": address, "primary_address_type": primary}
+            if any(hosts[0][name] != value for name, value in fresh.items()):
+                store.update("host", host_uuid, fresh)
+        else:
+            host_uuid = str(uuidlib.uuid4())
+            store.insert(
+                "host",
+                {
+                    "uuid": host_uuid,
+                    "name_label": socket.gethostname(),
+                    "address": address,
+                    "primary_address_type": primary,
+                },
+            )
+            log.info("created host %s", host_uuid)
+            sr_path = os.path.join(config.state_dir, "sr")
+            ensure_sr(store, sr_path, "Local storage", default=True)
+    log.info("host %s: address %s (%s)", host_uuid, address, primary)
+    if interfaces is not None:
+        sync_interfaces(store, host_uuid, interfaces, primary)
+    for path in config.srs:
+        real = os.path.realpath(path)
+        ensure_sr(store, real, f"Local storage at {real}")
+    for sr in store.all("SR"):
+        repairs = reconcile(store, sr["uuid"])
+        log.info("SR %s at %s: %d repair(s)", sr["uuid"], sr["path"], len(repairs))
+    _set_password(store, config.password)
+    return host_uuid
+
+
+def _set_password(store: Store, password: str | None) -> None:
+    if password is not None:
+        store.set_password(USER, password)
+        log.info("password for %s set", USER)
+    elif not store.has_password(USER):
+        generated = secrets.token_urlsafe(18)
+        store.set_password(USER, generated)
+        print(f"generated password for {USER}: {generated}", file=sys.stderr, flush=True)
+
+
+async def open_listeners(
+    hosts: Sequence[Host], *, ipv6_only: bool = False, backlog: int = 128
+) -> list[trio.SocketListener]:
+    """A bound, listening socket for each of ``hosts`` (IPv4 or IPv6 addresses, a link-local
+    one bound with its zone's scope id). The IPv6 wildcard ``::`` is dual-stack unless
+    ``ipv6_only``; other IPv6 addresses are IPv6 only. ListenError if any cannot be opened
+    (those already opened are closed)."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        for host in hosts:
+            listeners.append(await _listen(host, ipv6_only=ipv6_only, backlog=backlog))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+async def _listen(host: Host, *, ipv6_only: bool, backlog: int) -> trio.SocketListener:
+    port = DEFAULT_PORT if host.port is None else host.port
+    where = host.host_port(port)
+    if host.kind == "name":
+        raise ListenError(f"cannot listen on {where}: an IP address is needed, not a name")
+    bare = host.address.partition("%")[0]
+    sockaddr: tuple[str, int] | tuple[str, int, int, int]
+    if host.kind == "ipv6":
+        family = socket.AF_INET6
+        sockaddr = (bare, port, 0, _scope_id(host.zone, where) if host.zone else 0)
+    else:
+        family = socket.AF_INET
+        sockaddr = (bare, port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            v6only = ipv6_only or bare != "::"
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        await sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def _scope_id(zone: str, where: str) -> int:
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        raise ListenError(f"cannot listen on {where}: no interface {zone!r}") from None
+
+
+def listener_url(host: Host, listener: trio.SocketListener) -> str:
+    """The ``http://`` URL of ``listener``, bound for ``host``, with the port it really has."""
+    port = listener.socket.getsockname()[1]
+    return Host(host.address, host.kind).url(scheme="http", port=port)
+
+
+def build_router(store: Store, host_uuid: str) -> Router:
+    """The daemon's routes: XenAPI over XML-RPC and JSON-RPC."""
+    router = Router()
+    register_rpc(router, Api(store, host_uuid))
+    return router
+
+
+async def run_daemon(
+    config: DaemonConfig,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the host daemon until SIGINT or SIGTERM. The sockets are bound before the state
+    is touched; the ``listening on <URL>`` lines are printed once the state is ready, then
+    ``task_status.started`` gets the listeners. Listeners and Store are closed on the way out."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        listeners = await open_listeners(config.listen, ipv6_only=config.ipv6_only)
+        try:
+            os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+            store = Store.open(os.path.join(config.state_dir, DATABASE))
+            try:
+                host_uuid = await trio.to_thread.run_sync(prepare_state, store, config)
+                router = build_router(store, host_uuid)
+                for host, listener in zip(config.listen, listeners, strict=True):
+                    print(f"listening on {listener_url(host, listener)}", flush=True)
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(serve, router, listeners, config.limits)
+                    task_status.started(listeners)
+                    async for signum in signals:
+                        log.info("%s: shutting down", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        break
+            finally:
+                store.close()
+        finally:
+            for listener in listeners:
+                listener.socket.close()

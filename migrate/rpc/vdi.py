@@ -1,0 +1,163 @@
+"""XenAPI class ``VDI``: the disks of an SR (only VDIs in state ``ready`` are visible)."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import vhd
+from migrate.rpc.codec import ApiError
+from migrate.state.store import NotFound
+from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, vdi_path
+
+if TYPE_CHECKING:
+    from migrate.rpc.dispatch import Api
+
+
+def _file_size(sr_path: str, uuid: str) -> int:
+    try:
+        return os.stat(vdi_path(sr_path, uuid)).st_size
+    except OSError:
+        return 0
+
+
+def record(api: Api, row: dict[str, Any], sr_path: str | None = None) -> dict[str, Any]:
+    """The XenAPI record of a VDI row (``sr_path``: its SR's directory, if known)."""
+    if sr_path is None:
+        sr_path = str(api.store.get("SR", row["sr"])["path"])
+    sm_config = {"vhd-parent": row["parent"]} if row["parent"] else {}
+    return {
+        "uuid": row["uuid"],
+        "name_label": row["name_label"],
+        "name_description": "",
+        "SR": api.ref(row["sr"]),
+        "virtual_size": int(row["virtual_size"]),
+        "physical_utilisation": _file_size(sr_path, row["uuid"]),
+        "type": "user",
+        "sharable": False,
+        "read_only": False,
+        "managed": True,
+        "missing": False,
+        "is_a_snapshot": False,
+        "location": row["uuid"],
+        "VBDs": [],
+        "sm_config": sm_config,
+        "other_config": {},
+        "xenstore_data": {},
+        "tags": [],
+    }
+
+
+def _ready(api: Api) -> list[dict[str, Any]]:
+    return api.store.all("VDI", state="ready")
+
+
+def get_all(api: Api, session: str) -> list[str]:
+    """Every (ready) VDI's ref."""
+    return [api.ref(row["uuid"]) for row in _ready(api)]
+
+
+def get_all_records(api: Api, session: str) -> dict[str, dict[str, Any]]:
+    """Every (ready) VDI's record by ref."""
+    paths = {row["uuid"]: str(row["path"]) for row in api.store.all("SR")}
+    return {api.ref(row["uuid"]): record(api, row, paths[row["sr"]]) for row in _ready(api)}
+
+
+def get_record(api: Api, session: str, self: str) -> dict[str, Any]:
+    """One VDI's record."""
+    return record(api, api.row("VDI", self))
+
+
+def get_by_uuid(api: Api, session: str, uuid: str) -> str:
+    """The ref of the VDI ``uuid``."""
+    return api.by_uuid("VDI", uuid)
+
+
+def get_uuid(api: Api, session: str, self: str) -> str:
+    """A VDI's uuid."""
+    return str(api.row("VDI", self)["uuid"])
+
+
+def get_name_label(api: Api, session: str, self: str) -> str:
+    """A VDI's name."""
+    return str(api.row("VDI", self)["name_label"])
+
+
+def get_virtual_size(api: Api, session: str, self: str) -> int:
+    """A VDI's size in bytes, as the guest sees it."""
+    return int(api.row("VDI", self)["virtual_size"])
+
+
+def get_SR(api: Api, session: str, self: str) -> str:
+    """The SR a VDI is in."""
+    return api.ref(api.row("VDI", self)["sr"])
+
+
+def set_name_label(api: Api, session: str, self: str, value: str) -> None:
+    """Rename a VDI."""
+    row = api.row("VDI", self)
+    if not isinstance(value, str):
+        raise ApiError("FIELD_TYPE_ERROR", "name_label")
+    api.store.update("VDI", row["uuid"], {"name_label": value})
+
+
+def _int(value: Any, field: str) -> int:
+    """An API int: a JSON number, or the decimal string XML-RPC carries."""
+    if isinstance(value, bool):
+        raise ApiError("FIELD_TYPE_ERROR", field)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ApiError("FIELD_TYPE_ERROR", field)
+
+
+def create(api: Api, session: str, args: dict[str, Any]) -> str:
+    """A new empty VDI from a record's ``SR``, ``virtual_size`` and ``name_label`` (other
+    fields are ignored); its ref."""
+    if not isinstance(args, dict):
+        raise ApiError("FIELD_TYPE_ERROR", "args")
+    for field in ("SR", "virtual_size"):
+        if field not in args:
+            raise ApiError("FIELD_TYPE_ERROR", field)
+    sr_uuid = api.row("SR", args["SR"])["uuid"]
+    size = _int(args["virtual_size"], "virtual_size")
+    name_label = args.get("name_label", "")
+    if not isinstance(name_label, str):
+        raise ApiError("FIELD_TYPE_ERROR", "name_label")
+    try:
+        uuid = create_vdi(api.store, sr_uuid, size, name_label)
+    except vhd.VhdError as e:
+        raise ApiError("INVALID_VALUE", "virtual_size", args["virtual_size"], str(e)) from None
+    return api.ref(uuid)
+
+
+def destroy(api: Api, session: str, self: str) -> None:
+    """Destroy a VDI and its file; VDI_IN_USE while other VDIs name it as their parent."""
+    row = api.row("VDI", self)
+    try:
+        destroy_vdi(api.store, row["uuid"])
+    except VdiInUse:
+        raise ApiError("VDI_IN_USE", self) from None
+    except NotFound:
+        raise ApiError("HANDLE_INVALID", "VDI", self) from None
+
+
+METHODS = {
+    "VDI.get_all": get_all,
+    "VDI.get_all_records": get_all_records,
+    "VDI.get_record": get_record,
+    "VDI.get_by_uuid": get_by_uuid,
+    "VDI.get_uuid": get_uuid,
+    "VDI.get_name_label": get_name_label,
+    "VDI.get_virtual_size": get_virtual_size,
+    "VDI.get_SR": get_SR,
+    "VDI.set_name_label": set_name_label,
+    "VDI.create": create,
+    "VDI.destroy": destroy,
+}
+BLOCKING = frozenset({"VDI.create", "VDI.destroy"})
+"""Calls that write files: run in a worker thread."""

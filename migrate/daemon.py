@@ -4,7 +4,9 @@ Start-up (in a worker thread, the database being plain synchronous code): the ho
 created once and its address refreshed, the live interfaces mirrored into PIFs, the default SR
 created on first start and every SR reconciled, the ``root`` password set or generated. Then
 one listening socket per address (by default ``[::]:8080``, dual-stack), a ``listening on
-<URL>`` line for each on stdout, and HTTP served until SIGINT or SIGTERM.
+<URL>`` line for each on stdout, and HTTP served until SIGINT or SIGTERM. With a TLS
+certificate and key every accepted connection is wrapped in TLS (``trio.SSLStream``) before
+the HTTP server sees it, and the lines show ``https://`` URLs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 import trio
 
 from migrate.addresses import Host
-from migrate.http.server import Limits, Router, serve
+from migrate.http.server import Limits, Router, client_address, serve, serve_connection
 from migrate.interfaces import Family, Interface, InterfaceError, read_interfaces
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.state.pifs import sync_interfaces
@@ -61,6 +64,11 @@ class DaemonConfig:
     srs: Sequence[str] = ()
     """SR directories to add besides the default one."""
     limits: Limits = field(default_factory=Limits)
+    tls_cert: str | None = None
+    """PEM certificate (chain) file: when set with :attr:`tls_key`, every listener speaks
+    HTTPS (TLS 1.2 or later)."""
+    tls_key: str | None = None
+    """PEM private key file of :attr:`tls_cert`."""
 
 
 def default_state_dir() -> str:
@@ -191,17 +199,62 @@ def _scope_id(zone: str, where: str) -> int:
         raise ListenError(f"cannot listen on {where}: no interface {zone!r}") from None
 
 
-def listener_url(host: Host, listener: trio.SocketListener) -> str:
-    """The ``http://`` URL of ``listener``, bound for ``host``, with the port it really has."""
+def listener_url(host: Host, listener: trio.SocketListener, scheme: str = "http") -> str:
+    """The ``http://`` (or ``scheme``) URL of ``listener``, bound for ``host``, with the port
+    it really has."""
     port = listener.socket.getsockname()[1]
-    return Host(host.address, host.kind).url(scheme="http", port=port)
+    return Host(host.address, host.kind).url(scheme=scheme, port=port)
 
 
-def build_router(store: Store, host_uuid: str) -> Router:
-    """The daemon's routes: XenAPI over XML-RPC and JSON-RPC."""
-    router = Router()
-    register_rpc(router, Api(store, host_uuid))
-    return router
+class TlsError(ValueError):
+    """The TLS certificate or key cannot be used; the message says which and why."""
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for ``cert`` and ``key`` (PEM files), TLS 1.2 or later."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise TlsError(f"TLS certificate or key: {e.strerror}: {e.filename}") from None
+    except (ssl.SSLError, OSError) as e:
+        raise TlsError(f"cannot use TLS certificate {cert} with key {key}: {e}") from None
+    return context
+
+
+async def serve_tls(
+    router: Router,
+    listeners: list[trio.SocketListener],
+    context: ssl.SSLContext,
+    limits: Limits,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`~migrate.http.server.serve`, each accepted connection wrapped in TLS (server
+    side). A handshake that fails or takes longer than ``limits.header_timeout`` closes the
+    connection; the others are not affected."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            client = client_address(stream.socket.getpeername())
+        except OSError:
+            client = None
+        tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+        handshake_ok = False
+        with trio.move_on_after(limits.header_timeout):
+            try:
+                await tls.do_handshake()
+                handshake_ok = True
+            except Exception as e:  # whatever the peer sent, only this connection ends
+                cause = e.__cause__ or e
+                log.debug("TLS handshake with %s failed: %s", client or "?", cause)
+        if not handshake_ok:
+            await trio.aclose_forcefully(stream)
+            return
+        await serve_connection(tls, router, limits, client=client)
+
+    await trio.serve_listeners(handle, listeners, task_status=task_status)
 
 
 async def run_daemon(
@@ -212,6 +265,12 @@ async def run_daemon(
     """Run the host daemon until SIGINT or SIGTERM. The sockets are bound before the state
     is touched; the ``listening on <URL>`` lines are printed once the state is ready, then
     ``task_status.started`` gets the listeners. Listeners and Store are closed on the way out."""
+    context = None
+    if config.tls_cert is not None or config.tls_key is not None:
+        if config.tls_cert is None or config.tls_key is None:
+            raise TlsError("TLS needs both a certificate and a key")
+        context = server_ssl_context(config.tls_cert, config.tls_key)
+    scheme = "http" if context is None else "https"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         listeners = await open_listeners(config.listen, ipv6_only=config.ipv6_only)
         try:
@@ -219,11 +278,17 @@ async def run_daemon(
             store = Store.open(os.path.join(config.state_dir, DATABASE))
             try:
                 host_uuid = await trio.to_thread.run_sync(prepare_state, store, config)
-                router = build_router(store, host_uuid)
+                api = Api(store, host_uuid)
+                router = Router()
+                register_rpc(router, api)  # XenAPI over XML-RPC and JSON-RPC
                 for host, listener in zip(config.listen, listeners, strict=True):
-                    print(f"listening on {listener_url(host, listener)}", flush=True)
+                    print(f"listening on {listener_url(host, listener, scheme)}", flush=True)
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(serve, router, listeners, config.limits)
+                    await nursery.start(api.serve_tasks)  # runs the Async.* calls
+                    if context is None:
+                        await nursery.start(serve, router, listeners, config.limits)
+                    else:
+                        await nursery.start(serve_tls, router, listeners, context, config.limits)
                     task_status.started(listeners)
                     async for signum in signals:
                         log.info("%s: shutting down", signal.Signals(signum).name)

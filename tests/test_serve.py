@@ -137,6 +137,25 @@ def test_wildcard_is_dual_stack(tmp_path: Path) -> None:
         assert stop(proc) == 0
 
 
+def test_async_calls_run_in_the_daemon(tmp_path: Path) -> None:
+    """The daemon runs ``Async.*`` calls: a task that ends in success with the VDI's ref."""
+    with serving(tmp_path, "--listen", "[::1]:0", "--password", "pw") as (proc, urls, _):
+        proxy = xmlrpc.client.ServerProxy(urls[0], transport=_Transport())
+        session = login(urls[0], "root", "pw")["Value"]
+        sr = proxy.SR.get_all(session)["Value"][0]
+        record = {"SR": sr, "virtual_size": str(1 << 30), "name_label": "async"}
+        task = proxy.Async.VDI.create(session, record)["Value"]
+        deadline = time.monotonic() + 10
+        while proxy.task.get_status(session, task)["Value"] == "pending":
+            assert time.monotonic() < deadline, "task still pending after 10 s"
+            time.sleep(0.05)
+        assert proxy.task.get_status(session, task)["Value"] == "success"
+        result = proxy.task.get_result(session, task)["Value"]
+        vdis = proxy.VDI.get_all(session)["Value"]
+        assert result == f"<value>{vdis[0]}</value>" and len(vdis) == 1
+        assert stop(proc) == 0
+
+
 def test_ipv6_only_refuses_ipv4(tmp_path: Path) -> None:
     args = ("--listen", "[::]:0", "--ipv6-only", "--password", "pw")
     with serving(tmp_path, *args) as (proc, urls, _):

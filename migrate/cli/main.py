@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from migrate.cli import rpc as rpc_commands
 from migrate.cli import serve as serve_commands
 from migrate.cli import vhd as vhd_commands
 from vhd.errors import VhdError
@@ -20,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     vhd_commands.register(commands)
     serve_commands.register(commands)
+    rpc_commands.register(commands)
     return parser
 
 

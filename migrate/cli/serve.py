@@ -47,15 +47,24 @@ def register(commands: Any) -> None:
         "--password",
         help="root's password (default: $XFER_PASSWORD, else the stored one, else generated)",
     )
+    p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS (TLS 1.2+) with this PEM certificate (chain); needs --tls-key",
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
     p.set_defaults(run=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
     """``xfer serve [--listen ADDR]... [--ipv6-only] [--primary-address-type ipv4|ipv6]
-    [--state-dir DIR] [--sr DIR]... [--password PW]``; 0 after a clean shutdown."""
+    [--state-dir DIR] [--sr DIR]... [--password PW] [--tls-cert FILE --tls-key FILE]``;
+    0 after a clean shutdown."""
     # imported here so that the other commands do not load the daemon and the RPC classes
     from migrate.daemon import WILDCARD, DaemonConfig, default_state_dir, run_daemon
 
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
     listen = [parse_host(text, allow_port_zero=True) for text in args.listen or []]
     for host in listen:
         if host.kind == "name":
@@ -70,6 +79,8 @@ def serve_command(args: argparse.Namespace) -> int:
         primary_address_type="IPv4" if args.primary_address_type == "ipv4" else "IPv6",
         password=password,
         srs=tuple(args.sr),
+        tls_cert=args.tls_cert and os.path.abspath(args.tls_cert),
+        tls_key=args.tls_key and os.path.abspath(args.tls_key),
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"

@@ -4,6 +4,12 @@
 count, the session) and turns any failure into an :class:`~migrate.rpc.codec.ApiError`;
 :func:`register_rpc` serves it as XML-RPC on ``/``, ``/RPC2`` and ``/xmlrpc`` and as JSON-RPC on
 ``/jsonrpc``. Refs are ``OpaqueRef:<uuid>`` of the record.
+
+Three kinds of call: plain ones run with :attr:`Api.lock` held (in a worker thread when the
+module lists them as ``BLOCKING``); coroutines (``event.from``, ``event.next``) take the lock
+themselves and wait for changes without it; ``Async.<name>`` (for the names a module lists as
+``ASYNC``) stores a pending task and runs the call in the nursery of :meth:`Api.serve_tasks`.
+After every call that moved the store's event clock, the event waiters are woken.
 """
 
 from __future__ import annotations
@@ -11,14 +17,14 @@ from __future__ import annotations
 import inspect
 import logging
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
 
 from migrate.http.server import Connection, Request, Router
-from migrate.rpc import codec, host, network, pif, session, sr, task, vdi
+from migrate.rpc import codec, event, host, network, pif, pool, session, sr, task, vdi
 from migrate.rpc.codec import ApiError, ProtocolError
 from migrate.state.store import NotFound, Store
 
@@ -31,7 +37,8 @@ MAX_BODY = 16 << 20
 XMLRPC_PATHS = ("/", "/RPC2", "/xmlrpc")
 JSONRPC_PATH = "/jsonrpc"
 
-_MODULES = (session, host, sr, vdi, network, pif, task)
+_MODULES = (session, host, pool, sr, vdi, network, pif, task, event)
+ASYNC_PREFIX = "Async."
 
 
 @dataclass(frozen=True)
@@ -42,12 +49,19 @@ class _Method:
     required: int
     """Parameters on the wire, the session included, without those that have defaults."""
     accepted: int
+    awaitable: bool = False
+    """A coroutine function: it takes :attr:`Api.lock` itself, when it needs it."""
+    task: str | None = None
+    """For ``Async.<name>``: ``<name>``, run in a task."""
 
 
 def _method(name: str, function: Callable[..., Any], unauthenticated: frozenset[str]) -> _Method:
     parameters = list(inspect.signature(function).parameters.values())[1:]  # after ``api``
     required = sum(1 for p in parameters if p.default is inspect.Parameter.empty)
-    return _Method(function, name not in unauthenticated, False, required, len(parameters))
+    awaitable = inspect.iscoroutinefunction(function)
+    return _Method(
+        function, name not in unauthenticated, False, required, len(parameters), awaitable
+    )
 
 
 class Api:
@@ -57,17 +71,62 @@ class Api:
         self.store = store
         self.host_uuid = host_uuid
         self.lock = trio.Lock()
-        """Held by :func:`register_rpc` around each call, so that one call at a time uses the
-        store, also when a blocking call runs in a worker thread. Other tasks that use the same
-        store while the RPC is served must hold it too (the store is one SQLite connection)."""
+        """Held by :meth:`run` around each call (event waits and queued tasks excepted), so
+        that one call at a time uses the store, also when a blocking call runs in a worker
+        thread. Other tasks that use the same store while the RPC is served must hold it too
+        (the store is one SQLite connection) and call :meth:`notify` after a change."""
+        self.events = event.EventState()
+        """The event class's registrations and injections."""
+        self._notified = store.generation()
+        """The generation of the last change the waiters were told about."""
+        self._changed = trio.Event()
+        self._tasks: trio.Nursery | None = None
         self._methods: dict[str, _Method] = {}
         for module in _MODULES:
             unauthenticated: frozenset[str] = getattr(module, "UNAUTHENTICATED", frozenset())
             blocking: frozenset[str] = getattr(module, "BLOCKING", frozenset())
+            long_calls: frozenset[str] = getattr(module, "ASYNC", frozenset())
             for name, function in module.METHODS.items():
-                method = _method(name, function, unauthenticated)
-                self._methods[name] = replace(method, blocking=name in blocking)
+                method = replace(
+                    _method(name, function, unauthenticated), blocking=name in blocking
+                )
+                self._methods[name] = method
+                if name in long_calls:
+                    self._methods[ASYNC_PREFIX + name] = replace(method, task=name)
         self._methods["system.listMethods"] = _method("system.listMethods", _list_methods, _SYSTEM)
+
+    # Events and tasks
+
+    def notify(self) -> None:
+        """Wake the callers waiting for a change if the event clock moved since the last
+        notification. Run after every call; whoever else changes the store while the RPC is
+        served (holding :attr:`lock`) calls it after the change, in the trio thread."""
+        generation = self.store.generation()
+        if generation != self._notified:
+            self._notified = generation
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for_change(self, generation: int, deadline: float) -> None:
+        """Wait (not holding :attr:`lock`) until a change after ``generation`` was notified,
+        or until ``deadline`` (trio time)."""
+        with trio.move_on_at(deadline):
+            while self._notified <= generation:
+                await self._changed.wait()
+
+    async def serve_tasks(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the calls of ``Async.<name>`` until cancelled: start it with
+        ``await nursery.start(api.serve_tasks)`` before serving the RPC. Without it,
+        ``Async.`` calls fail with INTERNAL_ERROR."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._tasks = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._tasks = None
 
     # Dispatch
 
@@ -80,30 +139,107 @@ class Api:
         entry = self._methods.get(method)
         return entry is not None and entry.blocking
 
-    def call(self, method: str, params: list[Any], client: str | None = None) -> Any:
-        """The result of ``method(*params)``; ApiError for every failure."""
+    def _entry(self, method: str, params: list[Any]) -> _Method:
         entry = self._methods.get(method)
         if entry is None:
             raise ApiError("MESSAGE_METHOD_UNKNOWN", method)
         if not entry.required <= len(params) <= entry.accepted:
             expected = entry.required if len(params) < entry.required else entry.accepted
             raise ApiError("MESSAGE_PARAMETER_COUNT_MISMATCH", method, expected, len(params))
-        try:
-            if entry.authenticated:
-                session.check(self, params[0])
-            result = entry.function(self, *params)
-        except ApiError as e:
+        return entry
+
+    def _failed(self, method: str, params: list[Any], client: str | None, e: Exception) -> ApiError:
+        """The ApiError a call's exception ends as, logged."""
+        if isinstance(e, ApiError):
             if method == "session.login_with_password":
                 log.info("failed login of %r from %s", params[0], client or "?")
             else:
                 log.debug("%s from %s: %s", method, client or "?", e.description)
-            raise
+            return e
+        log.error("%s from %s failed", method, client or "?", exc_info=e)
+        return ApiError("INTERNAL_ERROR", f"{type(e).__name__}: {e}")
+
+    def call(self, method: str, params: list[Any], client: str | None = None) -> Any:
+        """The result of ``method(*params)`` for a plain (not a coroutine, not ``Async.``)
+        method, :attr:`lock` being held; ApiError for every failure."""
+        entry = self._entry(method, params)
+        if entry.awaitable or entry.task is not None:
+            raise ApiError("INTERNAL_ERROR", f"{method} must be awaited (Api.run)")
+        try:
+            if entry.authenticated:
+                session.check(self, params[0])
+            result = entry.function(self, *params)
         except Exception as e:
-            log.exception("%s from %s failed", method, client or "?")
-            raise ApiError("INTERNAL_ERROR", f"{type(e).__name__}: {e}") from None
+            raise self._failed(method, params, client, e) from None
         if method == "session.login_with_password":
             log.info("login of %r from %s", params[0], client or "?")
         return result
+
+    async def run(self, method: str, params: list[Any], client: str | None = None) -> Any:
+        """The result of ``method(*params)``, whatever kind of call: :attr:`lock` taken for
+        as long as needed, the event waiters woken after a change; ApiError for every
+        failure."""
+        entry = self._entry(method, params)
+        if entry.awaitable:
+            async with self.lock:
+                try:
+                    if entry.authenticated:
+                        session.check(self, params[0])
+                except ApiError as e:
+                    raise self._failed(method, params, client, e) from None
+            coroutine: Awaitable[Any] = entry.function(self, *params)
+            try:
+                return await coroutine
+            except Exception as e:
+                raise self._failed(method, params, client, e) from None
+        if entry.task is not None:
+            return await self._start_task(entry.task, entry, params, client)
+        async with self.lock:
+            try:
+                if entry.blocking:
+                    return await trio.to_thread.run_sync(self.call, method, params, client)
+                return self.call(method, params, client)
+            finally:
+                self.notify()
+
+    async def _start_task(
+        self, name: str, entry: _Method, params: list[Any], client: str | None
+    ) -> str:
+        """``Async.<name>``: a pending task stored, ``name`` run in the tasks' nursery."""
+        async with self.lock:
+            nursery = self._tasks  # read with the lock: no checkpoint until start_soon
+            try:
+                session.check(self, params[0])
+                if nursery is None:
+                    raise ApiError("INTERNAL_ERROR", "Async calls are not served (serve_tasks)")
+                uuid = task.start(self, params[0], ASYNC_PREFIX + name)
+            except Exception as e:
+                raise self._failed(ASYNC_PREFIX + name, params, client, e) from None
+            finally:
+                self.notify()
+        nursery.start_soon(self._run_task, uuid, name, entry, params, client)
+        return self.ref(uuid)
+
+    async def _run_task(
+        self, uuid: str, name: str, entry: _Method, params: list[Any], client: str | None
+    ) -> None:
+        async with self.lock:
+            try:
+                if not task.begin(self, uuid):
+                    return
+                try:
+                    if entry.blocking:
+                        result = await trio.to_thread.run_sync(self.call, name, params, client)
+                    else:
+                        result = self.call(name, params, client)
+                except ApiError as e:
+                    task.finish(self, uuid, error=e)
+                else:
+                    task.finish(self, uuid, result=result)
+            except Exception:
+                log.exception("task %s (%s) failed", uuid, name)
+            finally:
+                self.notify()
 
     # Helpers for the class modules
 
@@ -145,7 +281,8 @@ class Api:
         raise ApiError("UUID_INVALID", cls, uuid)
 
 
-def _list_methods(api: Api) -> list[str]:
+def _list_methods(api: Api, session: Any = None) -> list[str]:
+    """Every method name (a session, as the SDK passes one, is accepted and ignored)."""
     return api.methods()
 
 
@@ -153,10 +290,7 @@ _SYSTEM = frozenset({"system.listMethods"})
 
 
 async def _run(api: Api, call: codec.Call, client: str | None) -> Any:
-    async with api.lock:
-        if api.blocking(call.method):
-            return await trio.to_thread.run_sync(api.call, call.method, call.params, client)
-        return api.call(call.method, call.params, client)
+    return await api.run(call.method, call.params, client)
 
 
 def register_rpc(router: Router, api: Api) -> None:

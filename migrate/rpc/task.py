@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
+import uuid as uuidlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from migrate.rpc.codec import ApiError, encode_value
 
 if TYPE_CHECKING:
     from migrate.rpc.dispatch import Api
@@ -100,6 +105,72 @@ def destroy(api: Api, session: str, self: str) -> None:
     api.store.delete("task", row["uuid"])
 
 
+def create(api: Api, session: str, label: Any, description: Any = "") -> str:
+    """A new pending task (one a client reports its own work with); its ref."""
+    if not isinstance(label, str):
+        raise ApiError("FIELD_TYPE_ERROR", "label")
+    return api.ref(start(api, session, label))
+
+
+def cancel(api: Api, session: str, self: str) -> None:
+    """Ask a pending task to stop: ``cancelling``, then ``cancelled`` once its call sees it
+    (before it starts its work); OPERATION_NOT_ALLOWED for a task that is not pending."""
+    row = api.row("task", self)
+    if row["status"] == "cancelling":
+        return
+    if row["status"] != "pending":
+        raise ApiError("OPERATION_NOT_ALLOWED", f"task {row['uuid']} is {row['status']}")
+    api.store.update("task", row["uuid"], {"status": "cancelling"})
+
+
+# The life of the task of an ``Async.`` call
+
+
+def start(api: Api, session: str, name_label: str) -> str:
+    """Store a new pending task; its uuid."""
+    uuid = str(uuidlib.uuid4())
+    api.store.insert(
+        "task",
+        {
+            "uuid": uuid,
+            "name_label": name_label,
+            "session": session,
+            "status": "pending",
+            "progress": 0.0,
+            "result": "",
+            "error_info": "",
+            "created": time.time(),
+            "finished": None,
+        },
+    )
+    return uuid
+
+
+def begin(api: Api, uuid: str) -> bool:
+    """Whether the task's work may start: False (and the task ``cancelled``) once it is
+    being cancelled, False when it was destroyed meanwhile."""
+    try:
+        status = api.store.get("task", uuid)["status"]
+    except KeyError:
+        return False
+    if status == "pending":
+        return True
+    if status == "cancelling":
+        api.store.update("task", uuid, {"status": "cancelled", "finished": time.time()})
+    return False
+
+
+def finish(api: Api, uuid: str, result: Any = None, error: ApiError | None = None) -> None:
+    """Record the outcome of a task's call (the task may have been destroyed meanwhile)."""
+    fields: dict[str, Any] = {"progress": 1.0, "finished": time.time()}
+    if error is not None:
+        fields.update(status="failure", error_info=json.dumps(error.description))
+    else:
+        fields.update(status="success", result=encode_value(result))
+    with contextlib.suppress(KeyError):  # destroyed meanwhile
+        api.store.update("task", uuid, fields)
+
+
 METHODS = {
     "task.get_all": get_all,
     "task.get_all_records": get_all_records,
@@ -112,4 +183,6 @@ METHODS = {
     "task.get_result": get_result,
     "task.get_error_info": get_error_info,
     "task.destroy": destroy,
+    "task.create": create,
+    "task.cancel": cancel,
 }

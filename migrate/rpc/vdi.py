@@ -161,3 +161,5 @@ METHODS = {
 }
 BLOCKING = frozenset({"VDI.create", "VDI.destroy"})
 """Calls that write files: run in a worker thread."""
+ASYNC = frozenset({"VDI.create", "VDI.destroy"})
+"""Long calls also served as ``Async.<name>``, returning a task."""

@@ -1,0 +1,179 @@
+"""A small synchronous XenAPI client for the command line: JSON-RPC over httpx to ``/jsonrpc``.
+
+The host is any text :func:`migrate.addresses.parse_host` accepts; without a port it is reached
+on :data:`DEFAULT_PORT` (a full URL without a port uses its scheme's port, 80 or 443). An
+``https`` URL is verified against the system's CAs, ``--ca FILE``, or not at all
+(``--insecure``). Zoned link-local addresses (``[fe80::1%25eth0]:8080``) are connected to with
+the zone as scope id: httpx keeps the RFC 6874 ``%25`` in the host it hands to the socket
+layer, so the transport here decodes it before ``getaddrinfo``; over https the certificate is
+checked against the bare address (an IP SAN), as the zone is local to this host.
+
+Every failure is a :class:`ClientError` whose text is one line: a XenAPI failure reads
+``CODE: param param``.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import typing
+from types import TracebackType
+from typing import Any
+
+import httpcore
+import httpx
+
+from migrate.addresses import Host, parse_host
+
+DEFAULT_PORT = 8080
+"""The port of ``xfer serve`` when the host text names none."""
+JSONRPC_PATH = "/jsonrpc"
+TIMEOUT = 30.0
+"""Seconds to wait to connect, and for each read or write."""
+ORIGINATOR = "xfer-cli"
+
+
+class ClientError(Exception):
+    """A call that could not be made or that failed; ``str()`` is one line."""
+
+
+class ApiFailure(ClientError):
+    """A XenAPI failure: the error ``code`` and its ``params``."""
+
+    def __init__(self, code: str, params: list[Any]) -> None:
+        self.code = code
+        self.params = params
+        text = " ".join(str(p) for p in params)
+        super().__init__(f"{code}: {text}" if text else code)
+
+
+def endpoint(text: str) -> tuple[Host, str]:
+    """The parsed host and the JSON-RPC URL for host text (ValueError if it is not a host)."""
+    host = parse_host(text)
+    if host.port is None and host.scheme is None:
+        host = host.with_port(DEFAULT_PORT)
+    return host, host.url(JSONRPC_PATH)
+
+
+def ssl_context(ca: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """A client context (TLS 1.2 or later): the system CAs, or ``ca``'s, or no verification."""
+    context = ssl.create_default_context(cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class _ZoneBackend(httpcore.SyncBackend):
+    """Connects to ``fe80::1%25eth0`` as ``fe80::1%eth0`` (getaddrinfo takes the zone)."""
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        bare, percent, zone = host.partition("%")
+        if percent and zone.startswith("25") and len(zone) > 2:
+            host = f"{bare}%{zone[2:]}"
+        return super().connect_tcp(host, port, timeout, local_address, socket_options)
+
+
+class _Transport(httpx.HTTPTransport):
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(verify=context, trust_env=False)
+        self._pool = httpcore.ConnectionPool(ssl_context=context, network_backend=_ZoneBackend())
+
+
+class Client:
+    """A XenAPI session on one host: ``with Client(url).login(user, pw) as c: c.call(...)``."""
+
+    def __init__(
+        self, url: str, *, context: ssl.SSLContext | None = None, timeout: float = TIMEOUT
+    ) -> None:
+        self.url = url
+        self.session: str | None = None
+        host = parse_host(url)
+        self._extensions: dict[str, Any] = {}
+        if host.zone is not None:
+            # verify the certificate against the bare address, not "fe80::1%25eth0"
+            self._extensions["sni_hostname"] = host.address.partition("%")[0]
+        self._next_id = 0
+        self._http = httpx.Client(
+            transport=_Transport(context or ssl_context()), timeout=timeout, trust_env=False
+        )
+
+    def request(self, method: str, *params: Any) -> Any:
+        """The result of one JSON-RPC call (no session added); ClientError on any failure."""
+        self._next_id += 1
+        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": self._next_id}
+        try:
+            response = self._http.post(self.url, json=body, extensions=self._extensions)
+        except httpx.TimeoutException:
+            raise ClientError(f"{self.url}: timed out") from None
+        except httpx.HTTPError as e:
+            raise ClientError(f"cannot reach {self.url}: {_one_line(e)}") from None
+        if response.status_code != 200:
+            line = _one_line(response.text) or response.reason_phrase
+            raise ClientError(f"{self.url}: HTTP {response.status_code}: {line}")
+        try:
+            answer = response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise ClientError(f"{self.url}: the answer is not JSON") from None
+        if not isinstance(answer, dict):
+            raise ClientError(f"{self.url}: the answer is not a JSON-RPC response")
+        error = answer.get("error")
+        if error is not None:
+            if not isinstance(error, dict):
+                raise ClientError(f"{self.url}: malformed JSON-RPC error {error!r}")
+            data = error.get("data")
+            params_ = data if isinstance(data, list) else [] if data is None else [data]
+            raise ApiFailure(str(error.get("message", "UNKNOWN_ERROR")), params_)
+        if "result" not in answer:
+            raise ClientError(f"{self.url}: JSON-RPC response without a result")
+        return answer["result"]
+
+    def login(self, user: str, password: str) -> Client:
+        """Log in (``session.login_with_password``); returns self."""
+        self.session = self.request("session.login_with_password", user, password, "", ORIGINATOR)
+        return self
+
+    def call(self, method: str, *params: Any) -> Any:
+        """``method(session, *params)``."""
+        if self.session is None:
+            raise ClientError("not logged in")
+        return self.request(method, self.session, *params)
+
+    def close(self) -> None:
+        """Log out (best effort) and close the connection."""
+        try:
+            if self.session is not None:
+                self.request("session.logout", self.session)
+        except ClientError:
+            pass
+        finally:
+            self.session = None
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())
+
+
+def dumps(value: Any) -> str:
+    """``value`` as indented JSON."""
+    return json.dumps(value, indent=2, sort_keys=True)

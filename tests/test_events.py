@@ -1,0 +1,369 @@
+"""migrate.rpc.event, pool and Async calls: the event system fed by every change of every
+record, driven by the official XenAPI SDK over ``::1``; tasks and their cancellation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+import XenAPI
+
+from migrate.http.server import Router, serve
+from migrate.rpc.codec import ApiError
+from migrate.rpc.dispatch import Api, register_rpc
+from migrate.rpc.pool import pool_uuid
+from migrate.state.store import Store
+from migrate.storage.sr import ensure_sr
+
+HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"
+MiB = 1 << 20
+TIMEOUT = 30
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(str(tmp_path / "state.db"))
+    store.insert(
+        "host",
+        {"uuid": HOST, "name_label": "xfer-ev", "address": "::1", "primary_address_type": "IPv6"},
+    )
+    ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
+    store.set_password("root", "pw")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def api(store: Store) -> Api:
+    return Api(store, HOST)
+
+
+@pytest.fixture
+async def url(nursery: trio.Nursery, api: Api) -> str:
+    router = Router()
+    register_rpc(router, api)
+    await nursery.start(api.serve_tasks)
+    listeners = await trio.open_tcp_listeners(0, host="::1")
+    await nursery.start(partial(serve, router, listeners))
+    return f"http://[::1]:{listeners[0].socket.getsockname()[1]}"
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """Run the synchronous SDK in a worker thread, bounded in time."""
+    with trio.fail_after(TIMEOUT):
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+def login(url: str) -> Any:
+    session = XenAPI.Session(url)
+    session.xenapi.login_with_password("root", "pw", "1.0", "tests")
+    return session
+
+
+def close(session: Any) -> None:
+    session.xenapi.session.logout()
+    session("close")()
+
+
+def event_from(x: Any, classes: list[str], token: str, timeout: float) -> dict[str, Any]:
+    return dict(getattr(x.event, "from")(classes, token, timeout))
+
+
+def create_vdi(x: Any, name: str = "disk") -> str:
+    sr = x.SR.get_all()[0]
+    return str(x.VDI.create({"SR": sr, "virtual_size": str(4 * MiB), "name_label": name}))
+
+
+def failure(fn: Callable[[], object]) -> list[str]:
+    with pytest.raises(XenAPI.Failure) as info:
+        fn()
+    return list(info.value.details)
+
+
+def wait_task(x: Any, task: str) -> str:
+    """The final status of ``task``, polled (bounded)."""
+    end = time.monotonic() + TIMEOUT
+    while (status := x.task.get_status(task)) in ("pending", "cancelling"):
+        assert time.monotonic() < end, f"task {task} still {status}"
+        time.sleep(0.02)
+    return str(status)
+
+
+async def test_pool(url: str, api: Api) -> None:
+    def run() -> None:
+        session = login(url)
+        x = session.xenapi
+        try:
+            pools = x.pool.get_all()
+            ref = f"OpaqueRef:{pool_uuid(api)}"
+            assert pools == [ref]
+            assert x.pool.get_master(ref) == f"OpaqueRef:{HOST}"
+            assert x.pool.get_uuid(ref) == pool_uuid(api)
+            assert x.pool.get_by_uuid(pool_uuid(api)) == ref
+            assert x.pool.get_name_label(ref) == ""
+            record = x.pool.get_record(ref)
+            assert record["master"] == f"OpaqueRef:{HOST}"
+            assert record["default_SR"] == x.SR.get_all()[0]
+            assert record["other_config"] == {}
+            assert x.pool.get_all_records() == {ref: record}
+            assert session.API_version == "2.21"  # the SDK: pool.get_all, pool.get_master
+            bogus = f"OpaqueRef:{HOST}"
+            assert failure(lambda: x.pool.get_record(bogus)) == ["HANDLE_INVALID", "pool", bogus]
+            methods = x.system.listMethods()
+            for name in ("pool.get_all_records", "event.from", "Async.VDI.create", "task.cancel"):
+                assert name in methods
+        finally:
+            close(session)
+
+    await in_thread(run)
+    assert pool_uuid(api) == pool_uuid(Api(api.store, HOST))  # stable
+
+
+async def test_event_from(url: str, api: Api) -> None:
+    def run() -> None:
+        session = login(url)
+        x = session.xenapi
+        try:
+            # the empty token: every current record as "add"
+            everything = event_from(x, ["*"], "", 1.0)
+            added = {(e["class"], e["ref"]) for e in everything["events"]}
+            assert {e["operation"] for e in everything["events"]} == {"add"}
+            assert ("host", f"OpaqueRef:{HOST}") in added
+            assert ("pool", f"OpaqueRef:{pool_uuid(api)}") in added
+            assert ("sr", x.SR.get_all()[0]) in added
+            assert everything["valid_ref_counts"]["vdi"] == "0"
+            token = everything["token"]
+            assert token.isdigit()
+
+            vdi = create_vdi(x, "watched")
+            result = event_from(x, ["vdi"], token, 5.0)
+            [event] = result["events"]
+            assert event["class"] == "vdi"
+            assert event["operation"] in ("add", "mod")
+            assert event["ref"] == vdi
+            assert event["snapshot"]["name_label"] == "watched"
+            assert event["snapshot"]["uuid"] == x.VDI.get_uuid(vdi)
+            assert {"id", "timestamp"} <= set(event)
+            assert result["valid_ref_counts"] == {"vdi": "1"}
+            created = result["token"]
+            assert int(created) > int(token)
+
+            # the classes filter (any case; unknown classes ignored)
+            assert event_from(x, ["SR", "host", "nothing"], token, 0.0)["events"] == []
+            assert [e["ref"] for e in event_from(x, ["VDI"], token, 0.0)["events"]] == [vdi]
+            assert vdi in [e["ref"] for e in event_from(x, ["*"], token, 0.0)["events"]]
+
+            x.VDI.destroy(vdi)
+            [event] = event_from(x, ["vdi"], created, 5.0)["events"]
+            assert (event["operation"], event["ref"], event["class"]) == ("del", vdi, "vdi")
+            assert "snapshot" not in event
+
+            assert failure(lambda: event_from(x, ["vdi"], "junk", 0.0)) == [
+                "EVENT_FROM_TOKEN_PARSE_FAILURE",
+                "junk",
+            ]
+        finally:
+            close(session)
+
+    await in_thread(run)
+
+
+async def test_event_from_timeout_keeps_the_token(url: str) -> None:
+    def run() -> None:
+        session = login(url)
+        x = session.xenapi
+        try:
+            token = event_from(x, ["vdi"], "", 0.0)["token"]
+            start = time.monotonic()
+            result = event_from(x, ["vdi"], token, 0.5)
+            assert time.monotonic() - start >= 0.45
+            assert result["events"] == []
+            assert result["token"] == token
+        finally:
+            close(session)
+
+    await in_thread(run)
+
+
+async def test_event_from_under_the_sdk_spelling(url: str) -> None:
+    """``from`` is a Python keyword: SDK users write ``session.xenapi.event_from``."""
+
+    def run() -> None:
+        session = login(url)
+        try:
+            first = session.xenapi.event_from(["vdi"], "", 0.0)
+            vdi = create_vdi(session.xenapi)
+            later = session.xenapi.event_from(["vdi"], first["token"], 5.0)
+            assert [(e["class"], e["ref"]) for e in later["events"]] == [("vdi", vdi)]
+        finally:
+            close(session)
+
+    await in_thread(run)
+
+
+async def test_blocking_event_from_wakes_on_another_clients_change(url: str) -> None:
+    watcher = await in_thread(lambda: login(url))
+    token = await in_thread(lambda: event_from(watcher.xenapi, ["vdi"], "", 0.0)["token"])
+    result: dict[str, Any] = {}
+
+    def watch() -> None:
+        start = time.monotonic()
+        result.update(event_from(watcher.xenapi, ["vdi"], token, 20.0))
+        result["elapsed"] = time.monotonic() - start
+
+    def change() -> str:
+        time.sleep(0.3)  # the watcher is waiting by now
+        session = login(url)
+        try:
+            # other calls are served while event.from waits
+            assert session.xenapi.VDI.get_all() == []
+            return create_vdi(session.xenapi, "other client")
+        finally:
+            close(session)
+
+    created: list[str] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(in_thread, watch)
+
+            async def make() -> None:
+                created.append(await in_thread(change))
+
+            nursery.start_soon(make)
+    assert result["elapsed"] < 10
+    assert [e["ref"] for e in result["events"]] == created
+    await in_thread(lambda: close(watcher))
+
+
+async def test_register_next_unregister(url: str) -> None:
+    def run() -> None:
+        session = login(url)
+        x = session.xenapi
+        try:
+            x.event.register(["vdi"])
+            vdi = create_vdi(x)
+            x.SR.get_record(x.SR.get_all()[0])
+            events = x.event.next()
+            assert [(e["class"], e["ref"]) for e in events] == [("vdi", vdi)]
+            x.VDI.destroy(vdi)
+            assert [(e["operation"], e["ref"]) for e in x.event.next()] == [("del", vdi)]
+            x.event.unregister(["vdi"])
+            handle = session.handle
+            assert failure(lambda: x.event.next()) == ["SESSION_NOT_REGISTERED", handle]
+        finally:
+            close(session)
+
+    await in_thread(run)
+
+
+async def test_inject(url: str, api: Api) -> None:
+    def run() -> None:
+        session = login(url)
+        x = session.xenapi
+        try:
+            token = event_from(x, ["*"], "", 0.0)["token"]
+            sr = x.SR.get_all()[0]
+            injected = x.event.inject("SR", sr)
+            assert int(injected) > int(token)
+            [event] = event_from(x, ["sr"], token, 0.0)["events"]
+            assert (event["class"], event["operation"], event["ref"]) == ("sr", "mod", sr)
+            assert event["snapshot"]["name_label"] == "Local storage"
+            assert event_from(x, ["sr"], injected, 0.0)["events"] == []
+
+            pool = f"OpaqueRef:{pool_uuid(api)}"
+            again = x.event.inject("pool", pool)  # what Xen Orchestra does first
+            [event] = event_from(x, ["pool"], injected, 0.0)["events"]
+            assert (event["class"], event["ref"]) == ("pool", pool)
+            assert event["snapshot"]["master"] == f"OpaqueRef:{HOST}"
+            assert event_from(x, ["pool"], again, 0.0)["events"] == []
+            bogus = "OpaqueRef:00000000-0000-0000-0000-000000000000"
+            assert failure(lambda: x.event.inject("SR", bogus)) == ["HANDLE_INVALID", "SR", bogus]
+        finally:
+            close(session)
+
+    await in_thread(run)
+
+
+async def test_async_vdi_create_and_destroy(url: str) -> None:
+    def run() -> None:
+        session = login(url)
+        x = session.xenapi
+        try:
+            sr = x.SR.get_all()[0]
+            task = x.Async.VDI.create({"SR": sr, "virtual_size": str(4 * MiB), "name_label": "a"})
+            assert task in x.task.get_all()
+            assert wait_task(x, task) == "success"
+            vdis = x.VDI.get_all()
+            assert len(vdis) == 1
+            assert x.task.get_result(task) == f"<value>{vdis[0]}</value>"
+            assert x.task.get_progress(task) == 1.0
+            record = x.task.get_record(task)
+            assert record["name_label"] == "Async.VDI.create"
+            assert record["error_info"] == []
+            assert failure(lambda: x.task.cancel(task))[0] == "OPERATION_NOT_ALLOWED"
+
+            task = x.Async.VDI.destroy(vdis[0])
+            assert wait_task(x, task) == "success"
+            assert x.task.get_result(task) == ""
+            assert x.VDI.get_all() == []
+
+            bogus = "OpaqueRef:00000000-0000-0000-0000-000000000000"
+            task = x.Async.VDI.create({"SR": bogus, "virtual_size": "1"})
+            assert wait_task(x, task) == "failure"
+            assert x.task.get_error_info(task) == ["HANDLE_INVALID", "SR", bogus]
+            x.task.destroy(task)
+        finally:
+            close(session)
+
+    await in_thread(run)
+
+
+async def test_task_cancel(api: Api, store: Store, nursery: trio.Nursery) -> None:
+    session = await api.run("session.login_with_password", ["root", "pw"])
+    sr = f"OpaqueRef:{store.all('SR')[0]['uuid']}"
+    args = {"SR": sr, "virtual_size": 4 * MiB, "name_label": "never"}
+    with pytest.raises(ApiError) as info:  # nobody serves the tasks yet
+        await api.run("Async.VDI.create", [session, args])
+    assert info.value.code == "INTERNAL_ERROR"
+
+    await nursery.start(api.serve_tasks)
+    task = await api.run("Async.VDI.create", [session, args])
+    async with api.lock:  # the task cannot start its call before the cancel
+        api.call("task.cancel", [session, task])
+        assert api.call("task.get_status", [session, task]) == "cancelling"
+    with trio.fail_after(TIMEOUT):
+        while await api.run("task.get_status", [session, task]) == "cancelling":
+            await trio.sleep(0.01)
+    assert await api.run("task.get_status", [session, task]) == "cancelled"
+    assert store.all("VDI") == []
+
+    # a task a client made for itself stays cancelling: nobody runs it
+    own = await api.run("task.create", [session, "mine", ""])
+    await api.run("task.cancel", [session, own])
+    assert await api.run("task.get_status", [session, own]) == "cancelling"
+
+
+async def test_event_from_waits_without_the_lock(api: Api, store: Store) -> None:
+    session = await api.run("session.login_with_password", ["root", "pw"])
+    token = (await api.run("event.from", [session, ["task"], "", 0.0]))["token"]
+    answers: list[dict[str, Any]] = []
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                answers.append(await api.run("event.from", [session, ["task"], token, 20.0]))
+
+            nursery.start_soon(watch)
+            await trio.sleep(0.1)
+            assert not answers
+            own = await api.run("task.create", [session, "wake up", ""])  # not blocked
+    [event] = answers[0]["events"]
+    assert event["ref"] == own
+    assert event["snapshot"]["name_label"] == "wake up"

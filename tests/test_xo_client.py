@@ -1,0 +1,139 @@
+"""Xen Orchestra's own client library (npm ``xen-api``) against the XenAPI served on ``::1``:
+connecting over ``http://[::1]:PORT``, the pool, listing records, and its event watching
+seeing a VDI created and destroyed after it connected."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from migrate.http.server import Router, serve
+from migrate.rpc.dispatch import Api, register_rpc
+from migrate.rpc.pool import pool_uuid
+from migrate.state.store import Store
+from migrate.storage.sr import ensure_sr
+
+XEN_API_VERSION = "4.7.6"
+"""The npm ``xen-api`` version tested (pinned in tests/xo/package.json too)."""
+XO_DIR = Path(__file__).parent / "xo"
+HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0002"
+INSTALL_TIMEOUT = 300
+CLIENT_TIMEOUT = 60
+
+
+def _tools() -> tuple[str, str]:
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("node and npm are needed to run Xen Orchestra's client library (xen-api)")
+    return node, npm
+
+
+@pytest.fixture(scope="session")
+def xen_api() -> str:
+    """``node``, with npm ``xen-api`` installed in tests/xo/node_modules (from the npm
+    registry, once)."""
+    node, npm = _tools()
+    installed = XO_DIR / "node_modules" / "xen-api" / "package.json"
+    if not (
+        installed.is_file() and json.loads(installed.read_text())["version"] == XEN_API_VERSION
+    ):
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund", "--no-save", f"xen-api@{XEN_API_VERSION}"],
+            cwd=XO_DIR,
+            check=True,
+            timeout=INSTALL_TIMEOUT,
+            stdout=subprocess.DEVNULL,
+        )
+    assert json.loads(installed.read_text())["version"] == XEN_API_VERSION
+    return node
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    store = Store.open(str(tmp_path / "state.db"))
+    store.insert(
+        "host",
+        {"uuid": HOST, "name_label": "xfer-xo", "address": "::1", "primary_address_type": "IPv6"},
+    )
+    ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
+    store.set_password("root", "pw")
+    return store
+
+
+@pytest.mark.parametrize("transport", ["auto", "xml-rpc"])
+async def test_xen_orchestra_client(
+    xen_api: str, store: Store, nursery: trio.Nursery, transport: str
+) -> None:
+    """``auto`` is the library's default: JSON-RPC on /jsonrpc; ``xml-rpc`` is /xmlrpc."""
+    api = Api(store, HOST)
+    calls: list[str] = []
+    run = api.run
+
+    async def recording_run(method: str, params: list[Any], client: str | None = None) -> Any:
+        calls.append(method)
+        return await run(method, params, client)
+
+    api.run = recording_run  # type: ignore[method-assign]
+    router = Router()
+    register_rpc(router, api)
+    await nursery.start(api.serve_tasks)
+    listeners = await trio.open_tcp_listeners(0, host="::1")
+    await nursery.start(partial(serve, router, listeners))
+    port = listeners[0].socket.getsockname()[1]
+    url = f"http://[::1]:{port}"
+
+    with trio.fail_after(CLIENT_TIMEOUT):
+        done = await trio.run_process(
+            [xen_api, str(XO_DIR / "client.mjs"), url, "pw", transport],
+            cwd=XO_DIR,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 0, stderr
+    out = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert "error" not in out, out["error"] + "\n" + stderr
+    assert out["status"] == "connected"
+    sr_uuid = store.all("SR")[0]["uuid"]
+    assert out["pool"] == {
+        "ref": f"OpaqueRef:{pool_uuid(api)}",
+        "master": f"OpaqueRef:{HOST}",
+        "default_SR": f"OpaqueRef:{sr_uuid}",
+    }
+    assert list(out["hosts"]) == [f"OpaqueRef:{HOST}"]
+    assert out["hosts"][f"OpaqueRef:{HOST}"]["address"] == "::1"
+    assert out["vdis"] == []
+    assert {"SR", "host", "pool"} <= set(out["types"])
+    assert out["created"].startswith("OpaqueRef:")
+    seen = out["seen"]
+    assert (seen["name_label"], seen["SR"], seen["type"]) == (
+        "from xen-api",
+        f"OpaqueRef:{sr_uuid}",
+        "VDI",
+    )
+    assert int(seen["virtual_size"]) == 4 * 1024 * 1024  # a string over XML-RPC
+    assert out["gone"] is True
+    assert out["watchEventsError"] is None
+    assert store.all("VDI") == []
+    # what the library calls on connecting and while watching events
+    assert calls[:3] == [
+        "session.login_with_password",
+        "pool.get_all_records",
+        "system.listMethods",
+    ]
+    assert {"event.inject", "event.from", "VDI.get_all_records", "pool.get_all_records"} <= set(
+        calls
+    )
+    assert "_watchEvents" not in stderr, stderr  # the library's warnings
+    assert "_refreshCachedRecords" not in stderr, stderr
+    assert "event.next" not in calls  # the modern event.from loop, not the legacy one

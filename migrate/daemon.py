@@ -41,6 +41,8 @@ WILDCARD = Host("::", "ipv6", DEFAULT_PORT)
 USER = "root"
 """The one user the daemon knows."""
 DATABASE = "xfer.db"
+INTERFACE_POLL = 5.0
+"""Default seconds between two readings of the interfaces' addresses."""
 LOOPBACK: dict[Family, str] = {"IPv4": "127.0.0.1", "IPv6": "::1"}
 
 
@@ -69,6 +71,47 @@ class DaemonConfig:
     HTTPS (TLS 1.2 or later)."""
     tls_key: str | None = None
     """PEM private key file of :attr:`tls_cert`."""
+    interface_poll: float = INTERFACE_POLL
+    """Seconds between two readings of the interfaces' addresses."""
+
+
+async def watch_interfaces(
+    api: Api,
+    primary: Family,
+    interval: float,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Keep the PIFs and the host's address true to the live interfaces while serving.
+
+    Reads the addresses every ``interval`` seconds (static, SLAAC and DHCPv6 changes alike);
+    when they changed, writes what differs under the RPC lock and wakes event watchers.
+    """
+    task_status.started()
+    last: list[Interface] | None = None
+    while True:
+        await trio.sleep(interval)
+        try:
+            interfaces = await trio.to_thread.run_sync(read_interfaces)
+        except InterfaceError as e:
+            log.warning("interfaces not mirrored: %s", e)
+            continue
+        if interfaces == last:
+            continue
+        last = interfaces
+        async with api.lock:
+            sync_interfaces(api.store, api.host_uuid, interfaces, primary)
+            _refresh_host(api.store, api.host_uuid, host_address(interfaces, primary), primary)
+        api.notify()
+
+
+def _refresh_host(store: Store, host_uuid: str, address: str, primary: Family) -> None:
+    """Record the host's current address and primary family, if they changed."""
+    fresh = {"address": address, "primary_address_type": primary}
+    current = store.get("host", host_uuid)
+    if any(current[name] != value for name, value in fresh.items()):
+        store.update("host", host_uuid, fresh)
+        log.info("host %s: address %s (%s)", host_uuid, address, primary)
 
 
 def default_state_dir() -> str:
@@ -102,9 +145,7 @@ def prepare_state(store: Store, config: DaemonConfig) -> str:
         hosts = store.all("host")
         if hosts:
             host_uuid = str(hosts[0]["uuid"])
-            fresh = {"address": address, "primary_address_type": primary}
-            if any(hosts[0][name] != value for name, value in fresh.items()):
-                store.update("host", host_uuid, fresh)
+            _refresh_host(store, host_uuid, address, primary)
         else:
             host_uuid = str(uuidlib.uuid4())
             store.insert(
@@ -285,6 +326,9 @@ async def run_daemon(
                     print(f"listening on {listener_url(host, listener, scheme)}", flush=True)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(api.serve_tasks)  # runs the Async.* calls
+                    await nursery.start(
+                        watch_interfaces, api, config.primary_address_type, config.interface_poll
+                    )
                     if context is None:
                         await nursery.start(serve, router, listeners, config.limits)
                     else:

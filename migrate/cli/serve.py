@@ -53,6 +53,12 @@ def register(commands: Any) -> None:
         help="serve HTTPS (TLS 1.2+) with this PEM certificate (chain); needs --tls-key",
     )
     p.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    p.add_argument(
+        "--interface-poll",
+        type=float,
+        metavar="SECONDS",
+        help="how often the interfaces' addresses are read again (default 5)",
+    )
     p.set_defaults(run=serve_command)
 
 
@@ -65,6 +71,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
+    if args.interface_poll is not None and not args.interface_poll > 0:
+        raise ValueError("--interface-poll must be a positive number of seconds")
     listen = [parse_host(text, allow_port_zero=True) for text in args.listen or []]
     for host in listen:
         if host.kind == "name":
@@ -81,6 +89,7 @@ def serve_command(args: argparse.Namespace) -> int:
         srs=tuple(args.sr),
         tls_cert=args.tls_cert and os.path.abspath(args.tls_cert),
         tls_key=args.tls_key and os.path.abspath(args.tls_key),
+        **({} if args.interface_poll is None else {"interface_poll": args.interface_poll}),
     )
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s"

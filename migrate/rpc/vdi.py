@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 import vhd
 from migrate.rpc.codec import ApiError
 from migrate.state.store import NotFound
-from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, vdi_path
+from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, snapshot_vdi, vdi_path
 
 if TYPE_CHECKING:
     from migrate.rpc.dispatch import Api
+
+NULL_REF = "OpaqueRef:NULL"
 
 
 def _file_size(sr_path: str, uuid: str) -> int:
@@ -26,6 +28,14 @@ def record(api: Api, row: dict[str, Any], sr_path: str | None = None) -> dict[st
     if sr_path is None:
         sr_path = str(api.store.get("SR", row["sr"])["path"])
     sm_config = {"vhd-parent": row["parent"]} if row["parent"] else {}
+    snapshot_of = NULL_REF
+    if row["snapshot_of"] is not None:
+        try:
+            if api.store.get("VDI", row["snapshot_of"])["state"] == "ready":
+                snapshot_of = api.ref(row["snapshot_of"])
+        except NotFound:
+            pass
+    snapshots = api.store.all("VDI", snapshot_of=row["uuid"], is_a_snapshot=1, state="ready")
     return {
         "uuid": row["uuid"],
         "name_label": row["name_label"],
@@ -36,9 +46,11 @@ def record(api: Api, row: dict[str, Any], sr_path: str | None = None) -> dict[st
         "type": "user",
         "sharable": False,
         "read_only": False,
-        "managed": True,
+        "managed": bool(row["managed"]),
         "missing": False,
-        "is_a_snapshot": False,
+        "is_a_snapshot": bool(row["is_a_snapshot"]),
+        "snapshot_of": snapshot_of,
+        "snapshots": [api.ref(snapshot["uuid"]) for snapshot in snapshots],
         "location": row["uuid"],
         "VBDs": [],
         "sm_config": sm_config,
@@ -146,6 +158,22 @@ def destroy(api: Api, session: str, self: str) -> None:
         raise ApiError("HANDLE_INVALID", "VDI", self) from None
 
 
+def snapshot(api: Api, session: str, vdi: str, driver_params: dict[str, Any] | None = None) -> str:
+    """Snapshot a VDI: its content so far moves into a hidden base copy (``managed`` false)
+    that the VDI and the new snapshot both read through; the snapshot's ref.
+    ``driver_params`` are accepted and ignored."""
+    row = api.row("VDI", vdi)
+    if driver_params is not None and not isinstance(driver_params, dict):
+        raise ApiError("FIELD_TYPE_ERROR", "driver_params")
+    if not row["managed"]:
+        raise ApiError("OPERATION_NOT_ALLOWED", f"VDI {vdi} is a base copy (not managed)")
+    try:
+        uuid = snapshot_vdi(api.store, row["uuid"])
+    except NotFound:
+        raise ApiError("HANDLE_INVALID", "VDI", vdi) from None
+    return api.ref(uuid)
+
+
 METHODS = {
     "VDI.get_all": get_all,
     "VDI.get_all_records": get_all_records,
@@ -158,8 +186,9 @@ METHODS = {
     "VDI.set_name_label": set_name_label,
     "VDI.create": create,
     "VDI.destroy": destroy,
+    "VDI.snapshot": snapshot,
 }
-BLOCKING = frozenset({"VDI.create", "VDI.destroy"})
+BLOCKING = frozenset({"VDI.create", "VDI.destroy", "VDI.snapshot"})
 """Calls that write files: run in a worker thread."""
-ASYNC = frozenset({"VDI.create", "VDI.destroy"})
+ASYNC = frozenset({"VDI.create", "VDI.destroy", "VDI.snapshot"})
 """Long calls also served as ``Async.<name>``, returning a task."""

@@ -102,6 +102,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (class, uuid)
     );
     """,
+    # 2: snapshots: the snapshot flag, the VDI a snapshot was taken of, and hidden base copies
+    """
+    ALTER TABLE vdi ADD COLUMN is_a_snapshot INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE vdi ADD COLUMN snapshot_of TEXT;
+    ALTER TABLE vdi ADD COLUMN managed INTEGER NOT NULL DEFAULT 1;
+    """,
 ]
 """Migration N (1-based) takes a database from user_version N-1 to N. Append, never edit."""
 

@@ -20,6 +20,7 @@ import XenAPI
 from migrate.addresses import parse_host
 from migrate.http.server import Router, serve
 from migrate.interfaces import Interface, InterfaceAddress
+from migrate.rpc import host, network, pif, sr, task, vdi
 from migrate.rpc.codec import ApiError
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.state.pifs import sync_interfaces
@@ -483,3 +484,29 @@ def test_tasks(api: Api, store: Store) -> None:
     with pytest.raises(ApiError) as info:
         api.call("task.get_status", [session, ref])
     assert info.value.description == ["HANDLE_INVALID", "task", ref]
+
+
+def test_generated_accessors(api: Api, store: Store) -> None:
+    """Every class module's FIELDS are its record's keys, and a generated getter serves each
+    field of one record of each class as the record has it (types included)."""
+    session = api.call("session.login_with_password", ["root", "pw"])
+    create_vdi(store, store.all("SR")[0]["uuid"], 2 * MiB, "disk")
+    task_ref = api.call("task.create", [session, "work"])
+    methods = set(api.methods())
+    for module in (host, sr, vdi, network, pif, task):
+        cls = module.CLASS
+        records = api.call(f"{cls}.get_all_records", [session])
+        assert records, cls
+        assert sorted(records) == sorted(api.call(f"{cls}.get_all", [session]))
+        ref, record = sorted(records.items())[0]
+        assert sorted(record) == sorted(module.FIELDS.split()), cls
+        assert api.call(f"{cls}.get_record", [session, ref]) == record
+        assert api.call(f"{cls}.get_by_uuid", [session, record["uuid"]]) == ref
+        for field, value in record.items():
+            assert f"{cls}.get_{field}" in methods
+            got = api.call(f"{cls}.get_{field}", [session, ref])
+            assert got == value and type(got) is type(value), (cls, field, got, value)
+        with pytest.raises(ApiError) as info:
+            api.call(f"{cls}.get_uuid", [session, ref, "extra"])
+        assert info.value.code == "MESSAGE_PARAMETER_COUNT_MISMATCH"
+    assert api.call("task.get_progress", [session, task_ref]) == 0.0

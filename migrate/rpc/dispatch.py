@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from migrate.http.server import Connection, Request, Router
-from migrate.rpc import codec, event, host, network, pif, pool, session, sr, task, vdi
+from migrate.rpc import accessors, codec, event, host, network, pif, pool, session, sr, task, vdi
 from migrate.rpc.codec import ApiError, ProtocolError
 from migrate.state.store import NotFound, Store
 
@@ -86,7 +86,7 @@ class Api:
             unauthenticated: frozenset[str] = getattr(module, "UNAUTHENTICATED", frozenset())
             blocking: frozenset[str] = getattr(module, "BLOCKING", frozenset())
             long_calls: frozenset[str] = getattr(module, "ASYNC", frozenset())
-            for name, function in module.METHODS.items():
+            for name, function in accessors.methods(module).items():
                 method = replace(
                     _method(name, function, unauthenticated), blocking=name in blocking
                 )
@@ -268,6 +268,12 @@ class Api:
         if cls == "VDI" and row["state"] != "ready":
             raise ApiError("HANDLE_INVALID", cls, ref)
         return row
+
+    def rows(self, cls: str) -> list[dict[str, Any]]:
+        """The rows of every visible record of ``cls`` (VDIs: those ``ready``)."""
+        if cls == "VDI":
+            return self.store.all(cls, state="ready")
+        return self.store.all(cls)
 
     def by_uuid(self, cls: str, uuid: Any) -> str:
         """The ref of the record ``uuid``; UUID_INVALID if there is none."""

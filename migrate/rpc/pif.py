@@ -13,6 +13,11 @@ from migrate.state.pifs import pif_addresses
 if TYPE_CHECKING:
     from migrate.rpc.dispatch import Api
 
+CLASS = "PIF"
+FIELDS = (
+    "uuid device MAC network host IP netmask IPv6 primary_address_type management physical"
+    " currently_attached other_config"
+)
 ADDRESS_TYPES = ("IPv4", "IPv6")
 
 
@@ -55,62 +60,6 @@ def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def get_all(api: Api, session: str) -> list[str]:
-    """Every PIF's ref."""
-    return [api.ref(row["uuid"]) for row in api.store.all("PIF")]
-
-
-def get_all_records(api: Api, session: str) -> dict[str, dict[str, Any]]:
-    """Every PIF's record by ref."""
-    return {api.ref(row["uuid"]): record(api, row) for row in api.store.all("PIF")}
-
-
-def get_record(api: Api, session: str, self: str) -> dict[str, Any]:
-    """One PIF's record."""
-    return record(api, api.row("PIF", self))
-
-
-def get_by_uuid(api: Api, session: str, uuid: str) -> str:
-    """The ref of the PIF ``uuid``."""
-    return api.by_uuid("PIF", uuid)
-
-
-def get_uuid(api: Api, session: str, self: str) -> str:
-    """A PIF's uuid."""
-    return str(api.row("PIF", self)["uuid"])
-
-
-def get_device(api: Api, session: str, self: str) -> str:
-    """A PIF's interface name."""
-    return str(api.row("PIF", self)["device"])
-
-
-def get_IP(api: Api, session: str, self: str) -> str:
-    """A PIF's first IPv4 address, bare; ``""`` if it has none."""
-    ipv4 = _ipv4(pif_addresses(api.store, api.row("PIF", self)["uuid"]))
-    return ipv4.address if ipv4 else ""
-
-
-def get_IPv6(api: Api, session: str, self: str) -> list[str]:
-    """A PIF's IPv6 addresses as ``addr/prefix`` (link-local ones left out)."""
-    return _ipv6(pif_addresses(api.store, api.row("PIF", self)["uuid"]))
-
-
-def get_network(api: Api, session: str, self: str) -> str:
-    """The network a PIF is on."""
-    return api.ref(api.row("PIF", self)["network"])
-
-
-def get_host(api: Api, session: str, self: str) -> str:
-    """The host a PIF belongs to."""
-    return api.ref(api.row("PIF", self)["host"])
-
-
-def get_primary_address_type(api: Api, session: str, self: str) -> str:
-    """Which family a PIF's primary address is: ``IPv4`` or ``IPv6``."""
-    return str(api.row("PIF", self)["primary_address_type"])
-
-
 def set_primary_address_type(api: Api, session: str, self: str, value: str) -> None:
     """Choose a PIF's primary address family; INVALID_VALUE unless ``IPv4`` or ``IPv6``."""
     row = api.row("PIF", self)
@@ -119,17 +68,4 @@ def set_primary_address_type(api: Api, session: str, self: str, value: str) -> N
     api.store.update("PIF", row["uuid"], {"primary_address_type": value})
 
 
-METHODS = {
-    "PIF.get_all": get_all,
-    "PIF.get_all_records": get_all_records,
-    "PIF.get_record": get_record,
-    "PIF.get_by_uuid": get_by_uuid,
-    "PIF.get_uuid": get_uuid,
-    "PIF.get_device": get_device,
-    "PIF.get_IP": get_IP,
-    "PIF.get_IPv6": get_IPv6,
-    "PIF.get_network": get_network,
-    "PIF.get_host": get_host,
-    "PIF.get_primary_address_type": get_primary_address_type,
-    "PIF.set_primary_address_type": set_primary_address_type,
-}
+METHODS = {"PIF.set_primary_address_type": set_primary_address_type}

@@ -13,6 +13,12 @@ from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, snapshot_vdi, 
 if TYPE_CHECKING:
     from migrate.rpc.dispatch import Api
 
+CLASS = "VDI"
+FIELDS = (
+    "uuid name_label name_description SR virtual_size physical_utilisation type sharable"
+    " read_only managed missing is_a_snapshot snapshot_of snapshots location VBDs sm_config"
+    " other_config xenstore_data tags"
+)
 NULL_REF = "OpaqueRef:NULL"
 
 
@@ -60,49 +66,10 @@ def record(api: Api, row: dict[str, Any], sr_path: str | None = None) -> dict[st
     }
 
 
-def _ready(api: Api) -> list[dict[str, Any]]:
-    return api.store.all("VDI", state="ready")
-
-
-def get_all(api: Api, session: str) -> list[str]:
-    """Every (ready) VDI's ref."""
-    return [api.ref(row["uuid"]) for row in _ready(api)]
-
-
 def get_all_records(api: Api, session: str) -> dict[str, dict[str, Any]]:
-    """Every (ready) VDI's record by ref."""
+    """Every (ready) VDI's record by ref (each SR's directory read once, not per VDI)."""
     paths = {row["uuid"]: str(row["path"]) for row in api.store.all("SR")}
-    return {api.ref(row["uuid"]): record(api, row, paths[row["sr"]]) for row in _ready(api)}
-
-
-def get_record(api: Api, session: str, self: str) -> dict[str, Any]:
-    """One VDI's record."""
-    return record(api, api.row("VDI", self))
-
-
-def get_by_uuid(api: Api, session: str, uuid: str) -> str:
-    """The ref of the VDI ``uuid``."""
-    return api.by_uuid("VDI", uuid)
-
-
-def get_uuid(api: Api, session: str, self: str) -> str:
-    """A VDI's uuid."""
-    return str(api.row("VDI", self)["uuid"])
-
-
-def get_name_label(api: Api, session: str, self: str) -> str:
-    """A VDI's name."""
-    return str(api.row("VDI", self)["name_label"])
-
-
-def get_virtual_size(api: Api, session: str, self: str) -> int:
-    """A VDI's size in bytes, as the guest sees it."""
-    return int(api.row("VDI", self)["virtual_size"])
-
-
-def get_SR(api: Api, session: str, self: str) -> str:
-    """The SR a VDI is in."""
-    return api.ref(api.row("VDI", self)["sr"])
+    return {api.ref(row["uuid"]): record(api, row, paths[row["sr"]]) for row in api.rows("VDI")}
 
 
 def set_name_label(api: Api, session: str, self: str, value: str) -> None:
@@ -175,14 +142,7 @@ def snapshot(api: Api, session: str, vdi: str, driver_params: dict[str, Any] | N
 
 
 METHODS = {
-    "VDI.get_all": get_all,
     "VDI.get_all_records": get_all_records,
-    "VDI.get_record": get_record,
-    "VDI.get_by_uuid": get_by_uuid,
-    "VDI.get_uuid": get_uuid,
-    "VDI.get_name_label": get_name_label,
-    "VDI.get_virtual_size": get_virtual_size,
-    "VDI.get_SR": get_SR,
     "VDI.set_name_label": set_name_label,
     "VDI.create": create,
     "VDI.destroy": destroy,

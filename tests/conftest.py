@@ -1,14 +1,18 @@
-"""Shared fixtures: the real qemu-img and qemu-io, and a runner for the ``xfer`` CLI."""
+"""Shared fixtures: the real qemu-img and qemu-io, a runner for the ``xfer`` CLI, and an empty
+state store with its default SR."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
+from migrate.state.store import Store
+from migrate.storage.sr import ensure_sr
 from support import XFER
 
 
@@ -43,3 +47,18 @@ def xfer() -> Callable[..., subprocess.CompletedProcess[bytes]]:
         )
 
     return run
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """An empty state store in ``tmp_path`` (modules serving the XenAPI override it with
+    :func:`support.host_store`)."""
+    store = Store.open(str(tmp_path / "state.db"))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sr_uuid(store: Store, tmp_path: Path) -> str:
+    """The uuid of the default SR, in ``tmp_path / "sr"``."""
+    return ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)

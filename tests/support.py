@@ -7,10 +7,19 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+import XenAPI
 
 import vhd
+from migrate.interfaces import Interface
+from migrate.state.pifs import sync_interfaces
+from migrate.state.store import Store
+from migrate.storage.sr import ensure_sr
 from vhd import Copy, Element, Image, Literal, Zeros
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -30,6 +39,13 @@ Xfer = Callable[..., subprocess.CompletedProcess[bytes]]
 
 Writes = Iterable[tuple[int, bytes]]
 """(offset, data) pairs written to a disk."""
+
+HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"
+"""The uuid of the host row of the XenAPI test stores."""
+TIMEOUT = 30
+"""How long, in seconds, one synchronous SDK call may take (see :func:`in_thread`)."""
+
+T = TypeVar("T")
 
 
 # Content
@@ -144,3 +160,52 @@ def qemu_convert_to_vpc(qemu_img: str, src: Path, dst: Path, subformat: str) -> 
     """``qemu-img convert`` the raw disk ``src`` to a VHD of ``subformat`` (dynamic or fixed)."""
     options = ["-f", "raw", "-O", "vpc", "-o", f"subformat={subformat}"]
     run(qemu_img, "convert", *options, str(src), str(dst))
+
+
+# XenAPI
+
+
+def host_store(
+    tmp_path: Path,
+    *,
+    host: str = HOST,
+    name_label: str,
+    address: str = "::1",
+    interfaces: Sequence[Interface] = (),
+) -> Store:
+    """A store in ``tmp_path`` with one IPv6 host row (and its ``interfaces``), a default SR
+    in ``tmp_path / "sr"`` and the password ``pw`` for root; the caller closes it."""
+    store = Store.open(str(tmp_path / "state.db"))
+    store.insert(
+        "host",
+        {
+            "uuid": host,
+            "name_label": name_label,
+            "address": address,
+            "primary_address_type": "IPv6",
+        },
+    )
+    if interfaces:
+        sync_interfaces(store, host, list(interfaces))
+    ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
+    store.set_password("root", "pw")
+    return store
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """Run the synchronous SDK in a worker thread, bounded in time."""
+    with trio.fail_after(TIMEOUT):
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+def close(session: Any) -> None:
+    """Log the SDK ``session`` out and close its connection."""
+    session.xenapi.session.logout()
+    session("close")()
+
+
+def failure(fn: Callable[[], object]) -> list[str]:
+    """The ErrorDescription of the XenAPI.Failure ``fn`` raises."""
+    with pytest.raises(XenAPI.Failure) as info:
+        fn()
+    return list(info.value.details)

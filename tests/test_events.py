@@ -4,10 +4,10 @@ record, driven by the official XenAPI SDK over ``::1``; tasks and their cancella
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trio
@@ -18,24 +18,14 @@ from migrate.rpc.codec import ApiError
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store
-from migrate.storage.sr import ensure_sr
+from support import HOST, TIMEOUT, close, failure, host_store, in_thread
 
-HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"
 MiB = 1 << 20
-TIMEOUT = 30
-
-T = TypeVar("T")
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(str(tmp_path / "state.db"))
-    store.insert(
-        "host",
-        {"uuid": HOST, "name_label": "xfer-ev", "address": "::1", "primary_address_type": "IPv6"},
-    )
-    ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
-    store.set_password("root", "pw")
+    store = host_store(tmp_path, name_label="xfer-ev")
     yield store
     store.close()
 
@@ -55,21 +45,10 @@ async def url(nursery: trio.Nursery, api: Api) -> str:
     return f"http://[::1]:{listeners[0].socket.getsockname()[1]}"
 
 
-async def in_thread(fn: Callable[[], T]) -> T:
-    """Run the synchronous SDK in a worker thread, bounded in time."""
-    with trio.fail_after(TIMEOUT):
-        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
-
-
 def login(url: str) -> Any:
     session = XenAPI.Session(url)
     session.xenapi.login_with_password("root", "pw", "1.0", "tests")
     return session
-
-
-def close(session: Any) -> None:
-    session.xenapi.session.logout()
-    session("close")()
 
 
 def event_from(x: Any, classes: list[str], token: str, timeout: float) -> dict[str, Any]:
@@ -79,12 +58,6 @@ def event_from(x: Any, classes: list[str], token: str, timeout: float) -> dict[s
 def create_vdi(x: Any, name: str = "disk") -> str:
     sr = x.SR.get_all()[0]
     return str(x.VDI.create({"SR": sr, "virtual_size": str(4 * MiB), "name_label": name}))
-
-
-def failure(fn: Callable[[], object]) -> list[str]:
-    with pytest.raises(XenAPI.Failure) as info:
-        fn()
-    return list(info.value.details)
 
 
 def wait_task(x: Any, task: str) -> str:

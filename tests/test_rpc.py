@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import xmlrpc.client
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -23,45 +23,28 @@ from migrate.interfaces import Interface, InterfaceAddress
 from migrate.rpc import host, network, pif, sr, task, vdi
 from migrate.rpc.codec import ApiError
 from migrate.rpc.dispatch import Api, register_rpc
-from migrate.state.pifs import sync_interfaces
 from migrate.state.store import Store
-from migrate.storage.sr import create_vdi, ensure_sr, vdi_path
+from migrate.storage.sr import create_vdi, vdi_path
+from support import HOST, TIMEOUT, close, failure, host_store, in_thread
 
-HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"
 HOST_ADDRESS = "2001:db8::10"
 MiB = 1 << 20
-TIMEOUT = 30
-
-T = TypeVar("T")
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(str(tmp_path / "state.db"))
-    store.insert(
-        "host",
-        {
-            "uuid": HOST,
-            "name_label": "xfer-test",
-            "address": HOST_ADDRESS,
-            "primary_address_type": "IPv6",
-        },
-    )
     addresses = (
         InterfaceAddress("192.0.2.10", 24, "IPv4", False),
         InterfaceAddress("fe80::10", 64, "IPv6", True),
         InterfaceAddress(HOST_ADDRESS, 64, "IPv6", False),
     )
-    sync_interfaces(
-        store,
-        HOST,
-        [
-            Interface("eth0", "02:00:00:00:00:10", addresses),
-            Interface("eth1", "02:00:00:00:00:11", ()),
-        ],
+    interfaces = [
+        Interface("eth0", "02:00:00:00:00:10", addresses),
+        Interface("eth1", "02:00:00:00:00:11", ()),
+    ]
+    store = host_store(
+        tmp_path, name_label="xfer-test", address=HOST_ADDRESS, interfaces=interfaces
     )
-    ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
-    store.set_password("root", "pw")
     yield store
     store.close()
 
@@ -96,28 +79,10 @@ async def server(request: pytest.FixtureRequest, nursery: trio.Nursery, api: Api
     return Server(request.param, listeners[0].socket.getsockname()[1], api.store)
 
 
-async def in_thread(fn: Callable[[], T]) -> T:
-    """Run the synchronous SDK in a worker thread, bounded in time."""
-    with trio.fail_after(TIMEOUT):
-        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
-
-
 def sdk_session(server: Server) -> Any:
     session = XenAPI.Session(server.url().rstrip("/"))
     session.xenapi.login_with_password("root", "pw", "1.0", "tests")
     return session
-
-
-def close(session: Any) -> None:
-    session.xenapi.session.logout()
-    session("close")()
-
-
-def failure(fn: Callable[[], object]) -> list[str]:
-    """The ErrorDescription of the XenAPI.Failure ``fn`` raises."""
-    with pytest.raises(XenAPI.Failure) as info:
-        fn()
-    return list(info.value.details)
 
 
 # The official SDK over XML-RPC

@@ -6,7 +6,7 @@ import os
 import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +29,12 @@ from migrate.storage.sr import (
     snapshot_vdi,
     vdi_path,
 )
+from support import HOST, failure
 from vhd.plan import differing_blocks
 
 MiB = 1 << 20
 SIZE = 8 * MiB
 BLOCK = 2 * MiB
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(str(tmp_path / "state.db"))
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def sr_uuid(store: Store, tmp_path: Path) -> str:
-    return ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
 
 
 def sr_path(store: Store, sr_uuid: str) -> str:
@@ -395,7 +384,7 @@ async def test_sdk_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
     from migrate.rpc.dispatch import register_rpc
 
     store = Store.open(str(tmp_path / "state.db"))
-    host = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"
+    host = HOST
     store.insert(
         "host",
         {"uuid": host, "name_label": "h", "address": "::1", "primary_address_type": "IPv6"},
@@ -410,11 +399,6 @@ async def test_sdk_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(partial(serve, router, listeners))
     url = parse_host("127.0.0.1").url("/", port=listeners[0].socket.getsockname()[1])
-
-    def failure(fn: Callable[[], object]) -> list[str]:
-        with pytest.raises(XenAPI.Failure) as info:
-            fn()
-        return list(info.value.details)
 
     def run() -> None:
         session = XenAPI.Session(url.rstrip("/"))

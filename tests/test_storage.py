@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,6 @@ from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, ensure_sr, rec
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    store = Store.open(str(tmp_path / "state.db"))
-    yield store
-    store.close()
-
-
-@pytest.fixture
-def sr_uuid(store: Store, tmp_path: Path) -> str:
-    return ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
 
 
 def sr_dir(store: Store, sr_uuid: str) -> Path:

@@ -19,7 +19,7 @@ from migrate.http.server import Router, serve
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store
-from migrate.storage.sr import ensure_sr
+from support import host_store
 
 XEN_API_VERSION = "4.7.6"
 """The npm ``xen-api`` version tested (pinned in tests/xo/package.json too)."""
@@ -58,14 +58,7 @@ def xen_api() -> str:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    store = Store.open(str(tmp_path / "state.db"))
-    store.insert(
-        "host",
-        {"uuid": HOST, "name_label": "xfer-xo", "address": "::1", "primary_address_type": "IPv6"},
-    )
-    ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
-    store.set_password("root", "pw")
-    return store
+    return host_store(tmp_path, host=HOST, name_label="xfer-xo")
 
 
 @pytest.mark.parametrize("transport", ["auto", "xml-rpc"])

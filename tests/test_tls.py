@@ -115,27 +115,24 @@ def test_xenapi_sdk_verifies_over_https(daemon: TlsDaemon) -> None:
     )
     url = f"https://[::1]:{daemon.port}/"
     env = {**os.environ, "SSL_CERT_FILE": str(daemon.cert)}
-    proc = subprocess.run(
-        [sys.executable, "-c", script, url, PASSWORD],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+
+    def sdk() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", script, url, PASSWORD],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+
+    proc = sdk()
     assert proc.returncode == 0, proc.stderr
     assert re.fullmatch(r"[0-9a-f-]{36}\n", proc.stdout), proc.stdout
     # without the certificate trusted, the SDK refuses the host
     env.pop("SSL_CERT_FILE")
     env["SSL_CERT_DIR"] = str(daemon.cert.parent / "nothing")
-    proc = subprocess.run(
-        [sys.executable, "-c", script, url, PASSWORD],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    proc = sdk()
     assert proc.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in proc.stderr
 
 

@@ -17,6 +17,7 @@ from vhd.format import (
     DynamicHeader,
     Footer,
     batmap_at,
+    trailing_footer_offset,
 )
 from vhd.image import Image
 
@@ -38,7 +39,7 @@ def check(path: str) -> list[Problem]:
 def _check(file: File) -> list[Problem]:
     if file.size < FOOTER_SIZE:
         return [VhdError(f"file of {file.size} bytes is too short for a footer", field="footer")]
-    end = (file.size - FOOTER_SIZE) // SECTOR * SECTOR
+    end = trailing_footer_offset(file.size)
     trailing = file.pread(FOOTER_SIZE, end)
     problems = Footer.problems(trailing, end)
     footer = None if problems else Footer.parse(trailing, end)

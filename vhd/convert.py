@@ -10,7 +10,7 @@ from contextlib import ExitStack, contextmanager
 from vhd.disk import Disk, RawDisk
 from vhd.errors import VhdError
 from vhd.file import File
-from vhd.format import DEFAULT_BLOCK_SIZE, FOOTER_COOKIE
+from vhd.format import DEFAULT_BLOCK_SIZE, FOOTER_COOKIE, FOOTER_SIZE, trailing_footer_offset
 from vhd.image import Image
 from vhd.plan import (
     ParentRef,
@@ -27,8 +27,8 @@ from vhd.transport import Progress, write_plan
 def sniff(path: str) -> str:
     """``vhd`` if the file ends (or, when damaged, starts) with a VHD footer, else ``raw``."""
     with File(path) as f:
-        if f.size >= 512:
-            for offset in ((f.size - 512) // 512 * 512, 0):
+        if f.size >= FOOTER_SIZE:
+            for offset in (trailing_footer_offset(f.size), 0):
                 if f.pread(8, offset) == FOOTER_COOKIE:
                     return "vhd"
     return "raw"

@@ -506,6 +506,11 @@ def block_slot(block_size: int, bitmap_size: int) -> int:
     return -(-stride // DATA_ALIGNMENT) * DATA_ALIGNMENT
 
 
+def trailing_footer_offset(file_size: int) -> int:
+    """Where the trailing footer of a file of ``file_size`` bytes starts (its last sector)."""
+    return (file_size - FOOTER_SIZE) // SECTOR * SECTOR
+
+
 def table_entries(size: int, block_size: int) -> int:
     """How many BAT entries a disk of ``size`` bytes needs."""
     return max(1, -(-size // block_size))

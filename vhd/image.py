@@ -31,6 +31,7 @@ from vhd.format import (
     Footer,
     ParentLocator,
     block_position,
+    trailing_footer_offset,
 )
 
 MAX_CHAIN_LENGTH = 128
@@ -66,7 +67,7 @@ class ImageMetadata:
     def _read_footer(self, file: File) -> tuple[Footer, int]:
         if file.size < FOOTER_SIZE:
             raise VhdError(f"file of {file.size} bytes is too short for a footer", field="footer")
-        offset = (file.size - FOOTER_SIZE) // SECTOR * SECTOR
+        offset = trailing_footer_offset(file.size)
         try:
             return Footer.parse(file.pread(FOOTER_SIZE, offset, field="footer"), offset), offset
         except VhdError as trailing:

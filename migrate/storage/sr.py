@@ -49,6 +49,13 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def _publish(part: str, final: str, directory: str) -> None:
+    """Put the complete file ``part`` in place as ``final``: synced, renamed, directory synced."""
+    _fsync_file(part)
+    os.replace(part, final)
+    _fsync_dir(directory)
+
+
 def _unlink(path: str) -> bool:
     """Remove ``path``; whether there was a file to remove."""
     try:
@@ -117,9 +124,7 @@ def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -
     )
     try:
         vhd.create(part, virtual_size, uuid=uuidlib.UUID(uuid))
-        _fsync_file(part)
-        os.replace(part, final)
-        _fsync_dir(sr_path)
+        _publish(part, final, sr_path)
         store.update("VDI", uuid, {"state": "ready"})
     except BaseException:
         for leftover in (part, final):
@@ -224,9 +229,7 @@ def snapshot_vdi(store: Store, vdi_uuid: str) -> str:
         os.replace(v_part, v_file)
         _fsync_dir(sr_path)
         vhd.create_differencing(s_part, b_file, uuid=uuidlib.UUID(snap))
-        _fsync_file(s_part)
-        os.replace(s_part, s_file)
-        _fsync_dir(sr_path)
+        _publish(s_part, s_file, sr_path)
         store.update("VDI", snap, {"state": "ready"})
     except BaseException:
         with contextlib.suppress(Exception):
@@ -261,8 +264,7 @@ def _relink(store: Store, sr_path: str, row: dict[str, Any], *, finish: bool) ->
         return None
     part = _part_path(sr_path, uuid)
     if finish and os.path.exists(part) and _valid_child(part):
-        os.replace(part, vdi_path(sr_path, uuid))
-        _fsync_dir(sr_path)
+        _publish(part, vdi_path(sr_path, uuid), sr_path)
         return f"VDI {uuid}: snapshot interrupted; its new file over base {base} put in place"
     base_row = store.get("VDI", base)
     with store.change():

@@ -32,6 +32,7 @@ from migrate.rpc.dispatch import Api, register_rpc
 from migrate.state.pifs import sync_interfaces
 from migrate.state.store import Store
 from migrate.storage.sr import ensure_sr, reconcile
+from migrate.transfer.endpoints import register_transfers
 
 log = logging.getLogger("xfer.daemon")
 
@@ -322,6 +323,7 @@ async def run_daemon(
                 api = Api(store, host_uuid)
                 router = Router()
                 register_rpc(router, api)  # XenAPI over XML-RPC and JSON-RPC
+                register_transfers(router, api)  # VDI export and import
                 for host, listener in zip(config.listen, listeners, strict=True):
                     print(f"listening on {listener_url(host, listener, scheme)}", flush=True)
                 async with trio.open_nursery() as nursery:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import vhd
 from support import BLOCK, SIZE, MiB, materialise, pattern, qemu_convert_to_vpc, read_all
-from vhd import Data, End, Image, Metadata, StreamParser, VhdError
+from vhd import Block, Data, End, Image, Metadata, StreamParser, VhdError
 from vhd.format import DIFFERENCING, DYNAMIC, FIXED, DynamicHeader, Footer, checksum
 from vhd.plan import ParentRef, allocated_blocks, differing_blocks, plan_vhd
 
@@ -143,13 +143,19 @@ def feed_all(
     kinds: list[type] = []
     metadata: list[Metadata] = []
     ends: list[End] = []
+    block: list[Block] = []
 
     def apply(events: Sequence[object]) -> None:
         for e in events:
             kinds.append(type(e))
-            if isinstance(e, Data):
+            if isinstance(e, Block):
+                block[:] = [e]
+            elif isinstance(e, Data):
                 assert isinstance(e.data, memoryview)
                 end = e.offset + len(e.data)
+                if block:  # dynamic: inside the announced block
+                    assert block[0].offset <= e.offset
+                    assert end <= block[0].offset + block[0].length
                 if end > len(content):
                     content.extend(bytes(end - len(content)))
                 content[e.offset : end] = e.data
@@ -206,7 +212,8 @@ def check_result(case: Case, result: Result) -> None:
         assert result.metadata.header is None
     else:
         assert kinds[0] is Metadata
-        assert set(kinds[1:-1]) <= {Data}
+        assert set(kinds[1:-1]) <= {Block, Data}
+        assert kinds.count(Block) == case.blocks
         assert result.metadata.footer.disk_type in (DYNAMIC, DIFFERENCING)
         assert result.metadata.header is not None
         assert result.metadata.blocks == case.blocks
@@ -303,6 +310,40 @@ def test_events_point_at_virtual_offsets(cases: dict[str, Case]) -> None:
     assert data == [(7 * MiB, 1024), (512, 2560), (BLOCK + 4096, 4096)]
 
 
+def test_block_events_announce_each_block_and_whether_it_is_full(
+    cases: dict[str, Case], tmp_path: Path
+) -> None:
+    # partial bitmaps: the differencing child holds a few sectors of each of its blocks
+    parser = StreamParser()
+    events = parser.feed(cases["file-differencing"].stream) + parser.close()
+    blocks = [e for e in events if isinstance(e, Block)]
+    assert blocks == [
+        Block(3 * BLOCK, BLOCK, False),
+        Block(0, BLOCK, False),
+        Block(BLOCK, BLOCK, False),
+    ]
+    # a one-pass export has full bitmaps; a last block cut by the virtual size is full too
+    src = tmp_path / "full.vhd"
+    vhd.create(str(src), BLOCK + 3 * 512)
+    with Image.open(str(src), writable=True) as image:
+        image.write(0, pattern(BLOCK + 3 * 512, 2))
+    with Image.open(str(src)) as image:
+        stream = b"".join(
+            e.data
+            if isinstance(e, vhd.Literal)
+            else bytes(e.length)
+            if isinstance(e, vhd.Zeros)
+            else e.file.pread(e.length, e.offset)
+            for e in plan_vhd(image, allocated_blocks(image))
+        )
+    parser = StreamParser()
+    events = parser.feed(stream) + parser.close()
+    assert [e for e in events if isinstance(e, Block)] == [
+        Block(0, BLOCK, True),
+        Block(BLOCK, 3 * 512, True),
+    ]
+
+
 # Zero copy
 
 
@@ -312,7 +353,7 @@ def test_data_events_are_views_of_the_fed_chunk(cases: dict[str, Case]) -> None:
     first_block = layout(stream)[1][0][1] + 512  # data of the first block in the stream
     head, body = stream[:first_block], stream[first_block:]
     parser = StreamParser()
-    assert [type(e) for e in parser.feed(head)] == [Metadata]
+    assert [type(e) for e in parser.feed(head)] == [Metadata, Block]
     events = parser.feed(body)
     data = [e for e in events if isinstance(e, Data)]
     assert data

@@ -13,9 +13,10 @@ from vhd.elements import Copy, Element, Literal, Zeros
 from vhd.errors import VhdError
 from vhd.image import Image
 from vhd.plan import Plan, plan_fixed, plan_raw, plan_vhd
-from vhd.stream import Data, End, Metadata, StreamParser
+from vhd.stream import Block, Data, End, Metadata, StreamParser
 
 __all__ = [
+    "Block",
     "Copy",
     "Data",
     "Disk",

@@ -117,6 +117,98 @@ def _locators(parent: ParentRef, start: int) -> tuple[tuple[ParentLocator, ...],
     return tuple(locators), bytes(data)
 
 
+@dataclass(frozen=True)
+class VhdLayout:
+    """Where a dynamic (or differencing) VHD written in one go puts its parts.
+
+    Metadata first: footer copy, header, BAT, parent locators; block ``i`` of the file (not of
+    the disk) at ``slot_offset(i)``: its bitmap, then its data on a 4 KiB boundary; the footer
+    right after the last block. ``data_start`` may leave room beyond the BAT (a table that
+    grows, a hole in a sparse file).
+    """
+
+    size: int
+    header: DynamicHeader
+    locator_data: bytes
+    data_start: int
+    uuid: uuidlib.UUID | None
+
+    @classmethod
+    def new(
+        cls,
+        size: int,
+        *,
+        parent: ParentRef | None = None,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        uuid: uuidlib.UUID | None = None,
+        room_for: int | None = None,
+    ) -> VhdLayout:
+        """The layout of a ``size``-byte image (rounded up to a sector); ``room_for`` a larger
+        size whose table the data area leaves room for."""
+        size = -(-size // SECTOR) * SECTOR
+        table_offset = SECTOR + HEADER_SIZE
+        header = DynamicHeader(
+            table_offset=table_offset,
+            max_table_entries=table_entries(size, block_size),
+            block_size=block_size,
+        )
+        room = header
+        if room_for is not None and room_for > size:
+            room = header.replace(max_table_entries=table_entries(room_for, block_size))
+        locator_start = table_offset + header.table_size
+        locator_data = b""
+        if parent is not None:
+            if len(parent.name.encode("utf-16-be")) > 512:
+                raise VhdError(f"parent name longer than 256 characters: {parent.name!r}")
+            locators, locator_data = _locators(parent, locator_start)
+            header = header.replace(
+                parent_uuid=parent.uuid,
+                parent_timestamp=parent.timestamp,
+                parent_name=parent.name,
+                locators=locators,
+            )
+        metadata_end = table_offset + room.table_size + len(locator_data)
+        data_start = block_position(metadata_end, header.bitmap_size)
+        return cls(size, header, locator_data, data_start, uuid)
+
+    @property
+    def entries(self) -> int:
+        """Blocks in the disk (BAT entries)."""
+        return int(self.header.max_table_entries)
+
+    @property
+    def slot(self) -> int:
+        """Bytes from one block's bitmap to the next one's."""
+        return block_slot(self.header.block_size, self.header.bitmap_size)
+
+    def slot_offset(self, index: int | np.ndarray) -> int | np.ndarray:
+        """File offset of the bitmap of the file's ``index``-th block (ints or an array)."""
+        return self.data_start + index * self.slot
+
+    def metadata_end(self) -> int:
+        """End of footer copy, header, BAT and locators."""
+        return self.header.table_offset + self.header.table_size + len(self.locator_data)
+
+    def footer_offset(self, last: int | None) -> int:
+        """Where the footer goes when the file's last block is ``last`` (None: no block)."""
+        if last is None:
+            return self.metadata_end()
+        end = int(self.slot_offset(last)) + self.header.bitmap_size + self.header.block_size
+        if end // SECTOR > UNALLOCATED:
+            raise VhdError("image too large for 32-bit sector addresses in the BAT")
+        return end
+
+    def footer(self) -> bytes:
+        """The footer (and its copy at offset 0)."""
+        disk_type = DYNAMIC if self.header.parent_uuid.int == 0 else DIFFERENCING
+        return Footer.new(disk_type, self.size, uuid=self.uuid, data_offset=SECTOR).build()
+
+    def metadata(self, bat: np.ndarray, footer: bytes) -> bytes:
+        """Footer copy, header, BAT (``bat``: sector of each block's bitmap) and locators."""
+        table = np.asarray(bat, dtype=">u4").tobytes().ljust(self.header.table_size, b"\xff")
+        return footer + self.header.build() + table + self.locator_data
+
+
 def plan_vhd(
     disk: Disk,
     blocks: np.ndarray,
@@ -132,51 +224,25 @@ def plan_vhd(
     Block data starts on 4 KiB boundaries (zero padding before each bitmap). A size that is not
     a whole number of sectors is rounded up with zeros, as qemu-img does.
     """
-    size = -(-disk.size // SECTOR) * SECTOR
-    entries = table_entries(size, block_size)
+    layout = VhdLayout.new(disk.size, parent=parent, block_size=block_size, uuid=uuid)
     blocks = np.asarray(blocks, dtype=np.int64)
-    if blocks.size and (blocks[0] < 0 or blocks[-1] >= entries or np.any(np.diff(blocks) <= 0)):
+    if blocks.size and (
+        blocks[0] < 0 or blocks[-1] >= layout.entries or np.any(np.diff(blocks) <= 0)
+    ):
         raise VhdError("block list must be ascending, unique and inside the disk")
-    if parent is not None and len(parent.name.encode("utf-16-be")) > 512:
-        raise VhdError(f"parent name longer than 256 characters: {parent.name!r}")
-    table_offset = SECTOR + HEADER_SIZE
-    header = DynamicHeader(
-        table_offset=table_offset, max_table_entries=entries, block_size=block_size
-    )
-    locator_start = table_offset + header.table_size
-    locator_data = b""
-    if parent is not None:
-        locators, locator_data = _locators(parent, locator_start)
-        header = header.replace(
-            parent_uuid=parent.uuid,
-            parent_timestamp=parent.timestamp,
-            parent_name=parent.name,
-            locators=locators,
-        )
-    metadata_end = locator_start + len(locator_data)
-    bitmap_size = header.bitmap_size
-    data_start = block_position(metadata_end, bitmap_size)
-    slot = block_slot(block_size, bitmap_size)
-    padding = slot - bitmap_size - block_size
     # The footer follows the last block (or the metadata) directly: qemu puts its next block
     # right after the last one, and would otherwise expose a footer left in padding as data.
-    footer_at = (
-        data_start + (blocks.size - 1) * slot + bitmap_size + block_size
-        if blocks.size
-        else metadata_end
-    )
-    if footer_at // SECTOR > UNALLOCATED:
-        raise VhdError("image too large for 32-bit sector addresses in the BAT")
-    bat = np.full(entries, UNALLOCATED, dtype=">u4")
-    bat[blocks] = (data_start + np.arange(blocks.size, dtype=np.int64) * slot) // SECTOR
-    table = bat.tobytes().ljust(header.table_size, b"\xff")
-    disk_type = DYNAMIC if parent is None else DIFFERENCING
-    footer = Footer.new(disk_type, size, uuid=uuid, data_offset=SECTOR).build()
+    footer_at = layout.footer_offset(blocks.size - 1 if blocks.size else None)
+    bat = np.full(layout.entries, UNALLOCATED, dtype=np.int64)
+    bat[blocks] = layout.slot_offset(np.arange(blocks.size, dtype=np.int64)) // SECTOR
+    footer = layout.footer()
+    bitmap_size = layout.header.bitmap_size
+    padding = layout.slot - bitmap_size - block_size
     full = bitmap.full(bitmap_size)
 
     def produce() -> Iterator[Element]:
-        yield Literal(footer + header.build() + table + locator_data)
-        gap = data_start - metadata_end
+        yield Literal(layout.metadata(bat, footer))
+        gap = layout.data_start - layout.metadata_end()
         for b in blocks.tolist():
             yield Zeros(gap)
             yield Literal(full)

@@ -50,13 +50,24 @@ class Data:
 
 
 @dataclass(frozen=True)
+class Block:
+    """The :class:`Data` events up to the next Block lie in virtual ``offset`` .. +``length``
+    (one block of a dynamic or differencing image); ``full`` when every sector of it is present,
+    so that a consumer overlaying old content knows whether any of that content shows through."""
+
+    offset: int
+    length: int
+    full: bool
+
+
+@dataclass(frozen=True)
 class End:
     """The stream is complete and valid; ``footer`` is its trailing footer."""
 
     footer: Footer
 
 
-Event = Metadata | Data | End
+Event = Metadata | Block | Data | End
 
 
 @dataclass
@@ -292,7 +303,11 @@ class StreamParser:
             assert bits is not None
             start = b * bs
             valid = max(0, min(bs, size - start))
-            for run, n, present in bitmap.runs(bits, 0, sectors):
+            present_runs = bitmap.runs(bits, 0, sectors)
+            whole = -(-valid // SECTOR)
+            full = bool(whole) and all(p for r, n, p in present_runs if r < whole)
+            yield _Emit(Block(start, valid, full))
+            for run, n, present in present_runs:
                 lo, hi = run * SECTOR, (run + n) * SECTOR
                 inside = max(0, min(hi, valid) - lo)
                 if present and inside:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from migrate.cli import rpc as rpc_commands
 from migrate.cli import serve as serve_commands
+from migrate.cli import transfer as transfer_commands
 from migrate.cli import vhd as vhd_commands
 from vhd.errors import VhdError
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     vhd_commands.register(commands)
     serve_commands.register(commands)
     rpc_commands.register(commands)
+    transfer_commands.register(commands)
     return parser
 
 

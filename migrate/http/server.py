@@ -12,6 +12,7 @@ handler that raises. Every connection is its own task: no client can block anoth
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -34,6 +35,8 @@ _RECEIVE_SIZE = 65536
 _JOIN_BELOW = 65536  # send smaller body pieces in one write, larger ones without copying
 _LINGER = 1.0  # seconds a closing connection is drained so that the client reads our answer
 _LINGER_BYTES = 1 << 20
+_SENDFILE_MAX = 16 << 20  # per call, so that a fast client still lets other tasks run
+_BUFFERED_SEND = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -175,11 +178,88 @@ class Connection:
         self._stream = stream
         self._h11 = h11_conn
         self._ended = False
+        self._direct_left: int | None = None
+        """Body bytes still to read off the stream, once the body is read past h11."""
+        self._direct_buffer = b""
+        self._pending = memoryview(b"")
+        self.after_body = b""
+        """Bytes received past a body read off the stream (a pipelined next request)."""
 
     @property
     def body_complete(self) -> bool:
         """True once the whole request body has been received."""
+        if self._direct_left is not None:
+            return self._direct_left == 0
         return self._h11.their_state is h11.DONE
+
+    @property
+    def detached(self) -> bool:
+        """Whether the body was read off the stream past h11 (see :meth:`receive_into`)."""
+        return self._direct_left is not None
+
+    def content_length(self) -> int | None:
+        """The request's Content-Length when the body is framed by one, else None."""
+        if self.request.header("transfer-encoding") is not None:
+            return None
+        value = self.request.header("content-length")
+        return int(value) if value is not None and value.isdigit() else None
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` with the next request body bytes; how many (fewer only at the end of
+        the body, 0 after it). Sends ``100 Continue`` first if the client waits for it.
+
+        A body framed by Content-Length is read straight off the stream after the head
+        (``recv_into`` on a socket: no copy through h11); a chunked one through h11. HTTPError
+        408 when no byte comes for ``body_timeout``, 400 when the client closes early.
+        """
+        length = self.content_length()
+        if length is None:
+            return await self._receive_into_h11(buffer)
+        if self._direct_left is None:
+            if self._h11.they_are_waiting_for_100_continue:
+                await self._send_event(
+                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+                )
+            received = self._h11.trailing_data[0]
+            self._direct_buffer, self.after_body = received[:length], received[length:]
+            self._direct_left = length
+        filled = 0
+        while filled < len(buffer) and self._direct_left:
+            want = min(len(buffer) - filled, self._direct_left)
+            if self._direct_buffer:
+                n = min(want, len(self._direct_buffer))
+                buffer[filled : filled + n] = self._direct_buffer[:n]
+                self._direct_buffer = self._direct_buffer[n:]
+            else:
+                n = await self._recv_into(buffer[filled : filled + want])
+                if n == 0:
+                    done = length - self._direct_left
+                    raise HTTPError(400, f"request body ended after {done} of {length} bytes")
+            filled += n
+            self._direct_left -= n
+        return filled
+
+    async def _recv_into(self, view: memoryview) -> int:
+        with trio.move_on_after(self.limits.body_timeout):
+            if isinstance(self._stream, trio.SocketStream):
+                return await self._stream.socket.recv_into(view)
+            data = await self._stream.receive_some(len(view))
+            view[: len(data)] = data
+            return len(data)
+        raise HTTPError(408, f"no request body bytes for {self.limits.body_timeout} s")
+
+    async def _receive_into_h11(self, buffer: memoryview) -> int:
+        filled = 0
+        while filled < len(buffer):
+            if not self._pending:
+                self._pending = memoryview(await self.receive())
+                if not self._pending:
+                    break
+            n = min(len(buffer) - filled, len(self._pending))
+            buffer[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+        return filled
 
     async def receive(self) -> bytes:
         """The next piece of the request body, ``b""`` at its end. Sends ``100 Continue`` first
@@ -254,10 +334,65 @@ class Connection:
         # passthrough: h11 frames ``data`` without copying it (any object with a length works)
         pieces = self._h11.send_with_data_passthrough(h11.Data(data=cast(bytes, data))) or []
         if len(data) < _JOIN_BELOW:
-            await self._stream.send_all(b"".join(pieces))
+            await self._send_all(b"".join(pieces))
             return
         for piece in pieces:
-            await self._stream.send_all(piece)
+            await self._send_all(piece)
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of the file ``fd`` from ``offset`` as body bytes of the started
+        response: h11 frames them (its data passthrough) and, on a plain socket, the kernel
+        moves them (``os.sendfile``); other streams (TLS) get large buffered reads."""
+        if self.status is None:
+            raise RuntimeError("send_file() before start_response()")
+        if count <= 0 or self.request.method == "HEAD":
+            return
+        span = _Span(count)
+        pieces = self._h11.send_with_data_passthrough(h11.Data(data=cast(bytes, span))) or []
+        for piece in pieces:
+            if piece is not span:
+                await self._send_all(piece)
+            elif isinstance(self._stream, trio.SocketStream):
+                await self._sendfile(self._stream.socket, fd, offset, count)
+            else:
+                await self._send_buffered(fd, offset, count)
+
+    async def _sendfile(
+        self, sock: trio.socket.SocketType, fd: int, offset: int, count: int
+    ) -> None:
+        out = sock.fileno()
+        while count:
+            try:
+                n = os.sendfile(out, fd, offset, min(count, _SENDFILE_MAX))
+            except BlockingIOError:
+                with trio.move_on_after(self.limits.body_timeout):
+                    await trio.lowlevel.wait_writable(sock)
+                    continue
+                raise trio.BrokenResourceError(
+                    f"client read nothing for {self.limits.body_timeout} s"
+                ) from None
+            except OSError as e:
+                raise trio.BrokenResourceError(f"sending to the client: {e.strerror}") from e
+            if n == 0:
+                raise OSError(f"file ended {count} bytes early at offset {offset}")
+            offset, count = offset + n, count - n
+            await trio.lowlevel.checkpoint()
+
+    async def _send_buffered(self, fd: int, offset: int, count: int) -> None:
+        buffer = memoryview(bytearray(min(count, _BUFFERED_SEND)))
+        while count:
+            n = os.preadv(fd, [buffer[: min(count, len(buffer))]], offset)
+            if n == 0:
+                raise OSError(f"file ended {count} bytes early at offset {offset}")
+            await self._send_all(buffer[:n])
+            offset, count = offset + n, count - n
+
+    async def _send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """``send_all``, the client given ``body_timeout`` to take each piece."""
+        with trio.move_on_after(self.limits.body_timeout):
+            await self._stream.send_all(data)
+            return
+        raise trio.BrokenResourceError(f"client read nothing for {self.limits.body_timeout} s")
 
     async def end(self) -> None:
         """End the response body (idempotent)."""
@@ -271,6 +406,16 @@ class Connection:
         data = self._h11.send(event)
         if data:
             await self._stream.send_all(data)
+
+
+class _Span:
+    """Stands for ``length`` file bytes in h11's data passthrough (it only needs a length)."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
 
 
 def _encode(headers: HeaderPairs) -> list[tuple[bytes, bytes]]:
@@ -308,11 +453,30 @@ class _Session:
         while True:
             request = await self._next_request(first)
             first = False
-            if request is None or not await self._handle(request):
+            if request is None:
                 return
+            conn = await self._handle(request)
+            if conn is None:
+                return
+            if conn.detached and conn.body_complete and self.h11.our_state is h11.DONE:
+                if not self._keep_alive(request):
+                    return
+                # the body went past h11, which still waits for it: go on with a fresh one
+                self.h11 = h11.Connection(
+                    h11.SERVER, max_incomplete_event_size=self.limits.max_head
+                )
+                self.h11.receive_data(conn.after_body)
+                continue
             if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                 return  # Connection: close, HTTP/1.0 or an unread body
             self.h11.start_next_cycle()
+
+    @staticmethod
+    def _keep_alive(request: Request) -> bool:
+        connection = (request.header("connection") or "").lower()
+        if request.http_version == "1.0":
+            return "keep-alive" in connection
+        return "close" not in connection
 
     async def _next_request(self, first: bool) -> Request | None:
         """The next request head, or None when the connection is to close (errors answered)."""
@@ -348,24 +512,26 @@ class _Session:
             else:  # ConnectionClosed
                 return None
 
-    async def _handle(self, request: Request) -> bool:
-        """Run the request's handler; False when the connection must close right away."""
+    async def _handle(self, request: Request) -> Connection | None:
+        """Run the request's handler; its Connection, None when the connection must close."""
         if _no_body_request(request):
             self.h11.next_event()  # the EndOfMessage of an empty body
         conn = Connection(self.stream, self.h11, request, self.limits)
         if not request.http_version.startswith("1."):
             message = f"HTTP/{request.http_version} not supported"
             await self._answer_error(conn, 505, message, [("connection", "close")])
-            return False
+            return None
         try:
             await self.router.resolve(request.method, request.path)(request, conn)
             if conn.status is None:
                 raise RuntimeError("handler returned without a response")
             await conn.end()
         except HTTPError as e:
-            return await self._answer_error(conn, e.status, e.message, e.headers)
+            answered = await self._answer_error(conn, e.status, e.message, e.headers)
+            return conn if answered else None
         except h11.RemoteProtocolError as e:
-            return await self._answer_error(conn, e.error_status_hint, str(e))
+            answered = await self._answer_error(conn, e.error_status_hint, str(e))
+            return conn if answered else None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise
         except Exception:
@@ -373,9 +539,9 @@ class _Session:
                 "handler for %s %s from %s failed", request.method, request.target, self.client
             )
             await self._answer_error(conn, 500, "internal server error", [("connection", "close")])
-            return False
+            return None
         log.debug("%s %s %s -> %s", self.client, request.method, request.target, conn.status)
-        return True
+        return conn
 
     async def _answer_error(
         self, conn: Connection, status: int, message: str, headers: HeaderPairs = ()

@@ -75,6 +75,9 @@ class Api:
         that one call at a time uses the store, also when a blocking call runs in a worker
         thread. Other tasks that use the same store while the RPC is served must hold it too
         (the store is one SQLite connection) and call :meth:`notify` after a change."""
+        self.writing: set[str] = set()
+        """VDIs an import is writing: another import, VDI.destroy and VDI.snapshot of them get
+        VDI_IN_USE until it ends."""
         self.events = event.EventState()
         """The event class's registrations and injections."""
         self._notified = store.generation()

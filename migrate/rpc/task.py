@@ -69,8 +69,9 @@ def create(api: Api, session: str, label: Any, description: Any = "") -> str:
 
 
 def cancel(api: Api, session: str, self: str) -> None:
-    """Ask a pending task to stop: ``cancelling``, then ``cancelled`` once its call sees it
-    (before it starts its work); OPERATION_NOT_ALLOWED for a task that is not pending."""
+    """Ask a pending task to stop: ``cancelling``, then ``cancelled`` once its work sees it
+    (an ``Async.`` call before it starts, a transfer within its next progress report);
+    OPERATION_NOT_ALLOWED for a task that is not pending."""
     row = api.row("task", self)
     if row["status"] == "cancelling":
         return
@@ -125,6 +126,25 @@ def finish(api: Api, uuid: str, result: Any = None, error: ApiError | None = Non
         fields.update(status="success", result=encode_value(result))
     with contextlib.suppress(KeyError):  # destroyed meanwhile
         api.store.update("task", uuid, fields)
+
+
+def finish_cancelled(api: Api, uuid: str) -> None:
+    """Record that a task's work stopped because the task was cancelled."""
+    with contextlib.suppress(KeyError):  # destroyed meanwhile
+        api.store.update(
+            "task", uuid, {"status": "cancelled", "finished": time.time(), "error_info": "[]"}
+        )
+
+
+def set_progress(api: Api, uuid: str, progress: float) -> str | None:
+    """Record a pending task's progress (0..1); the task's status (None if destroyed)."""
+    try:
+        row = api.store.get("task", uuid)
+    except KeyError:
+        return None
+    if row["status"] == "pending" and abs(row["progress"] - progress) >= 0.001:
+        api.store.update("task", uuid, {"progress": progress})
+    return str(row["status"])
 
 
 METHODS = {

@@ -114,9 +114,16 @@ def create(api: Api, session: str, args: dict[str, Any]) -> str:
     return api.ref(uuid)
 
 
+def _not_being_written(api: Api, uuid: str, ref: str) -> None:
+    if uuid in api.writing:
+        raise ApiError("VDI_IN_USE", ref, "import")
+
+
 def destroy(api: Api, session: str, self: str) -> None:
-    """Destroy a VDI and its file; VDI_IN_USE while other VDIs name it as their parent."""
+    """Destroy a VDI and its file; VDI_IN_USE while other VDIs name it as their parent or
+    an import writes it."""
     row = api.row("VDI", self)
+    _not_being_written(api, row["uuid"], self)
     try:
         destroy_vdi(api.store, row["uuid"])
     except VdiInUse:
@@ -134,6 +141,7 @@ def snapshot(api: Api, session: str, vdi: str, driver_params: dict[str, Any] | N
         raise ApiError("FIELD_TYPE_ERROR", "driver_params")
     if not row["managed"]:
         raise ApiError("OPERATION_NOT_ALLOWED", f"VDI {vdi} is a base copy (not managed)")
+    _not_being_written(api, row["uuid"], vdi)
     try:
         uuid = snapshot_vdi(api.store, row["uuid"])
     except NotFound:

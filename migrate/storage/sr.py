@@ -100,16 +100,18 @@ def ensure_sr(store: Store, path: str, name_label: str, *, default: bool = False
     return sr_uuid
 
 
-def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -> str:
-    """Create an empty dynamic VDI of ``virtual_size`` bytes in SR ``sr_uuid``; its uuid.
+def part_path(store: Store, vdi_uuid: str) -> str:
+    """Where the next file of VDI ``vdi_uuid`` is written before it replaces the current one
+    (removed by :func:`reconcile` if a crash leaves it)."""
+    sr_path = store.get("SR", store.get("VDI", vdi_uuid)["sr"])["path"]
+    return _part_path(sr_path, vdi_uuid)
 
-    Row (``creating``) first, then the file under a temporary name, synced and renamed, then the
-    row ``ready``. On error the partial file and the row are removed and the error re-raised
-    (an invalid size is a :class:`vhd.VhdError`).
-    """
-    sr_path = store.get("SR", sr_uuid)["path"]
+
+def begin_vdi(store: Store, sr_uuid: str, name_label: str, virtual_size: int = 0) -> str:
+    """Record a new VDI in SR ``sr_uuid`` as ``creating`` (invisible until
+    :func:`publish_vdi`, removed by :func:`abandon_vdi` or by :func:`reconcile` after a crash);
+    its uuid. Its file is then written at :func:`part_path`."""
     uuid = str(uuidlib.uuid4())
-    final, part = vdi_path(sr_path, uuid), _part_path(sr_path, uuid)
     store.insert(
         "VDI",
         {
@@ -122,17 +124,54 @@ def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -
             "state": "creating",
         },
     )
-    try:
-        vhd.create(part, virtual_size, uuid=uuidlib.UUID(uuid))
-        _publish(part, final, sr_path)
-        store.update("VDI", uuid, {"state": "ready"})
-    except BaseException:
-        for leftover in (part, final):
+    return uuid
+
+
+def publish_vdi(store: Store, vdi_uuid: str, virtual_size: int | None = None) -> None:
+    """Put the complete part file of VDI ``vdi_uuid`` in place of its file (synced, renamed,
+    directory synced); a VDI still ``creating`` becomes ``ready`` (with ``virtual_size``)."""
+    row = store.get("VDI", vdi_uuid)
+    sr_path = store.get("SR", row["sr"])["path"]
+    _publish(_part_path(sr_path, vdi_uuid), vdi_path(sr_path, vdi_uuid), sr_path)
+    fields: dict[str, Any] = {}
+    if row["state"] == "creating":
+        fields["state"] = "ready"
+    if virtual_size is not None and virtual_size != row["virtual_size"]:
+        fields["virtual_size"] = virtual_size
+    if fields:
+        store.update("VDI", vdi_uuid, fields)
+
+
+def abandon_vdi(store: Store, vdi_uuid: str) -> None:
+    """Remove the part file of VDI ``vdi_uuid``; a VDI still ``creating`` is removed with it,
+    a ready one keeps its file and row as they were."""
+    row = store.get("VDI", vdi_uuid)
+    sr_path = store.get("SR", row["sr"])["path"]
+    if row["state"] == "creating":
+        for leftover in (_part_path(sr_path, vdi_uuid), vdi_path(sr_path, vdi_uuid)):
             with contextlib.suppress(OSError):
                 _unlink(leftover)
+        store.delete("VDI", vdi_uuid)
+    else:
         with contextlib.suppress(OSError):
-            _fsync_dir(sr_path)
-        store.delete("VDI", uuid)
+            _unlink(_part_path(sr_path, vdi_uuid))
+    with contextlib.suppress(OSError):
+        _fsync_dir(sr_path)
+
+
+def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -> str:
+    """Create an empty dynamic VDI of ``virtual_size`` bytes in SR ``sr_uuid``; its uuid.
+
+    Row (``creating``) first, then the file under a temporary name, synced and renamed, then the
+    row ``ready``. On error the partial file and the row are removed and the error re-raised
+    (an invalid size is a :class:`vhd.VhdError`).
+    """
+    uuid = begin_vdi(store, sr_uuid, name_label, virtual_size)
+    try:
+        vhd.create(part_path(store, uuid), virtual_size, uuid=uuidlib.UUID(uuid))
+        publish_vdi(store, uuid)
+    except BaseException:
+        abandon_vdi(store, uuid)
         raise
     return uuid
 

@@ -1,0 +1,209 @@
+"""A VDI's next content, written beside it and put in place by one rename.
+
+An import writes into a :class:`StagedImage`: a new dynamic (or, for a VDI on a snapshot
+base, differencing) VHD in the VDI's part file. Block ``b`` lives in slot ``b`` of the file
+whatever order blocks arrive in, so the file is sparse: blocks never written, and all-zero
+pieces, stay holes. What the import does not write keeps the VDI's old content, read through
+the old image's chain: a block touched only in part is first filled with its old content
+(``prefill``), and at :meth:`StagedImage.finish` the blocks the old file held that the
+import never touched are copied over. Only then are bitmaps, BAT, header and footers written
+and the file synced; the old file stays untouched throughout, so a failed import leaves the VDI
+exactly as it was and exports running meanwhile read the old content.
+
+Plain synchronous file I/O: the importer calls :meth:`StagedImage.write` from the trio thread
+for page-cache writes and :meth:`StagedImage.finish` from a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import uuid as uuidlib
+
+import numpy as np
+
+import vhd
+from vhd import bitmap
+from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR, UNALLOCATED
+from vhd.plan import ParentRef, VhdLayout, parent_name
+
+BLOCK_SIZE = DEFAULT_BLOCK_SIZE
+
+
+class StagingError(ValueError):
+    """A write the staged image cannot take (outside the disk); the message says why."""
+
+
+def _union(layers: list[tuple[object, np.ndarray]], entries: int) -> np.ndarray:
+    """A boolean mask of ``entries`` blocks: those any of ``layers`` holds."""
+    mask = np.zeros(entries, dtype=bool)
+    for _, blocks in layers:
+        mask[blocks[blocks < entries]] = True
+    return mask
+
+
+class StagedImage:
+    """The new VHD of a VDI being imported, at ``path``, overlaid on ``old`` (None: empty).
+
+    ``size`` is the virtual size when known (an existing VDI's); None lets it follow what is
+    written, up to ``limit`` bytes. ``old`` stays open and owned by the caller.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        old: vhd.Image | None = None,
+        size: int | None = None,
+        limit: int = MAX_VIRTUAL_SIZE,
+    ) -> None:
+        self.path = path
+        self.old = old
+        self.size = size
+        self.limit = limit if size is None else size
+        self.end = 0
+        """One past the highest virtual byte written."""
+        self._parent: ParentRef | None = None
+        if old is not None and old.parent is not None and old.header is not None:
+            name = parent_name(path, old.parent.path)
+            self._parent = ParentRef(old.header.parent_uuid, old.header.parent_timestamp, name)
+        room_for = None if size is not None else self.limit
+        self._layout = VhdLayout.new(
+            size or SECTOR, parent=self._parent, block_size=BLOCK_SIZE, room_for=room_for
+        )
+        self._room_for = room_for
+        entries = -(-self.limit // BLOCK_SIZE)
+        self._data = self._layout.header.bitmap_size
+        self._written = np.zeros(entries, dtype=bool)
+        """Blocks the import wrote into (zeros included)."""
+        self._stored = np.zeros(entries, dtype=bool)
+        """Blocks holding bytes in this file (written non-zero data or prefilled)."""
+        self._covered = np.zeros(entries, dtype=bool)
+        """Blocks an announced full block of the source covers: no old content shows."""
+        if old is not None:
+            layers = old.layers(BLOCK_SIZE)
+            self._old_top = _union(layers[:1], entries)
+            self._old_below = _union(layers[1:], entries)
+        else:
+            self._old_top = self._old_below = np.zeros(entries, dtype=bool)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+    # Writing
+
+    def announce(self, offset: int, length: int, full: bool) -> None:
+        """The source's next writes lie in ``offset`` .. +``length``; with ``full`` they cover
+        it all, so no old content needs to be kept in the blocks it spans whole."""
+        if not full:
+            return
+        first = -(-offset // BLOCK_SIZE)
+        stop = (offset + length) // BLOCK_SIZE
+        if offset + length >= self.limit:
+            stop = -(-(offset + length) // BLOCK_SIZE)
+        if stop > first:
+            self._covered[first:stop] = True
+
+    def write(self, offset: int, data: memoryview) -> None:
+        """Write ``data`` at virtual ``offset``; StagingError past the disk's end."""
+        end = offset + len(data)
+        if offset < 0 or end > self.limit:
+            raise StagingError(
+                f"data at {offset} + {len(data)} bytes reaches past the disk's {self.limit} bytes"
+            )
+        pos = 0
+        while pos < len(data):
+            b, inside = divmod(offset + pos, BLOCK_SIZE)
+            n = min(len(data) - pos, BLOCK_SIZE - inside)
+            piece = data[pos : pos + n]
+            if not (self._written[b] or self._stored[b]):
+                block_end = min(BLOCK_SIZE, self.limit - b * BLOCK_SIZE)
+                whole = inside == 0 and n >= block_end
+                if not whole and not self._covered[b] and (self._old_top[b] or self._old_below[b]):
+                    self._prefill(b)
+            self._written[b] = True
+            if self._stored[b] or np.frombuffer(piece, dtype=np.uint8).any():
+                self._pwrite(piece, int(self._layout.slot_offset(b)) + self._data + inside)
+                self._stored[b] = True
+            pos += n
+        self.end = max(self.end, end)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        while data:
+            n = os.pwrite(self._fd, data, offset)
+            data, offset = data[n:], offset + n
+
+    def _prefill(self, b: int) -> None:
+        """Copy block ``b``'s old content (through the old chain) into its slot."""
+        assert self.old is not None
+        start = b * BLOCK_SIZE
+        length = max(0, min(BLOCK_SIZE, self.old.size - start))
+        dst = int(self._layout.slot_offset(b)) + self._data
+        for e in self.old.extents(start, length):
+            if isinstance(e, vhd.Copy):
+                src, src_off, left = e.file.fileno(), e.offset, e.length
+                while left:
+                    n = os.copy_file_range(src, self._fd, left, src_off, dst)
+                    if n == 0:
+                        raise vhd.VhdError("file ended early", offset=src_off, path=e.file.path)
+                    src_off, dst, left = src_off + n, dst + n, left - n
+            else:
+                dst += e.length
+        self._stored[b] = True
+
+    # Finishing
+
+    def finish(self, size: int | None = None) -> int:
+        """Complete the image: blocks of the old file the import did not touch copied, then
+        bitmaps, BAT, header, footers written and the file synced. ``size`` (for an image
+        whose size follows its data) defaults to what was written, rounded up to a sector.
+        Returns the virtual size."""
+        if self.size is not None:
+            size = self.size
+        elif size is None:
+            size = max(SECTOR, -(-self.end // SECTOR) * SECTOR)
+        if size < self.end or size > self.limit:
+            raise StagingError(f"virtual size {size} does not hold the {self.end} bytes written")
+        for b in np.flatnonzero(self._old_top & ~self._written & ~self._stored).tolist():
+            self._prefill(int(b))
+        entries = -(-size // BLOCK_SIZE)
+        allocated = (self._stored | (self._written & self._old_below))[:entries]
+        blocks = np.flatnonzero(allocated)
+        layout = VhdLayout.new(
+            size,
+            parent=self._parent,
+            block_size=BLOCK_SIZE,
+            uuid=uuidlib.uuid4(),
+            room_for=self._room_for,
+        )
+        if layout.data_start != self._layout.data_start:
+            raise AssertionError("staged layout moved")  # room_for keeps it fixed
+        slots = np.asarray(layout.slot_offset(blocks), dtype=np.int64)
+        full = bitmap.full(layout.header.bitmap_size)
+        for at in slots.tolist():
+            self._pwrite(memoryview(full), at)
+        bat = np.full(layout.entries, UNALLOCATED, dtype=np.int64)
+        bat[blocks] = slots // SECTOR
+        footer = layout.footer()
+        footer_at = layout.footer_offset(int(blocks[-1]) if blocks.size else None)
+        os.ftruncate(self._fd, footer_at)
+        self._pwrite(memoryview(layout.metadata(bat, footer)), 0)
+        self._pwrite(memoryview(footer), footer_at)
+        os.fsync(self._fd)
+        return size
+
+    def close(self) -> None:
+        """Close the file (kept on disk)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        """Close and remove the file."""
+        self.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def disk_full(error: OSError) -> bool:
+    """Whether ``error`` says the file system (or a quota) is full."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

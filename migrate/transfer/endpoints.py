@@ -1,0 +1,300 @@
+"""xapi's VDI transfer endpoints: ``GET /export_raw_vdi`` and ``PUT /import_raw_vdi``.
+
+Both authenticate as xapi does (:mod:`migrate.transfer.auth`), run as a XenAPI task whose
+progress moves while bytes do, and answer errors with a status and one line naming what is
+wrong. Beyond xapi: exports carry an exact Content-Length and honour ``Range`` (raw), imports
+take HTTP chunked bodies and create a VDI from a VHD as well as from raw bytes.
+
+An import writes a staged image beside the VDI and puts it in place only when the whole body
+arrived and validated; whatever goes wrong before (a cut connection, a malformed VHD, a body
+larger than the VDI, a full disk, the task cancelled) the VDI stays as it was, the task fails
+with the reason, and the client gets 400, 413, 507 or 409. One import per VDI at a time: a
+second writer gets 409 ``VDI_IN_USE``; exports meanwhile read the old content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+import vhd
+from migrate.http.server import Connection, HTTPError, Request, Router
+from migrate.rpc.codec import ApiError
+from migrate.storage import sr as storage
+from migrate.storage.staging import StagedImage, StagingError, disk_full
+from migrate.transfer import auth, chunks, export
+from migrate.transfer.importer import BUFFER_SIZE, importer
+from migrate.transfer.task import TransferTask
+
+if TYPE_CHECKING:
+    from migrate.rpc.dispatch import Api
+
+log = logging.getLogger("xfer.transfer")
+
+EXPORT_PATH = "/export_raw_vdi"
+IMPORT_PATH = "/import_raw_vdi"
+
+
+def _format(request: Request) -> str:
+    fmt = auth.param(request, "format") or "raw"
+    if fmt not in export.FORMATS:
+        raise HTTPError(400, f"format={fmt}: expected raw or vhd")
+    return fmt
+
+
+def _row(api: Api, cls: str, name: str, value: str) -> dict[str, Any]:
+    """The row parameter ``name`` names by uuid or ref; HTTPError 404 if there is none."""
+    ref = value if value.startswith("OpaqueRef:") else api.ref(value)
+    try:
+        return api.row(cls, ref)
+    except ApiError:
+        raise HTTPError(404, f"{name}={value}: no such {cls}") from None
+
+
+def _vdi_file(api: Api, row: dict[str, Any]) -> str:
+    return storage.vdi_path(api.store.get("SR", row["sr"])["path"], row["uuid"])
+
+
+@contextlib.asynccontextmanager
+async def _watched(job: TransferTask) -> AsyncIterator[trio.CancelScope]:
+    """A scope for the transfer's work, the task's reporter running beside it (it cancels
+    the scope once the task is cancelled). An exception of the work comes out as itself,
+    not wrapped in the nursery's exception group."""
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.CancelScope() as scope:
+                nursery.start_soon(job.report, scope)
+                yield scope
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
+    """``GET /export_raw_vdi?vdi=&format=raw|vhd[&base=]``: the VDI as raw bytes or a VHD."""
+    fmt = _format(request)
+    vdi_param = auth.param(request, "vdi")
+    if not vdi_param:
+        raise HTTPError(400, "parameter vdi missing")
+    base_param = auth.param(request, "base")
+    async with auth.authenticated(api, request) as session:
+        async with api.lock:
+            row = _row(api, "VDI", "vdi", vdi_param)
+            path = _vdi_file(api, row)
+            base = None
+            if base_param and fmt == "vhd":
+                base_row = _row(api, "VDI", "base", base_param)
+                base = (base_row["uuid"], _vdi_file(api, base_row))
+            job = TransferTask.open(
+                api, session, f"export_raw_vdi {row['uuid']}", auth.param(request, "task_id")
+            )
+        api.notify()
+        try:
+            plan = export.open_export(row["uuid"], path, fmt, base)
+        except (vhd.VhdError, OSError) as e:
+            await job.fail("VDI_IO_ERROR", str(e))
+            raise HTTPError(404 if isinstance(e, FileNotFoundError) else 500, str(e)) from None
+        with plan.images:
+            await _send_export(conn, request, plan, job)
+
+
+async def _send_export(
+    conn: Connection, request: Request, plan: export.Export, job: TransferTask
+) -> None:
+    total = plan.plan.length
+    window = export.byte_range(request.header("range"), total) if plan.rangeable else None
+    headers = [
+        ("content-type", plan.content_type),
+        ("content-disposition", f'attachment; filename="{plan.filename}"'),
+        ("task-id", job.ref),
+    ]
+    if plan.rangeable:
+        headers.append(("accept-ranges", "bytes"))
+    if window is False:
+        await job.fail("INVALID_VALUE", "range", request.header("range"))
+        raise HTTPError(
+            416, f"range not within {total} bytes", [("content-range", f"bytes */{total}")]
+        )
+    start, stop = window if isinstance(window, tuple) else (0, total)
+    headers.append(("content-length", str(stop - start)))
+    if isinstance(window, tuple):
+        headers.append(("content-range", f"bytes {start}-{stop - 1}/{total}"))
+    job.total = stop - start
+    elements = plan.plan.window(start, stop) if isinstance(window, tuple) else iter(plan.plan)
+
+    def sent(n: int) -> None:
+        job.done += n
+
+    try:
+        async with _watched(job):
+            await conn.start_response(206 if isinstance(window, tuple) else 200, headers)
+            await export.send_elements(conn, elements, sent)
+            await conn.end()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, vhd.VhdError) as e:
+        await job.fail("VDI_IO_ERROR", f"export stopped after {job.done} bytes: {e}")
+        raise HTTPError(500, f"export stopped after {job.done} bytes: {e}") from None
+    if job.cancelled:
+        await job.fail("TASK_CANCELLED", job.ref)
+        raise HTTPError(409, f"task {job.ref} cancelled after {job.done} bytes")
+    await job.succeed()
+
+
+@dataclass
+class _Target:
+    """What an import writes: an existing VDI, or a new one in an SR."""
+
+    vdi: str
+    created: bool
+    size: int | None
+    path: str
+    part: str
+
+
+async def import_vdi(api: Api, request: Request, conn: Connection) -> None:
+    """``PUT /import_raw_vdi?vdi=|sr_id=&format=raw|vhd[&chunked=true]``: the body into a VDI
+    (``vdi``) or a new VDI (``sr_id``), atomically; answers the VDI's ref."""
+    fmt = _format(request)
+    vdi_param, sr_param = auth.param(request, "vdi"), auth.param(request, "sr_id")
+    if bool(vdi_param) == bool(sr_param):
+        raise HTTPError(400, "give exactly one of the parameters vdi and sr_id")
+    chunked = (auth.param(request, "chunked") or "").lower() == "true"
+    if chunked and fmt != "raw":
+        raise HTTPError(400, "chunked=true takes format=raw only")
+    async with auth.authenticated(api, request) as session:
+        async with api.lock:
+            target = _claim(api, vdi_param, sr_param, auth.param(request, "name_label") or "")
+            try:
+                job = TransferTask.open(
+                    api, session, f"import_raw_vdi {target.vdi}", auth.param(request, "task_id")
+                )
+            except BaseException:
+                _release(api, target)
+                raise
+        api.notify()
+        try:
+            await _import(api, conn, fmt, chunked, target, job)
+        finally:
+            with trio.CancelScope(shield=True):
+                async with api.lock:
+                    _release(api, target)
+                api.notify()
+        body = f"{api.ref(target.vdi)}\n".encode()
+        await conn.respond(200, [("content-type", "text/plain"), ("task-id", job.ref)], body)
+
+
+def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> _Target:
+    """The import's target, marked as being written (HTTPError 409 if it already is); a new
+    VDI's row recorded as ``creating``. The RPC lock held."""
+    if vdi_param:
+        row = _row(api, "VDI", "vdi", vdi_param)
+        if row["uuid"] in api.writing:
+            raise HTTPError(409, f"VDI_IN_USE: VDI {row['uuid']} is being written by an import")
+        if api.store.all("VDI", parent=row["uuid"]) or not row["managed"]:
+            raise HTTPError(409, f"VDI_IN_USE: VDI {row['uuid']} is the base of other VDIs")
+        uuid, created, size = row["uuid"], False, int(row["virtual_size"])
+    else:
+        assert sr_param is not None
+        sr_row = _row(api, "SR", "sr_id", sr_param)
+        uuid, created, size = storage.begin_vdi(api.store, sr_row["uuid"], name), True, None
+    api.writing.add(uuid)
+    row = api.store.get("VDI", uuid)
+    return _Target(uuid, created, size, _vdi_file(api, row), storage.part_path(api.store, uuid))
+
+
+def _release(api: Api, target: _Target) -> None:
+    """The target no longer being written; a new VDI that was not published removed."""
+    api.writing.discard(target.vdi)
+    with contextlib.suppress(KeyError):
+        if api.store.get("VDI", target.vdi)["state"] == "creating":
+            storage.abandon_vdi(api.store, target.vdi)
+
+
+async def _import(
+    api: Api, conn: Connection, fmt: str, chunked: bool, target: _Target, job: TransferTask
+) -> None:
+    """Receive the body into a staged image and publish it; on any failure the task fails,
+    the staged file goes and HTTPError answers why."""
+    length = conn.content_length()
+    raw_body = not chunked and fmt == "raw"
+    if raw_body and target.size is not None and length is not None and length > target.size:
+        await job.fail("VDI_TOO_SMALL", api.ref(target.vdi), length)
+        raise HTTPError(413, f"body of {length} bytes larger than the VDI's {target.size}")
+    if target.created and raw_body and length == 0:
+        await job.fail("IMPORT_ERROR", "empty body")
+        raise HTTPError(400, "empty body: a new VDI needs at least one byte")
+    if target.created and raw_body and length is not None:
+        target.size = -(-length // 512) * 512  # a new VDI as large as the raw body
+    job.total = length or target.size or 0
+    with contextlib.ExitStack() as stack:
+        try:
+            old = None if target.created else stack.enter_context(vhd.Image.open(target.path))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target.part)  # a leftover of an interrupted import
+            staged = StagedImage(target.part, old=old, size=target.size)
+        except (vhd.VhdError, OSError) as e:
+            await job.fail("VDI_IO_ERROR", str(e))
+            raise HTTPError(500, f"cannot stage an import: {e}") from None
+        stack.callback(staged.discard)
+        decoder = importer(fmt, chunked, staged)
+        failure: HTTPError | None = None
+        started = trio.current_time()
+        try:
+            async with _watched(job):
+                buffer = memoryview(bytearray(BUFFER_SIZE))
+                while n := await conn.receive_into(buffer):
+                    decoder.feed(buffer[:n])
+                    job.done += n
+                size = decoder.close()
+                received = trio.current_time()
+                size = await trio.to_thread.run_sync(staged.finish, size)
+            if job.cancelled:
+                failure = HTTPError(409, f"task {job.ref} cancelled after {job.done} bytes")
+                await job.fail("TASK_CANCELLED", job.ref)
+        except HTTPError as e:
+            await job.fail("IMPORT_ERROR", f"after {job.done} bytes: {e.message}")
+            raise
+        except (vhd.VhdError, chunks.ChunkError) as e:
+            await job.fail("IMPORT_ERROR", str(e))
+            failure = HTTPError(400, f"malformed {fmt} body: {e}")
+        except StagingError as e:
+            await job.fail("VDI_TOO_SMALL", api.ref(target.vdi), str(e))
+            failure = HTTPError(413, str(e))
+        except OSError as e:
+            if not disk_full(e):
+                raise
+            await job.fail("SR_FULL", f"{e.strerror} after {job.done} bytes")
+            failure = HTTPError(507, f"the SR is full: {e.strerror} after {job.done} bytes")
+        if failure is not None:
+            raise failure
+        staged.close()
+        async with api.lock:
+            await trio.to_thread.run_sync(storage.publish_vdi, api.store, target.vdi, size)
+        await job.succeed(api.ref(target.vdi))
+        log.info(
+            "VDI %s imported: %d bytes received in %.2f s, image finished in %.2f s",
+            target.vdi,
+            job.done,
+            received - started,
+            trio.current_time() - received,
+        )
+
+
+def register_transfers(router: Router, api: Api) -> None:
+    """Serve ``GET /export_raw_vdi`` and ``PUT /import_raw_vdi`` for ``api``'s host."""
+
+    async def get(request: Request, conn: Connection) -> None:
+        await export_vdi(api, request, conn)
+
+    async def put(request: Request, conn: Connection) -> None:
+        await import_vdi(api, request, conn)
+
+    router.add("GET", EXPORT_PATH, get)
+    router.add("PUT", IMPORT_PATH, put)

@@ -122,7 +122,12 @@ class StagedImage:
                     self._prefill(b)
             self._written[b] = True
             if self._stored[b] or np.frombuffer(piece, dtype=np.uint8).any():
-                self._pwrite(piece, int(self._layout.slot_offset(b)) + self._data + inside)
+                slot = int(self._layout.slot_offset(b))
+                if not self._stored[b]:
+                    # a block's first bytes: its slot allocated at once, as overwriting an
+                    # allocated range is several times faster than extending the file
+                    os.posix_fallocate(self._fd, slot, self._layout.slot)
+                self._pwrite(piece, slot + self._data + inside)
                 self._stored[b] = True
             pos += n
         self.end = max(self.end, end)
@@ -190,6 +195,11 @@ class StagedImage:
         self._pwrite(memoryview(footer), footer_at)
         os.fsync(self._fd)
         return size
+
+    def sync_data(self) -> None:
+        """Write what is written so far to disk (``fdatasync``): run while data still
+        arrives, it leaves little for :meth:`finish` to wait for."""
+        os.fdatasync(self._fd)
 
     def close(self) -> None:
         """Close the file (kept on disk)."""

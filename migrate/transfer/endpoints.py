@@ -39,6 +39,8 @@ log = logging.getLogger("xfer.transfer")
 
 EXPORT_PATH = "/export_raw_vdi"
 IMPORT_PATH = "/import_raw_vdi"
+FLUSH_EVERY = 256 << 20
+"""Bytes an import receives between two background syncs of its staged image."""
 
 
 def _format(request: Request) -> str:
@@ -62,15 +64,15 @@ def _vdi_file(api: Api, row: dict[str, Any]) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _watched(job: TransferTask) -> AsyncIterator[trio.CancelScope]:
-    """A scope for the transfer's work, the task's reporter running beside it (it cancels
-    the scope once the task is cancelled). An exception of the work comes out as itself,
-    not wrapped in the nursery's exception group."""
+async def _watched(job: TransferTask) -> AsyncIterator[trio.Nursery]:
+    """A nursery for the transfer's work, the task's reporter running beside it (it cancels
+    the work once the task is cancelled). An exception of the work comes out as itself, not
+    wrapped in the nursery's exception group."""
     try:
         async with trio.open_nursery() as nursery:
             with trio.CancelScope() as scope:
                 nursery.start_soon(job.report, scope)
-                yield scope
+                yield nursery
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         if len(group.exceptions) == 1:
@@ -186,8 +188,6 @@ async def import_vdi(api: Api, request: Request, conn: Connection) -> None:
                 async with api.lock:
                     _release(api, target)
                 api.notify()
-        body = f"{api.ref(target.vdi)}\n".encode()
-        await conn.respond(200, [("content-type", "text/plain"), ("task-id", job.ref)], body)
 
 
 def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> _Target:
@@ -220,7 +220,8 @@ def _release(api: Api, target: _Target) -> None:
 async def _import(
     api: Api, conn: Connection, fmt: str, chunked: bool, target: _Target, job: TransferTask
 ) -> None:
-    """Receive the body into a staged image and publish it; on any failure the task fails,
+    """Receive the body into a staged image, publish it and answer the VDI's ref (before the
+    old file is closed: freeing its blocks can take a while); on any failure the task fails,
     the staged file goes and HTTPError answers why."""
     length = conn.content_length()
     raw_body = not chunked and fmt == "raw"
@@ -247,11 +248,13 @@ async def _import(
         failure: HTTPError | None = None
         started = trio.current_time()
         try:
-            async with _watched(job):
+            async with _watched(job) as nursery:
+                flusher = _FlushBehind(nursery, staged)
                 buffer = memoryview(bytearray(BUFFER_SIZE))
                 while n := await conn.receive_into(buffer):
                     decoder.feed(buffer[:n])
                     job.done += n
+                    flusher.wrote(n)
                 size = decoder.close()
                 received = trio.current_time()
                 size = await trio.to_thread.run_sync(staged.finish, size)
@@ -277,7 +280,10 @@ async def _import(
         staged.close()
         async with api.lock:
             await trio.to_thread.run_sync(storage.publish_vdi, api.store, target.vdi, size)
+            _release(api, target)  # before the answer: the client may write the VDI again
         await job.succeed(api.ref(target.vdi))
+        body = f"{api.ref(target.vdi)}\n".encode()
+        await conn.respond(200, [("content-type", "text/plain"), ("task-id", job.ref)], body)
         log.info(
             "VDI %s imported: %d bytes received in %.2f s, image finished in %.2f s",
             target.vdi,
@@ -285,6 +291,32 @@ async def _import(
             received - started,
             trio.current_time() - received,
         )
+
+
+class _FlushBehind:
+    """Writeback of a staged image started while its body still arrives (an ``fdatasync``
+    in a worker thread after every :data:`FLUSH_EVERY` bytes, one at a time), so that the
+    final sync before publishing finds little left to write."""
+
+    def __init__(self, nursery: trio.Nursery, staged: StagedImage) -> None:
+        self.nursery = nursery
+        self.staged = staged
+        self.pending = 0
+        self.running = False
+
+    def wrote(self, n: int) -> None:
+        """Count ``n`` more bytes written; start a sync if enough are pending."""
+        self.pending += n
+        if self.pending >= FLUSH_EVERY and not self.running:
+            self.pending = 0
+            self.running = True
+            self.nursery.start_soon(self._sync)
+
+    async def _sync(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self.staged.sync_data)
+        finally:
+            self.running = False
 
 
 def register_transfers(router: Router, api: Api) -> None:

@@ -29,7 +29,8 @@ DEFAULT_USER = "root"
 NULL_REF = "OpaqueRef:NULL"
 
 
-def _client_options() -> argparse.ArgumentParser:
+def client_options() -> argparse.ArgumentParser:
+    """The options every command talking to a host takes: host, credentials, TLS."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--host",
@@ -56,7 +57,7 @@ def _client_options() -> argparse.ArgumentParser:
 
 def register(commands: Any) -> None:
     """Add ``host`` and ``vdi`` to ``commands``."""
-    common = _client_options()
+    common = client_options()
 
     group = commands.add_parser("host", help="query a host over XenAPI")
     sub = group.add_subparsers(dest="host_command", required=True, metavar="COMMAND")

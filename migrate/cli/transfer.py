@@ -44,10 +44,10 @@ from typing import Any
 
 import httpx
 import trio
-from tqdm import tqdm  # type: ignore[import-untyped]  # no stubs in the test extras
+from tqdm import tqdm
 
 from migrate.addresses import Host
-from migrate.cli.rpc import DEFAULT_USER, _client_options
+from migrate.cli.rpc import DEFAULT_USER, client_options
 from migrate.cli.rpc_client import (
     ClientError,
     async_transport,
@@ -71,7 +71,7 @@ _REF = re.compile(r"OpaqueRef:([0-9a-fA-F-]{36})")
 
 def register(commands: Any) -> None:
     """Add ``export`` and ``import`` to ``commands``."""
-    common = _client_options()
+    common = client_options()
     common.add_argument(
         "--format", choices=FORMATS, default="raw", help="raw disk bytes or a VHD (default: raw)"
     )

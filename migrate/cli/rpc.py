@@ -84,15 +84,21 @@ def register(commands: Any) -> None:
 Command = Callable[[Client, argparse.Namespace], int]
 
 
+def credentials(args: argparse.Namespace) -> tuple[str, str]:
+    """User and password from the options, else ``$XFER_USER``/``$XFER_PASSWORD``."""
+    user = args.user or os.environ.get("XFER_USER") or DEFAULT_USER
+    password = args.password if args.password is not None else os.environ.get("XFER_PASSWORD")
+    if password is None:
+        raise ValueError("no password: give --password or set XFER_PASSWORD")
+    return user, password
+
+
 def _session(command: Command) -> Callable[[argparse.Namespace], int]:
     """Run ``command`` with a logged-in client; ClientError as one error line, exit 1."""
 
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
-        user = args.user or os.environ.get("XFER_USER") or DEFAULT_USER
-        password = args.password if args.password is not None else os.environ.get("XFER_PASSWORD")
-        if password is None:
-            raise ValueError("no password: give --password or set XFER_PASSWORD")
+        user, password = credentials(args)
         _, url = endpoint(args.host)
         context = ssl_context(args.ca, args.insecure)
         try:

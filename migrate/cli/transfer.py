@@ -47,7 +47,7 @@ import trio
 from tqdm import tqdm
 
 from migrate.addresses import Host
-from migrate.cli.rpc import DEFAULT_USER, client_options
+from migrate.cli.rpc import client_options, credentials
 from migrate.cli.rpc_client import (
     ClientError,
     async_transport,
@@ -122,10 +122,7 @@ def _command(transfer: Transfer) -> Callable[[argparse.Namespace], int]:
     """``transfer`` run in ``trio.run`` with a client for the host; ClientError as one line."""
 
     def run(args: argparse.Namespace) -> int:
-        user = args.user or os.environ.get("XFER_USER") or DEFAULT_USER
-        password = args.password if args.password is not None else os.environ.get("XFER_PASSWORD")
-        if password is None:
-            raise ValueError("no password: give --password or set XFER_PASSWORD")
+        user, password = credentials(args)
         host, _ = endpoint(args.host)
         context = ssl_context(args.ca, args.insecure)
 

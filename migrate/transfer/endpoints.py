@@ -94,6 +94,12 @@ async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
             base = None
             if base_param and fmt == "vhd":
                 base_row = _row(api, "VDI", "base", base_param)
+                if base_row["virtual_size"] != row["virtual_size"]:
+                    raise HTTPError(
+                        400,
+                        f"base={base_param}: {base_row['virtual_size']} bytes, the VDI "
+                        f"{row['virtual_size']}: a delta needs disks of the same size",
+                    )
                 base = (base_row["uuid"], _vdi_file(api, base_row))
             job = TransferTask.open(
                 api, session, f"export_raw_vdi {row['uuid']}", auth.param(request, "task_id")

@@ -2,7 +2,9 @@
 
 Creates a dynamic VHD, fills it, converts it to raw and back, takes a differencing snapshot,
 writes into it, exports the delta against the base, checks every image, and cross-checks the
-results with qemu-img where it is installed. Every step runs the real ``xfer`` command.
+results with qemu-img where it is installed. Then it starts a real host (``xfer serve`` on
+``[::1]``), imports the raw disk into a new VDI over HTTP and exports it back as raw and as a
+VHD. Every step runs the real ``xfer`` command.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import hashlib
 import json
 import os
 import random
+import secrets
+import selectors
 import shlex
 import shutil
 import subprocess
@@ -20,10 +24,13 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from migrate.cli.rpc_client import Client
 from migrate.cli.units import format_size, parse_size
 from vhd import Image
 
 BLOCK = 2 << 20
+SERVE_TIMEOUT = 15.0
+"""Longest wait for ``xfer serve`` to announce its listener."""
 
 
 def sha256_of(data_source: Image | str) -> str:
@@ -52,8 +59,9 @@ class Demo:
         """A file of the demo's directory."""
         return os.path.join(self.dir, name)
 
-    def xfer(self, *args: str) -> tuple[float, str]:
-        """Run ``xfer ARGS``, echoing the command; returns (seconds, stdout)."""
+    def xfer(self, *args: str, env: dict[str, str] | None = None) -> tuple[float, str]:
+        """Run ``xfer ARGS`` (``env`` added to the environment), echoing the command; returns
+        (seconds, stdout)."""
         print(f"$ xfer {shlex.join(args)}", flush=True)
         start = time.perf_counter()
         done = subprocess.run(
@@ -61,6 +69,7 @@ class Demo:
             capture_output=True,
             text=True,
             check=False,
+            env={**os.environ, **env} if env else None,
         )
         elapsed = time.perf_counter() - start
         if done.returncode:
@@ -152,6 +161,7 @@ class Demo:
         self.record("check", all(clean), f"{sum(clean)} of {len(clean)} images clean")
 
         self.cross_check(expected)
+        self.transfer(expected)
 
     def cross_check(self, expected: str) -> None:
         """qemu-img reads xfer's images the same way (when qemu-img is installed)."""
@@ -172,6 +182,91 @@ class Demo:
         size = json.loads(info.stdout)["virtual-size"]
         ok = sha256_of(out) == expected and size == self.size
         self.record("qemu-img", ok, f"reads copy.vhd as {size} bytes, identical content")
+
+    def transfer(self, expected: str) -> None:
+        """The raw disk through a real host: imported into a new VDI, exported back as raw
+        and as a VHD, each compared with the source by sha256."""
+        password = secrets.token_hex(12)
+        args = ["serve", "--state-dir", self.path("host"), "--listen", "[::1]:0"]
+        print(f"$ xfer {shlex.join([*args, '--password', '...'])}", flush=True)
+        start = time.perf_counter()
+        with open(self.path("serve.log"), "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "migrate.cli.main", *args, "--password", password],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            url = self.listening(proc)
+            self.record("serve", True, f"host listening on {url}", time.perf_counter() - start)
+            self.transfer_steps(url, password, expected)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def listening(self, proc: subprocess.Popen[bytes]) -> str:
+        """The URL of the ``listening on URL`` line ``xfer serve`` prints once it is bound."""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + SERVE_TIMEOUT
+        data = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                chunk = b""
+                if left > 0 and selector.select(left):
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    with open(self.path("serve.log"), encoding="utf-8", errors="replace") as f:
+                        lines = f.read().strip().splitlines() or ["no output"]
+                    raise SystemExit(f"demo: xfer serve did not start: {lines[-1]}")
+                data += chunk
+        line = data.decode().splitlines()[0]
+        if not line.startswith("listening on "):
+            raise SystemExit(f"demo: xfer serve printed {line!r}")
+        return line.removeprefix("listening on ")
+
+    def transfer_steps(self, url: str, password: str, expected: str) -> None:
+        """Import base.raw with ``xfer import --sr`` and export it back with ``xfer export``."""
+        with Client(f"{url.rstrip('/')}/jsonrpc").login("root", password) as client:
+            sr = next(iter(client.call("SR.get_all_records").values()))["uuid"]
+        auth = ["--host", url]
+        env = {"XFER_PASSWORD": password}
+
+        t, out = self.xfer(
+            "import", *auth, "--sr", sr, "--name", "demo", self.path("base.raw"), env=env
+        )
+        fields = dict(line.split(" ", 1) for line in out.splitlines())
+        vdi = fields["vdi"]
+        sent = fields["sha256"].split()[0]
+        _, out = self.xfer("vdi", "list", *auth, "--json", env=env)
+        row = next(r for r in json.loads(out) if r["uuid"] == vdi)
+        self.record(
+            "import",
+            sent == expected and int(row["virtual_size"]) == self.size,
+            f"base.raw into a new VDI {vdi[:8]}, {format_size(int(row['virtual_size']))}",
+            t,
+        )
+
+        t, out = self.xfer("export", *auth, "--vdi", vdi, "-o", self.path("back.raw"), env=env)
+        got = sha256_of(self.path("back.raw"))
+        ok = got == expected and out.split()[1] == expected
+        self.record("export raw", ok, f"sha256 {got[:16]}, same as base.raw", t)
+
+        t, out = self.xfer(
+            "export", *auth, "--vdi", vdi, "--format", "vhd", "-o", self.path("back.vhd"), env=env
+        )
+        with Image.open(self.path("back.vhd")) as image:
+            same = sha256_of(image) == expected and image.size == self.size
+        file_size = os.path.getsize(self.path("back.vhd"))
+        self.record("export vhd", same, f"dynamic VHD of {format_size(file_size)}, same disk", t)
 
     def report(self, kept: bool) -> None:
         """Print the table of steps."""

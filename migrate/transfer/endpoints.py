@@ -108,8 +108,8 @@ async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
         try:
             plan = export.open_export(row["uuid"], path, fmt, base)
         except (vhd.VhdError, OSError) as e:
-            await job.fail("VDI_IO_ERROR", str(e))
-            raise HTTPError(404 if isinstance(e, FileNotFoundError) else 500, str(e)) from None
+            status = 404 if isinstance(e, FileNotFoundError) else 500
+            raise await _failed(job, status, str(e), "VDI_IO_ERROR", str(e)) from None
         with plan.images:
             await _send_export(conn, request, plan, job)
 
@@ -127,9 +127,16 @@ async def _send_export(
     if plan.rangeable:
         headers.append(("accept-ranges", "bytes"))
     if window is False:
-        await job.fail("INVALID_VALUE", "range", request.header("range"))
-        raise HTTPError(
-            416, f"range not within {total} bytes", [("content-range", f"bytes */{total}")]
+        message = f"range not within {total} bytes"
+        unsatisfiable = ("content-range", f"bytes */{total}")
+        raise await _failed(
+            job,
+            416,
+            message,
+            "INVALID_VALUE",
+            "range",
+            request.header("range"),
+            header=unsatisfiable,
         )
     start, stop = window if isinstance(window, tuple) else (0, total)
     headers.append(("content-length", str(stop - start)))
@@ -147,12 +154,27 @@ async def _send_export(
             await export.send_elements(conn, elements, sent)
             await conn.end()
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, vhd.VhdError) as e:
-        await job.fail("VDI_IO_ERROR", f"export stopped after {job.done} bytes: {e}")
-        raise HTTPError(500, f"export stopped after {job.done} bytes: {e}") from None
+        message = f"export stopped after {job.done} bytes: {e}"
+        raise await _failed(job, 500, message, "VDI_IO_ERROR", message) from None
     if job.cancelled:
-        await job.fail("TASK_CANCELLED", job.ref)
-        raise HTTPError(409, f"task {job.ref} cancelled after {job.done} bytes")
+        message = f"task {job.ref} cancelled after {job.done} bytes"
+        raise await _failed(job, 409, message, "TASK_CANCELLED", job.ref)
     await job.succeed()
+
+
+async def _failed(
+    job: TransferTask,
+    status: int,
+    message: str,
+    code: str,
+    *params: Any,
+    header: tuple[str, str] | None = None,
+) -> HTTPError:
+    """Record the task's failure ``code`` with ``params``; the HTTPError that answers it
+    (``status``, ``message``, the ``task-id`` header and ``header``)."""
+    await job.fail(code, *params)
+    headers = [("task-id", job.ref)] + ([header] if header else [])
+    return HTTPError(status, message, headers)
 
 
 @dataclass
@@ -160,6 +182,7 @@ class _Target:
     """What an import writes: an existing VDI, or a new one in an SR."""
 
     vdi: str
+    sr: str
     created: bool
     size: int | None
     path: str
@@ -212,7 +235,8 @@ def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> 
         uuid, created, size = storage.begin_vdi(api.store, sr_row["uuid"], name), True, None
     api.writing.add(uuid)
     row = api.store.get("VDI", uuid)
-    return _Target(uuid, created, size, _vdi_file(api, row), storage.part_path(api.store, uuid))
+    path, part = _vdi_file(api, row), storage.part_path(api.store, uuid)
+    return _Target(uuid, row["sr"], created, size, path, part)
 
 
 def _release(api: Api, target: _Target) -> None:
@@ -232,11 +256,8 @@ async def _import(
     length = conn.content_length()
     raw_body = not chunked and fmt == "raw"
     if raw_body and target.size is not None and length is not None and length > target.size:
-        await job.fail("VDI_TOO_SMALL", api.ref(target.vdi), length)
-        raise HTTPError(413, f"body of {length} bytes larger than the VDI's {target.size}")
-    if target.created and raw_body and length == 0:
-        await job.fail("IMPORT_ERROR", "empty body")
-        raise HTTPError(400, "empty body: a new VDI needs at least one byte")
+        message = f"body of {length} bytes larger than the VDI's {target.size}"
+        raise await _failed(job, 413, message, "VDI_TOO_SMALL", api.ref(target.vdi), message)
     if target.created and raw_body and length is not None:
         target.size = -(-length // 512) * 512  # a new VDI as large as the raw body
     job.total = length or target.size or 0
@@ -247,8 +268,8 @@ async def _import(
                 os.unlink(target.part)  # a leftover of an interrupted import
             staged = StagedImage(target.part, old=old, size=target.size)
         except (vhd.VhdError, OSError) as e:
-            await job.fail("VDI_IO_ERROR", str(e))
-            raise HTTPError(500, f"cannot stage an import: {e}") from None
+            message = f"cannot stage an import: {e}"
+            raise await _failed(job, 500, message, "VDI_IO_ERROR", message) from None
         stack.callback(staged.discard)
         decoder = importer(fmt, chunked, staged)
         failure: HTTPError | None = None
@@ -262,25 +283,25 @@ async def _import(
                     job.done += n
                     flusher.wrote(n)
                 size = decoder.close()
+                if target.created and staged.end == 0 and fmt == "raw":
+                    raise HTTPError(400, "empty body: a new VDI needs at least one byte")
                 received = trio.current_time()
                 size = await trio.to_thread.run_sync(staged.finish, size)
             if job.cancelled:
-                failure = HTTPError(409, f"task {job.ref} cancelled after {job.done} bytes")
-                await job.fail("TASK_CANCELLED", job.ref)
-        except HTTPError as e:
-            await job.fail("IMPORT_ERROR", f"after {job.done} bytes: {e.message}")
-            raise
+                message = f"task {job.ref} cancelled after {job.done} bytes"
+                failure = await _failed(job, 409, message, "TASK_CANCELLED", job.ref)
+        except HTTPError as e:  # the body cut, stalled, badly framed or empty
+            failure = await _failed(job, e.status, e.message, "IMPORT_ERROR", e.message)
         except (vhd.VhdError, chunks.ChunkError) as e:
-            await job.fail("IMPORT_ERROR", str(e))
-            failure = HTTPError(400, f"malformed {fmt} body: {e}")
+            message = f"malformed {fmt} body: {e}"
+            failure = await _failed(job, 400, message, "IMPORT_ERROR", message)
         except StagingError as e:
-            await job.fail("VDI_TOO_SMALL", api.ref(target.vdi), str(e))
-            failure = HTTPError(413, str(e))
+            failure = await _failed(job, 413, str(e), "VDI_TOO_SMALL", api.ref(target.vdi), str(e))
         except OSError as e:
             if not disk_full(e):
                 raise
-            await job.fail("SR_FULL", f"{e.strerror} after {job.done} bytes")
-            failure = HTTPError(507, f"the SR is full: {e.strerror} after {job.done} bytes")
+            message = f"the SR is full: {e.strerror} after {job.done} bytes"
+            failure = await _failed(job, 507, message, "SR_FULL", api.ref(target.sr), message)
         if failure is not None:
             raise failure
         staged.close()

@@ -16,6 +16,7 @@ from typing import Protocol
 import vhd
 from migrate.storage.staging import StagedImage, StagingError
 from migrate.transfer import chunks
+from vhd.format import MAX_VIRTUAL_SIZE
 
 BUFFER_SIZE = 4 << 20
 """Bytes received before each write: large writes, a constant footprint per import."""
@@ -56,7 +57,8 @@ class ChunkedImporter:
 
     def __init__(self, staged: StagedImage) -> None:
         self.staged = staged
-        self.parser = chunks.ChunkParser(size_limit=staged.limit)
+        # the staged image refuses what lies past the disk (413), not the framing (400)
+        self.parser = chunks.ChunkParser(size_limit=MAX_VIRTUAL_SIZE)
 
     def feed(self, data: memoryview) -> None:
         """Decode ``data`` and write the chunks' bytes."""
@@ -75,7 +77,7 @@ class VhdImporter:
 
     def __init__(self, staged: StagedImage) -> None:
         self.staged = staged
-        self.parser = vhd.StreamParser(max_size=staged.limit)
+        self.parser = vhd.StreamParser()  # the disk's own limit checked at Metadata (413)
         self.size: int | None = None
 
     def feed(self, data: memoryview) -> None:

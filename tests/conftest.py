@@ -1,5 +1,5 @@
-"""Shared fixtures: the real qemu-img and qemu-io, a runner for the ``xfer`` CLI, and an empty
-state store with its default SR."""
+"""Shared fixtures: the real qemu-img and qemu-io, a runner for the ``xfer`` CLI, an empty
+state store with its default SR, and a real ``xfer serve`` per module."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from migrate.state.store import Store
 from migrate.storage.sr import ensure_sr
-from support import XFER
+from support import XFER, Daemon, running_daemon
 
 
 def _tool(name: str) -> str:
@@ -62,3 +62,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def sr_uuid(store: Store, tmp_path: Path) -> str:
     """The uuid of the default SR, in ``tmp_path / "sr"``."""
     return ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A real ``xfer serve`` on ``[::]`` for the module (password ``support.PASSWORD``)."""
+    with running_daemon(tmp_path_factory.mktemp("daemon")) as running:
+        yield running

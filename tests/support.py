@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +36,11 @@ BAT_OFFSET = 1536
 
 XFER = [sys.executable, "-m", "migrate.cli.main"]
 """The ``xfer`` command line."""
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository (the working directory of ``xfer`` subprocesses)."""
+PASSWORD = "secret"
+"""root's password on the daemons the ``daemon`` fixture starts."""
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 Xfer = Callable[..., subprocess.CompletedProcess[bytes]]
 """The ``xfer`` fixture: runs ``xfer ARGS...`` and returns the completed process."""
@@ -209,3 +217,82 @@ def failure(fn: Callable[[], object]) -> list[str]:
     with pytest.raises(XenAPI.Failure) as info:
         fn()
     return list(info.value.details)
+
+
+# A running xfer serve
+
+
+def xfer_env(**extra: str) -> dict[str, str]:
+    """The environment of an ``xfer`` subprocess: no credentials inherited, ``extra`` added."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XFER_USER", "XFER_PASSWORD")}
+    return {**env, **extra}
+
+
+def xfer_ok(*args: str, input: bytes | None = None) -> str:
+    """The stdout of a successful ``xfer ARGS`` (that printed nothing on stderr)."""
+    proc = subprocess.run(
+        [*XFER, *args],
+        input=input,
+        capture_output=True,
+        timeout=120,
+        cwd=ROOT,
+        env=xfer_env(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stderr == b"", proc.stderr.decode()
+    return proc.stdout.decode()
+
+
+@dataclass
+class Daemon:
+    """A running ``xfer serve --listen [::]:0`` (IPv6 and IPv4 clients alike): its port, the
+    uuid of its default SR and its state directory."""
+
+    port: int
+    sr: str
+    state: Path
+
+    @property
+    def sr_dir(self) -> Path:
+        """The default SR's directory."""
+        return self.state / "sr"
+
+    def url(self, path: str = "/", address: str = "::1") -> str:
+        """``http://ADDRESS:PORT/PATH`` (IPv6 addresses in brackets)."""
+        host = f"[{address}]" if ":" in address else address
+        return f"http://{host}:{self.port}{path}"
+
+    def auth(self, address: str = "::1", password: str = PASSWORD) -> tuple[str, ...]:
+        """``--host`` and ``--password`` for the ``xfer`` client commands."""
+        host = f"[{address}]" if ":" in address else address
+        return ("--host", f"{host}:{self.port}", "--password", password)
+
+    def create(self, size: str = "8M") -> str:
+        """A new VDI of ``size`` in the default SR (``xfer vdi create``); its uuid."""
+        uuid = xfer_ok("vdi", "create", *self.auth(), "--size", size).strip()
+        assert UUID.fullmatch(uuid), uuid
+        return uuid
+
+    def vdis(self) -> dict[str, dict[str, object]]:
+        """``xfer vdi list --json`` by uuid."""
+        rows = json.loads(xfer_ok("vdi", "list", *self.auth(), "--json"))
+        return {row["uuid"]: row for row in rows}
+
+
+@contextmanager
+def running_daemon(tmp: Path, *args: str) -> Iterator[Daemon]:
+    """``xfer serve --listen [::]:0 --password PASSWORD ARGS`` with its state in ``tmp``,
+    stopped (and checked to exit 0) afterwards."""
+    from test_serve import serving, stop  # test_serve imports this module
+
+    with serving(tmp, "--listen", "[::]:0", "--password", PASSWORD, *args) as (proc, urls, _):
+        match = re.fullmatch(r"http://\[::\]:(\d+)/", urls[0])
+        assert match, urls
+        port = int(match.group(1))
+        probe = Daemon(port, "", tmp / "state")
+        uuid = probe.create("1M")
+        sr = str(probe.vdis()[uuid]["SR"])
+        xfer_ok("vdi", "destroy", *probe.auth(), "--vdi", uuid)
+        yield Daemon(port, sr, tmp / "state")
+        assert stop(proc) == 0

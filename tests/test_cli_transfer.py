@@ -8,7 +8,6 @@ import base64
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import pty
 import re
@@ -30,18 +29,23 @@ import pytest
 
 from migrate.cli import transfer
 from migrate.cli.main import main
-from support import XFER, MiB, disk_content, make_dynamic, pattern, read_all
-from test_serve import ROOT, serving, stop
+from support import (
+    PASSWORD,
+    ROOT,
+    UUID,
+    XFER,
+    Daemon,
+    MiB,
+    disk_content,
+    make_dynamic,
+    pattern,
+    read_all,
+    xfer_env,
+)
+from test_serve import serving, stop
 from test_tls import make_certificate
 
-PASSWORD = "secret"
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SHA_LINE = re.compile(r"sha256 ([0-9a-f]{64})  (.+)")
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XFER_USER", "XFER_PASSWORD")}
-    return {**env, **extra}
 
 
 def run(
@@ -54,7 +58,7 @@ def run(
         capture_output=True,
         timeout=120,
         cwd=ROOT,
-        env=env or _env(),
+        env=env or xfer_env(),
         check=False,
     )
 
@@ -363,7 +367,13 @@ def test_password_from_the_environment(fake: FakeHost, tmp_path: Path) -> None:
     fake.disks[vdi] = b"x" * 512
     host = ("--host", f"127.0.0.1:{fake.ports['127.0.0.1']}")
     proc = run(
-        "export", *host, "--vdi", vdi, "-o", str(tmp_path / "o"), env=_env(XFER_PASSWORD=PASSWORD)
+        "export",
+        *host,
+        "--vdi",
+        vdi,
+        "-o",
+        str(tmp_path / "o"),
+        env=xfer_env(XFER_PASSWORD=PASSWORD),
     )
     assert proc.returncode == 0, proc.stderr
     assert "no password" in one_error_line(run("export", *host, "--vdi", vdi))
@@ -427,7 +437,7 @@ def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen(
-        [*XFER, *args], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=_env()
+        [*XFER, *args], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=xfer_env()
     )
     os.close(slave)
     seen = b""
@@ -473,40 +483,6 @@ def test_progress_on_a_terminal_and_none_with_quiet(fake: FakeHost, tmp_path: Pa
 
 
 # Against a real xfer serve
-
-
-@dataclass
-class Daemon:
-    port: int
-    sr: str
-
-    def auth(self, address: str = "::1", password: str = PASSWORD) -> tuple[str, ...]:
-        host = f"[{address}]" if ":" in address else address
-        return ("--host", f"{host}:{self.port}", "--password", password)
-
-    def create(self, size: str = "8M") -> str:
-        uuid = ok("vdi", "create", *self.auth(), "--size", size).strip()
-        assert UUID.fullmatch(uuid), uuid
-        return uuid
-
-    def vdis(self) -> dict[str, dict[str, object]]:
-        rows = json.loads(ok("vdi", "list", *self.auth(), "--json"))
-        return {row["uuid"]: row for row in rows}
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    tmp = tmp_path_factory.mktemp("daemon")
-    with serving(tmp, "--listen", "[::]:0", "--password", PASSWORD) as (proc, urls, _):
-        match = re.fullmatch(r"http://\[::\]:(\d+)/", urls[0])
-        assert match, urls
-        port = int(match.group(1))
-        first = Daemon(port, "")
-        probe = first.create("1M")
-        sr = str(first.vdis()[probe]["SR"])
-        ok("vdi", "destroy", *first.auth(), "--vdi", probe)
-        yield Daemon(port, sr)
-        assert stop(proc) == 0
 
 
 SIZE = 8 * MiB

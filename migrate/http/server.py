@@ -34,7 +34,7 @@ Handler = Callable[["Request", "Connection"], Awaitable[None]]
 _RECEIVE_SIZE = 65536
 _JOIN_BELOW = 65536  # send smaller body pieces in one write, larger ones without copying
 _LINGER = 1.0  # seconds a closing connection is drained so that the client reads our answer
-_LINGER_BYTES = 1 << 20
+_LINGER_BYTES = 64 << 20
 _SENDFILE_MAX = 16 << 20  # per call, so that a fast client still lets other tasks run
 _BUFFERED_SEND = 4 << 20
 
@@ -242,11 +242,23 @@ class Connection:
     async def _recv_into(self, view: memoryview) -> int:
         with trio.move_on_after(self.limits.body_timeout):
             if isinstance(self._stream, trio.SocketStream):
-                return await self._stream.socket.recv_into(view)
-            data = await self._stream.receive_some(len(view))
+                try:
+                    return await self._stream.socket.recv_into(view)
+                except OSError as e:
+                    raise HTTPError(400, f"request body cut: {e.strerror}") from None
+            data = await self._receive_some(len(view))
             view[: len(data)] = data
             return len(data)
         raise HTTPError(408, f"no request body bytes for {self.limits.body_timeout} s")
+
+    async def _receive_some(self, size: int = _RECEIVE_SIZE) -> bytes | bytearray:
+        """Bytes of the body off the stream; a broken stream is HTTPError 400 (the client
+        went away mid-body: the handler learns it as a failure of the request)."""
+        try:
+            return await self._stream.receive_some(size)
+        except (trio.BrokenResourceError, OSError) as e:
+            cause = e.__cause__ or e
+            raise HTTPError(400, f"request body cut: {cause}") from None
 
     async def _receive_into_h11(self, buffer: memoryview) -> int:
         filled = 0
@@ -273,10 +285,13 @@ class Connection:
                 h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
             )
         while True:
-            event = self._h11.next_event()
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as e:  # a bad chunk, or the connection closed early
+                raise HTTPError(400, f"request body incomplete: {e}") from None
             if event is h11.NEED_DATA:
                 with trio.move_on_after(self.limits.body_timeout):
-                    data = await self._stream.receive_some(_RECEIVE_SIZE)
+                    data = await self._receive_some()
                     self._h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
                     continue
                 raise HTTPError(408, f"no request body bytes for {self.limits.body_timeout} s")

@@ -39,6 +39,9 @@ log = logging.getLogger("xfer.transfer")
 
 EXPORT_PATH = "/export_raw_vdi"
 IMPORT_PATH = "/import_raw_vdi"
+FIRST_PIECE = 64 << 10
+"""Bytes of a VHD body decoded before whole buffers: its footer, header and the BAT of a
+disk up to 512 GiB."""
 FLUSH_EVERY = 256 << 20
 """Bytes an import receives between two background syncs of its staged image."""
 
@@ -278,7 +281,11 @@ async def _import(
             async with _watched(job) as nursery:
                 flusher = _FlushBehind(nursery, staged)
                 buffer = memoryview(bytearray(BUFFER_SIZE))
-                while n := await conn.receive_into(buffer):
+                # a VHD's head decoded first: a malformed one is answered before the body is
+                # sent (raw bodies keep whole buffers, aligned with the blocks)
+                piece = buffer[:FIRST_PIECE] if fmt == "vhd" else buffer
+                while n := await conn.receive_into(piece):
+                    piece = buffer
                     decoder.feed(buffer[:n])
                     job.done += n
                     flusher.wrote(n)
@@ -299,9 +306,13 @@ async def _import(
             failure = await _failed(job, 413, str(e), "VDI_TOO_SMALL", api.ref(target.vdi), str(e))
         except OSError as e:
             if not disk_full(e):
+                await job.fail("VDI_IO_ERROR", f"after {job.done} bytes: {e}")
                 raise
             message = f"the SR is full: {e.strerror} after {job.done} bytes"
             failure = await _failed(job, 507, message, "SR_FULL", api.ref(target.sr), message)
+        except Exception as e:
+            await job.fail("INTERNAL_ERROR", f"{type(e).__name__}: {e}")
+            raise
         if failure is not None:
             raise failure
         staged.close()

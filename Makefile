@@ -34,7 +34,23 @@ demo: venv deps
 	$(PY) -m migrate.cli.demo
 
 bench: venv deps
-	$(PY) bench/vhd_convert.py
+	@missing=; \
+	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
+	command -v iperf3 >/dev/null 2>&1 || missing="$$missing iperf3"; \
+	command -v socat >/dev/null 2>&1 || missing="$$missing socat"; \
+	command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+		SUDO=; \
+		if [ "$$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
+		echo "installing$$missing"; \
+		$$SUDO apt-get update -qq && \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@rc=0; \
+	$(PY) bench/vhd_convert.py || rc=1; \
+	$(PY) bench/vdi_transfer.py || rc=1; \
+	exit $$rc
 
 fmt: venv
 	$(VENV)/bin/ruff format $(SRC)

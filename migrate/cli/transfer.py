@@ -40,7 +40,7 @@ import re
 import stat
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import trio
@@ -64,6 +64,8 @@ IMPORT_PATH = "/import_raw_vdi"
 FORMATS = ("raw", "vhd")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 _UNSATISFIED_RANGE = re.compile(r"(?:bytes )?\*/(\d+)")  # the unit is required; tolerated
+_BUFFERS = 3
+"""Buffers an import's pieces rotate through: one being sent, one waiting, one being read."""
 _MAX_PIECES = 512
 """At most this many pieces in one ``writev`` (IOV_MAX is 1024 on Linux)."""
 _REF = re.compile(r"OpaqueRef:([0-9a-fA-F-]{36})")
@@ -346,7 +348,7 @@ async def import_(client: httpx.AsyncClient, host: Host, args: argparse.Namespac
         if size is not None:
             headers["content-length"] = str(size)
         hasher = hashlib.sha256()
-        send, receive = trio.open_memory_channel[bytes](1)
+        send, receive = trio.open_memory_channel[memoryview](1)
         with _progress(size, 0, args.quiet) as bar:
             async with _nursery() as nursery:
                 nursery.start_soon(_read_ahead, fd, name, size, hasher, send)
@@ -355,7 +357,8 @@ async def import_(client: httpx.AsyncClient, host: Host, args: argparse.Namespac
                         url,
                         params=params,
                         headers=headers,
-                        content=_pieces(receive, bar),
+                        # views of reused buffers: httpcore sends each before taking the next
+                        content=cast(AsyncIterator[bytes], _pieces(receive, bar)),
                         extensions=request_extensions(url),
                     )
                 # a reader still waiting on a pipe after the host answered early
@@ -382,47 +385,52 @@ async def _read_ahead(
     name: str,
     size: int | None,
     hasher: Any,
-    send: trio.MemorySendChannel[bytes],
+    send: trio.MemorySendChannel[memoryview],
 ) -> None:
     """Read ``fd`` (``size`` bytes, or to its end) in pieces, each read and hashed in a worker
-    thread while the one before is being sent; stops quietly when the request is over."""
+    thread while the one before is being sent; stops quietly when the request is over.
+
+    The pieces rotate through :data:`_BUFFERS` reused buffers (no fresh memory to fault in for
+    every piece): a buffer is filled again only once the piece it held has been sent, as the
+    channel holds one piece and the request takes the next only after sending the last."""
+    buffers = [memoryview(bytearray(CHUNK)) for _ in range(_BUFFERS)]
     async with send:
         left = size
+        turn = 0
         while left is None or left > 0:
-            want = CHUNK if left is None else min(CHUNK, left)
-            data = await trio.to_thread.run_sync(
-                _read_piece, fd, want, hasher, abandon_on_cancel=True
+            buffer = buffers[turn % _BUFFERS][: CHUNK if left is None else min(CHUNK, left)]
+            turn += 1
+            n = await trio.to_thread.run_sync(
+                _read_piece, fd, buffer, hasher, abandon_on_cancel=True
             )
-            if not data:
+            if not n:
                 if left:
                     raise ValueError(f"{name}: the file became shorter while it was being sent")
                 return
             if left is not None:
-                left -= len(data)
+                left -= n
             try:
-                await send.send(data)
+                await send.send(buffer[:n])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the request ended (the host answered early, or failed)
 
 
-def _read_piece(fd: int, want: int, hasher: Any) -> bytes:
-    """Up to ``want`` bytes (fewer only at the end: pipes are read until the piece is full),
-    hashed. One ``bytes`` object as ``os.read`` made it whenever possible: h11 sends a
-    ``bytes`` piece without copying it."""
-    pieces = []
+def _read_piece(fd: int, buffer: memoryview, hasher: Any) -> int:
+    """Fill ``buffer`` from ``fd`` (less only at the end: pipes are read until it is full)
+    and hash what was read; how many bytes."""
     have = 0
-    while have < want:
-        data = os.read(fd, want - have)
-        if not data:
+    while have < len(buffer):
+        n = os.readv(fd, [buffer[have:]])
+        if not n:
             break
-        pieces.append(data)
-        have += len(data)
-    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-    hasher.update(data)
-    return data
+        have += n
+    hasher.update(buffer[:have])
+    return have
 
 
-async def _pieces(receive: trio.MemoryReceiveChannel[bytes], bar: Any) -> AsyncIterator[bytes]:
+async def _pieces(
+    receive: trio.MemoryReceiveChannel[memoryview], bar: Any
+) -> AsyncIterator[memoryview]:
     async for data in receive:
         bar.update(len(data))
         yield data

@@ -36,7 +36,7 @@ _JOIN_BELOW = 65536  # send smaller body pieces in one write, larger ones withou
 _LINGER = 1.0  # seconds a closing connection is drained so that the client reads our answer
 _LINGER_BYTES = 64 << 20
 _SENDFILE_MAX = 16 << 20  # per call, so that a fast client still lets other tasks run
-_BUFFERED_SEND = 4 << 20
+_BUFFERED_SEND = 256 << 10  # TLS: pieces that stay in cache while encrypted (4 MiB: 0.7x as fast)
 
 
 @dataclass(frozen=True)

@@ -741,6 +741,14 @@ def test_authentication(http: Http, xapi: Xapi, filled: Vdi, method: str, case: 
     assert http.export(filled.uuid) == expected
 
 
+def test_basic_credentials_verified_once_still_check_the_password(http: Http, filled: Vdi) -> None:
+    """Right Basic credentials are remembered for a minute (no password hash per request),
+    by user and password together: a wrong password right after is still refused."""
+    for auth, status in [(BASIC, 200), (BASIC, 200), (("-u", "root:wrong"), 401), (BASIC, 200)]:
+        r = http.get(auth=auth, vdi=filled.uuid)
+        assert r.status == status, r.body[:200]
+
+
 # 6. Ranges and resuming
 
 

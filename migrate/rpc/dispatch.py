@@ -75,6 +75,8 @@ class Api:
         that one call at a time uses the store, also when a blocking call runs in a worker
         thread. Other tasks that use the same store while the RPC is served must hold it too
         (the store is one SQLite connection) and call :meth:`notify` after a change."""
+        self.verified = session.VerifiedCredentials()
+        """Credentials verified in the last minute (HTTP Basic is not hashed every time)."""
         self.writing: set[str] = set()
         """VDIs an import is writing: another import, VDI.destroy and VDI.snapshot of them get
         VDI_IN_USE until it ends."""

@@ -6,6 +6,8 @@ a session's ref is ``OpaqueRef:<uuid>`` with a random uuid.
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import time
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,33 @@ TOUCH_EVERY = 60.0
 """Seconds between two writes of a session's ``last_active`` (not one write per call)."""
 IDLE_LIMIT = 24 * 3600.0
 """Seconds of inactivity after which a session is invalid (and removed at the next login)."""
+VERIFIED_FOR = 60.0
+"""Seconds credentials found right are taken again without the password hash."""
+VERIFIED_MAX = 256
+"""Credentials remembered at most (all forgotten when more come)."""
+
+
+class VerifiedCredentials:
+    """Credentials found right in the last :data:`VERIFIED_FOR` seconds, so that clients
+    sending them with every request (HTTP Basic) are not made to wait for the password hash
+    each time; kept as keyed digests, never as passwords."""
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._until: dict[bytes, float] = {}
+
+    def _digest(self, user: str, password: str) -> bytes:
+        return hmac.digest(self._key, f"{user}\0{password}".encode(), "sha256")
+
+    def recent(self, user: str, password: str) -> bool:
+        """Whether ``user`` and ``password`` were verified in the last minute."""
+        return self._until.get(self._digest(user, password), 0.0) > time.monotonic()
+
+    def remember(self, user: str, password: str) -> None:
+        """Note that ``user`` and ``password`` were just verified."""
+        if len(self._until) >= VERIFIED_MAX:
+            self._until.clear()
+        self._until[self._digest(user, password)] = time.monotonic() + VERIFIED_FOR
 
 
 def login_with_password(
@@ -29,6 +58,11 @@ def login_with_password(
         raise ApiError("SESSION_AUTHENTICATION_FAILED", user, "Authentication failure")
     if not api.store.check_password(user, password):
         raise ApiError("SESSION_AUTHENTICATION_FAILED", user, "Authentication failure")
+    return open_session(api, user, originator)
+
+
+def open_session(api: Api, user: str, originator: Any = "") -> str:
+    """A new session for ``user``, whose credentials the caller has checked; its ref."""
     session_uuid = str(uuidlib.uuid4())
     ref = api.ref(session_uuid)
     now = time.time()

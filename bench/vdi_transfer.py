@@ -70,6 +70,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pagecache import cache
+
 from migrate.cli.units import parse_size
 
 MIB = 1 << 20
@@ -273,32 +275,6 @@ def timed(argv: list[str], deadline: Deadline, env: dict[str, str] | None = None
 
 
 # --- files ---------------------------------------------------------------------------------
-
-
-def cache(*paths: Path) -> None:
-    """Read the data extents of ``paths``, so that the timed command finds them cached.
-
-    Nothing is dropped from the page cache: this only undoes the eviction of files left idle
-    (memory pressure, or a proactive reclaimer such as DAMON on VMs).
-    """
-    buffer = bytearray(CHUNK)
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            size, pos = os.fstat(fd).st_size, 0
-            while pos < size:
-                try:
-                    pos = os.lseek(fd, pos, os.SEEK_DATA)
-                except OSError:  # ENXIO: no data past pos
-                    break
-                end = os.lseek(fd, pos, os.SEEK_HOLE)
-                while pos < end:
-                    n = os.preadv(fd, [buffer], pos)
-                    if n <= 0:
-                        break
-                    pos += n
-        finally:
-            os.close(fd)
 
 
 def make_random(path: Path, size: int) -> str:

@@ -60,6 +60,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pagecache import cache
+
 from migrate.cli.units import parse_size
 
 MIB = 1 << 20
@@ -296,31 +298,6 @@ def remove(*paths: Path) -> None:
 
 
 # --- running and timing --------------------------------------------------------------------
-
-
-def cache(path: Path) -> None:
-    """Read ``path``'s data extents so that the timed command finds its input in the cache.
-
-    Nothing is dropped: this only undoes eviction of an input left idle since it was written
-    (by memory pressure, or by a proactive reclaimer such as DAMON on VMs).
-    """
-    buffer = bytearray(CHUNK)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size, pos = os.fstat(fd).st_size, 0
-        while pos < size:
-            try:
-                pos = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: no data past pos
-                break
-            end = os.lseek(fd, pos, os.SEEK_HOLE)
-            while pos < end:
-                n = os.preadv(fd, [buffer], pos)
-                if n <= 0:
-                    break
-                pos += n
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

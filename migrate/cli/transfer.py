@@ -20,7 +20,8 @@ ceiling is sha256 itself (about 1.8 GiB/s on one core), which must see every byt
 gathers what the connection delivers (read 256 KiB at a time, see
 :data:`migrate.cli.rpc_client.READ_SIZE`) into batches written with one ``writev`` and hashed
 in a worker thread while the next batch arrives (``aiter_raw(chunk_size)`` would copy every
-piece once more to join it). It writes to ``FILE.part`` and renames it into place once the
+piece once more to join it); into a regular file, all-zero pieces become holes, so that the
+export of a sparse disk is a sparse file. It writes to ``FILE.part`` and renames it into place once the
 whole body arrived; a raw export that was cut keeps its ``.part`` so that ``--resume`` asks
 only for the rest (``Range``).
 
@@ -43,6 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import httpx
+import numpy as np
 import trio
 from tqdm import tqdm
 
@@ -206,6 +208,7 @@ async def export(client: httpx.AsyncClient, host: Host, args: argparse.Namespace
                     text += f"; {part} is kept: run again with --resume for the rest"
                 raise ClientError(text) from None
         if output != "-":
+            _end_sparse(fd)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -288,14 +291,34 @@ async def _receive(
 
 
 def _write_pieces(fd: int, pieces: list[bytes], hasher: Any) -> int:
-    """Write ``pieces`` in order with one ``writev`` (more on a short write) and hash them."""
-    length = sum(len(piece) for piece in pieces)
-    written = os.writev(fd, pieces)
-    if written < length:
-        _write_all(fd, b"".join(pieces)[written:])
+    """Write ``pieces`` in order and hash them. Into a regular file, all-zero pieces are
+    skipped over (holes: a sparse disk stays sparse, see :func:`_end_sparse`); the others go
+    in one ``writev`` per run (more on a short write)."""
+    sparse = stat.S_ISREG(os.fstat(fd).st_mode)
+    run: list[bytes] = []
     for piece in pieces:
         hasher.update(piece)
-    return length
+        if sparse and not np.frombuffer(piece, dtype=np.uint8).any():
+            _write_run(fd, run)
+            run = []
+            os.lseek(fd, len(piece), os.SEEK_CUR)
+        else:
+            run.append(piece)
+    _write_run(fd, run)
+    return sum(len(piece) for piece in pieces)
+
+
+def _write_run(fd: int, run: list[bytes]) -> None:
+    length = sum(len(piece) for piece in run)
+    written = os.writev(fd, run) if run else 0
+    if written < length:
+        _write_all(fd, b"".join(run)[written:])
+
+
+def _end_sparse(fd: int) -> None:
+    """Give a regular file the length of what was written, holes at its end included."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
 
 
 def _write_all(fd: int, data: bytes) -> None:

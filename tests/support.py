@@ -6,10 +6,13 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -296,3 +299,162 @@ def running_daemon(tmp: Path, *args: str) -> Iterator[Daemon]:
         xfer_ok("vdi", "destroy", *probe.auth(), "--vdi", uuid)
         yield Daemon(port, sr, tmp / "state")
         assert stop(proc) == 0
+
+
+# A network fault
+
+
+@dataclass
+class Relayed:
+    """One connection through a :class:`CuttingProxy`: the first bytes each way."""
+
+    request: bytearray
+    response: bytearray
+
+
+class CuttingProxy:
+    """A TCP relay on loopback in front of a real server, with no HTTP of its own: each
+    connection accepted on ``address`` (port :attr:`port`, chosen by the system) is joined to
+    ``[target]:target_port`` and bytes are relayed both ways. With ``cut``, both sides are
+    closed once ``cut`` bytes of the server's answer (its head included) went through: a
+    connection cut in the middle of a body. The first ``keep`` bytes each way are recorded
+    (:attr:`connections`), so a test reads the request and response heads off the wire.
+
+    A context manager: on exit the listener and every connection are closed and the relay's
+    threads checked to have ended. Every socket has a timeout, so no thread outlives a stuck
+    peer by more than ``timeout`` seconds."""
+
+    def __init__(
+        self,
+        target_port: int,
+        *,
+        address: str = "::1",
+        target: str = "::1",
+        cut: int | None = None,
+        timeout: float = 30.0,
+        keep: int = 64 * KiB,
+    ) -> None:
+        self.target = (target, target_port)
+        self.cut = cut
+        self.timeout = timeout
+        self.keep = keep
+        self.connections: list[Relayed] = []
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        self._listener = socket.create_server((address, 0), family=family)
+        self._listener.settimeout(0.1)  # the accept loop looks at _stop this often
+        self.port: int = self._listener.getsockname()[1]
+        self.host = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._start(self._accept)
+
+    def auth(self, password: str = PASSWORD) -> tuple[str, ...]:
+        """``--host`` (this relay) and ``--password`` for the ``xfer`` client commands."""
+        return ("--host", self.host, "--password", password)
+
+    def __enter__(self) -> CuttingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._threads[0].join(timeout=5)
+        self._listener.close()
+        self._join(5)  # connections whose client is gone end by themselves
+        with self._lock:
+            for sock in self._sockets:
+                _shut(sock)
+        self._join(self.timeout)
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            alive = [t.name for t in self._threads if t.is_alive()]
+        assert not alive, f"relay threads still running: {alive}"
+
+    def _join(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for every thread, those started meanwhile included."""
+        deadline = time.monotonic() + seconds
+        joined: set[threading.Thread] = set()
+        while True:
+            with self._lock:
+                pending = [t for t in self._threads if t not in joined]
+            if not pending:
+                return
+            for thread in pending:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                joined.add(thread)
+
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(self.timeout)
+            with self._lock:
+                self._sockets.append(client)
+            self._start(self._connection, client)
+
+    def _connection(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(self.target, timeout=self.timeout)
+        except OSError:
+            _shut(client)
+            return
+        relayed = Relayed(bytearray(), bytearray())
+        with self._lock:
+            self._sockets.append(server)
+            self.connections.append(relayed)
+        self._start(self._pump, client, server, relayed.request, None)
+        self._pump(server, client, relayed.response, self.cut)
+
+    def _pump(
+        self, src: socket.socket, dst: socket.socket, record: bytearray, cut: int | None
+    ) -> None:
+        """Relay ``src`` to ``dst`` until ``src`` ends (then half-close ``dst``), a socket
+        fails or times out (then close both), or ``cut`` bytes went through (close both)."""
+        moved = 0
+        try:
+            while True:
+                data = src.recv(256 * KiB)
+                if not data:
+                    dst.shutdown(socket.SHUT_WR)
+                    return
+                if cut is not None and moved + len(data) >= cut:
+                    data = data[: cut - moved]
+                record += data[: max(0, self.keep - len(record))]
+                dst.sendall(data)
+                moved += len(data)
+                if cut is not None and moved >= cut:
+                    _shut(src)
+                    _shut(dst)
+                    return
+        except OSError:
+            _shut(src)
+            _shut(dst)
+
+
+def _shut(sock: socket.socket) -> None:
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def http_head(data: bytes) -> tuple[str, dict[str, str]]:
+    """The first line and the header fields (names in lower case) of an HTTP message."""
+    head, sep, _ = bytes(data).partition(b"\r\n\r\n")
+    assert sep, f"no complete head in {bytes(data[:200])!r}"
+    first, *lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return first, fields

@@ -1,13 +1,13 @@
-"""``xfer export`` and ``xfer import``: first against a small stand-in host (h11 on threads)
-that can cut a body short, then end to end against a real ``xfer serve`` over ``[::1]`` and
-``127.0.0.1``."""
+"""``xfer export`` and ``xfer import`` against a real ``xfer serve`` over ``[::1]`` and
+``127.0.0.1``; where a fault or a look at the wire is needed, through a real TCP relay in front
+of it (:class:`support.CuttingProxy`), which can cut a connection in the middle of a body."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import fcntl
 import hashlib
+import http.client
 import os
 import pty
 import re
@@ -16,15 +16,11 @@ import socket
 import struct
 import subprocess
 import termios
-import threading
 import time
 import urllib.parse
 import uuid as uuidlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import h11
 import pytest
 
 from migrate.cli import transfer
@@ -32,11 +28,14 @@ from migrate.cli.main import main
 from support import (
     PASSWORD,
     ROOT,
+    SECTOR,
     UUID,
     XFER,
+    CuttingProxy,
     Daemon,
     MiB,
     disk_content,
+    http_head,
     make_dynamic,
     pattern,
     read_all,
@@ -46,6 +45,14 @@ from test_serve import serving, stop
 from test_tls import make_certificate
 
 SHA_LINE = re.compile(r"sha256 ([0-9a-f]{64})  (.+)")
+
+SIZE = 8 * MiB
+WRITES = [(0, pattern(5000, 1)), (3 * MiB - 7, pattern(MiB + 99, 2)), (SIZE - 512, b"z" * 512)]
+CONTENT = disk_content(SIZE, WRITES)
+ADDRESSES = pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
+
+DISK = pattern(3 * transfer.CHUNK + 25 * SECTOR, 7)
+"""Longer than three pieces and not a multiple of one (whole sectors: a VDI's size)."""
 
 
 def run(
@@ -91,138 +98,22 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# A stand-in host
+def export_file(daemon: Daemon, vdi: str, out: Path, *extra: str, address: str = "::1") -> bytes:
+    """Export ``vdi`` to ``out``; its bytes, checked against the printed digest."""
+    stdout = ok("export", *daemon.auth(address), "--vdi", vdi, "-o", str(out), *extra)
+    data = out.read_bytes()
+    assert sha_of(stdout) == (digest(data), str(out))
+    assert not Path(f"{out}.part").exists()
+    return data
 
 
-@dataclass
-class FakeHost:
-    """``/export_raw_vdi`` and ``/import_raw_vdi`` as the contract says, on ``[::1]`` and
-    ``127.0.0.1``, with a switch to cut an export after ``cut`` bytes."""
-
-    disks: dict[str, bytes] = field(default_factory=dict)
-    imports: list[tuple[dict[str, str], dict[str, str], bytes]] = field(default_factory=list)
-    cut: int | None = None
-    ports: dict[str, int] = field(default_factory=dict)
-    ranges: list[str | None] = field(default_factory=list)
-
-    def serve(self) -> list[socket.socket]:
-        listeners = []
-        for family, address in ((socket.AF_INET6, "::1"), (socket.AF_INET, "127.0.0.1")):
-            sock = socket.create_server((address, 0), family=family)
-            self.ports[address] = sock.getsockname()[1]
-            threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
-            listeners.append(sock)
-        return listeners
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                sock, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(sock,), daemon=True).start()
-
-    def _connection(self, sock: socket.socket) -> None:
-        with sock:
-            conn = h11.Connection(h11.SERVER)
-            with contextlib.suppress(OSError, h11.ProtocolError):
-                self._handle(sock, conn)
-
-    def _next(self, sock: socket.socket, conn: h11.Connection) -> h11.Event | type[h11.NEED_DATA]:
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            conn.receive_data(sock.recv(1 << 20))
-
-    def _send(self, sock: socket.socket, conn: h11.Connection, status: int, body: bytes) -> None:
-        headers = [("content-length", str(len(body)))]
-        if status == 401:
-            headers.append(("www-authenticate", 'Basic realm="xapi"'))
-        sock.sendall(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-        sock.sendall(conn.send(h11.Data(data=body)) or b"")
-        sock.sendall(conn.send(h11.EndOfMessage()) or b"")
-
-    def _handle(self, sock: socket.socket, conn: h11.Connection) -> None:
-        request = self._next(sock, conn)
-        assert isinstance(request, h11.Request)
-        headers = {k.decode(): v.decode() for k, v in request.headers}
-        target = urllib.parse.urlsplit(request.target.decode())
-        query = dict(urllib.parse.parse_qsl(target.query))
-        body = b""
-        while True:
-            event = self._next(sock, conn)
-            if isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        expected = "Basic " + base64.b64encode(f"root:{PASSWORD}".encode()).decode()
-        if headers.get("authorization") != expected:
-            self._send(sock, conn, 401, b"401 Unauthorized: authentication failed\n")
-            return
-        if target.path == "/export_raw_vdi":
-            self._export(sock, conn, query, headers)
-        elif target.path == "/import_raw_vdi":
-            self.imports.append((query, headers, body))
-            vdi = query.get("vdi") or str(uuidlib.uuid4())
-            self.disks[vdi] = body
-            self._send(sock, conn, 200, f"OpaqueRef:{vdi}\n".encode())
-        else:
-            self._send(sock, conn, 404, b"404 Not Found: no such path\n")
-
-    def _export(
-        self, sock: socket.socket, conn: h11.Connection, query: dict[str, str], headers: dict
-    ) -> None:
-        disk = self.disks.get(query.get("vdi", ""))
-        if disk is None:
-            self._send(sock, conn, 404, f"404 Not Found: no VDI {query.get('vdi')}\n".encode())
-            return
-        self.ranges.append(headers.get("range"))
-        start, status = 0, 200
-        extra = []
-        if "range" in headers:
-            start = int(headers["range"].removeprefix("bytes=").rstrip("-"))
-            if start >= len(disk):
-                sock.sendall(
-                    conn.send(
-                        h11.Response(
-                            status_code=416,
-                            headers=[
-                                ("content-range", f"bytes */{len(disk)}"),
-                                ("content-length", "0"),
-                            ],
-                        )
-                    )
-                    or b""
-                )
-                sock.sendall(conn.send(h11.EndOfMessage()) or b"")
-                return
-            status = 206
-            extra = [("content-range", f"bytes {start}-{len(disk) - 1}/{len(disk)}")]
-        body = disk[start:]
-        head = [("content-length", str(len(body))), ("accept-ranges", "bytes"), *extra]
-        sock.sendall(conn.send(h11.Response(status_code=status, headers=head)) or b"")
-        if self.cut is not None:
-            sock.sendall(conn.send(h11.Data(data=body[: self.cut])) or b"")
-            self.cut = None
-            sock.shutdown(socket.SHUT_RDWR)
-            return
-        sock.sendall(conn.send(h11.Data(data=body)) or b"")
-        sock.sendall(conn.send(h11.EndOfMessage()) or b"")
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeHost]:
-    host = FakeHost()
-    listeners = host.serve()
-    yield host
-    for sock in listeners:
-        sock.close()
-
-
-def fake_auth(fake: FakeHost, address: str = "::1") -> tuple[str, ...]:
-    host = f"[{address}]" if ":" in address else address
-    return ("--host", f"{host}:{fake.ports[address]}", "--password", PASSWORD)
+def imported(stdout: str, source: str, data: bytes) -> str:
+    """The uuid an import printed, its digest checked against ``data``."""
+    first, second = stdout.splitlines()
+    assert sha_of(second) == (digest(data), source)
+    match = re.fullmatch(r"vdi (\S+)", first)
+    assert match and UUID.fullmatch(match.group(1)), stdout
+    return match.group(1)
 
 
 def xfer_in_process(*args: str) -> int:
@@ -230,18 +121,56 @@ def xfer_in_process(*args: str) -> int:
     return main(list(args))
 
 
-DISK = pattern(3 * transfer.CHUNK + 12345, 7)
-"""Longer than three pieces and not a multiple of one."""
+def request_of(proxy: CuttingProxy) -> tuple[str, str, dict[str, str], dict[str, str]]:
+    """The method, path, query and header fields of the one request that went through
+    ``proxy`` (read once the proxy is closed)."""
+    (relayed,) = proxy.connections
+    first, fields = http_head(relayed.request)
+    method, target, _ = first.split(" ")
+    url = urllib.parse.urlsplit(target)
+    return method, url.path, dict(urllib.parse.parse_qsl(url.query)), fields
 
 
-@pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
+def response_of(proxy: CuttingProxy) -> tuple[int, dict[str, str]]:
+    """The status and header fields of the one answer that went through ``proxy``."""
+    (relayed,) = proxy.connections
+    first, fields = http_head(relayed.response)
+    return int(first.split(" ")[1]), fields
+
+
+def daemon_line(daemon: Daemon, method: str, target: str, password: str = PASSWORD) -> str:
+    """The one-line body the daemon itself answers ``METHOD TARGET`` (as root, no body)."""
+    token = base64.b64encode(f"root:{password}".encode()).decode()
+    conn = http.client.HTTPConnection("::1", daemon.port, timeout=30)
+    try:
+        headers = {"authorization": f"Basic {token}", "content-length": "0"}
+        conn.request(method, target, headers=headers)
+        response = conn.getresponse()
+        body = response.read().decode()
+    finally:
+        conn.close()
+    assert response.status >= 400 and body.count("\n") <= 1, (response.status, body)
+    return body.strip()
+
+
+@pytest.fixture(scope="module")
+def disk(daemon: Daemon) -> str:
+    """A VDI of the module's daemon holding :data:`DISK` (the tests only read it)."""
+    vdi = daemon.create(str(len(DISK)))
+    out = ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=DISK)
+    assert imported(out, "-", DISK) == vdi
+    return vdi
+
+
+# Exports
+
+
+@ADDRESSES
 def test_export_to_a_file(
-    fake: FakeHost, address: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    daemon: Daemon, disk: str, address: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK
     out = tmp_path / "disk.raw"
-    assert xfer_in_process("export", *fake_auth(fake, address), "--vdi", vdi, "-o", str(out)) == 0
+    assert xfer_in_process("export", *daemon.auth(address), "--vdi", disk, "-o", str(out)) == 0
     captured = capfd.readouterr()
     assert captured.err == ""
     assert out.read_bytes() == DISK
@@ -249,140 +178,155 @@ def test_export_to_a_file(
     assert not Path(f"{out}.part").exists()
 
 
-def test_export_to_stdout_prints_the_digest_on_stderr(fake: FakeHost) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK
-    proc = run("export", *fake_auth(fake), "--vdi", vdi)
+def test_export_to_stdout_prints_the_digest_on_stderr(daemon: Daemon, disk: str) -> None:
+    proc = run("export", *daemon.auth(), "--vdi", disk)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == DISK
+    assert proc.stderr.count(b"\n") == 1, proc.stderr
     assert sha_of(proc.stderr.decode()) == (digest(DISK), "-")
 
 
-def test_cut_export_keeps_the_part_and_resumes(fake: FakeHost, tmp_path: Path) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK
+def test_export_of_a_sparse_disk_is_a_sparse_file(daemon: Daemon, tmp_path: Path) -> None:
+    """All-zero stretches of a raw export become holes in the output file (its content and
+    the printed sha256 are the whole disk's)."""
+    size, data = 64 * MiB, pattern(MiB, 31)
+    vdi = daemon.create(str(size))
+    ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
+    out = tmp_path / "sparse.raw"
+    printed = ok("export", *daemon.auth(), "--vdi", vdi, "--quiet", "-o", str(out))
+    whole = data + bytes(size - len(data))
+    assert out.read_bytes() == whole
+    assert sha_of(printed) == (digest(whole), str(out))
+    assert out.stat().st_blocks * 512 <= 2 * MiB  # the data, not the 63 MiB of zeros
+
+
+def test_cut_export_keeps_the_part_and_resumes(daemon: Daemon, disk: str, tmp_path: Path) -> None:
     out = tmp_path / "disk.raw"
-    fake.cut = cut = transfer.CHUNK + 5000
-    error = one_error_line(run("export", *fake_auth(fake), "--vdi", vdi, "-o", str(out)))
-    assert "the transfer was cut" in error and "--resume" in error, error
     part = Path(f"{out}.part")
+    cut = len(DISK) // 2  # the answer's head and about half its body
+    with CuttingProxy(daemon.port, cut=cut) as proxy:
+        error = one_error_line(run("export", *proxy.auth(), "--vdi", disk, "-o", str(out)))
+    assert "the transfer was cut" in error and "--resume" in error, error
+    assert response_of(proxy)[0] == 200
     assert not out.exists()
-    # what arrived is a prefix of the disk (whole pieces: a piece is written once complete)
+    # what arrived is a prefix of the disk (whole batches: a batch is written once complete)
     kept = part.read_bytes()
     assert 0 < len(kept) <= cut and DISK.startswith(kept)
 
-    stdout = ok("export", *fake_auth(fake), "--vdi", vdi, "-o", str(out), "--resume")
-    assert fake.ranges[-1] == f"bytes={len(kept)}-"
+    # the daemon survived the cut; --resume against it finishes the file
+    stdout = ok("export", *daemon.auth(), "--vdi", disk, "-o", str(out), "--resume")
     assert out.read_bytes() == DISK
     assert sha_of(stdout) == (digest(DISK), str(out))
     assert not part.exists()
 
+    # the same resume through a relay that does not cut: only the rest was asked for
+    out.unlink()
+    part.write_bytes(kept)
+    with CuttingProxy(daemon.port, address="127.0.0.1") as proxy:
+        stdout = ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
+    assert request_of(proxy)[3]["range"] == f"bytes={len(kept)}-"
+    status, fields = response_of(proxy)
+    assert status == 206, fields
+    assert fields["content-range"] == f"bytes {len(kept)}-{len(DISK) - 1}/{len(DISK)}"
+    assert out.read_bytes() == DISK
+    assert sha_of(stdout) == (digest(DISK), str(out))
 
-def test_resume_of_a_complete_part_asks_for_nothing_more(fake: FakeHost, tmp_path: Path) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK
+
+def test_resume_of_a_complete_part_asks_for_nothing_more(
+    daemon: Daemon, disk: str, tmp_path: Path
+) -> None:
     out = tmp_path / "disk.raw"
     Path(f"{out}.part").write_bytes(DISK)
-    stdout = ok("export", *fake_auth(fake), "--vdi", vdi, "-o", str(out), "--resume")
-    assert out.read_bytes() == DISK and sha_of(stdout)[0] == digest(DISK)
-
-
-def test_resume_without_a_part_starts_from_zero(fake: FakeHost, tmp_path: Path) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK[:5000]
-    out = tmp_path / "disk.raw"
-    ok("export", *fake_auth(fake), "--vdi", vdi, "-o", str(out), "--resume")
-    assert fake.ranges == [None] and out.read_bytes() == DISK[:5000]
-
-
-def test_cut_vhd_export_leaves_nothing(fake: FakeHost, tmp_path: Path) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK
-    fake.cut = transfer.CHUNK + 5000
-    out = tmp_path / "disk.vhd"
-    proc = run("export", *fake_auth(fake), "--vdi", vdi, "--format", "vhd", "-o", str(out))
-    assert "--resume" not in one_error_line(proc)
-    assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
-def test_import_a_file_with_its_length(fake: FakeHost, address: str, tmp_path: Path) -> None:
-    source = tmp_path / "disk.raw"
-    source.write_bytes(DISK)
-    vdi = str(uuidlib.uuid4())
-    stdout = ok("import", *fake_auth(fake, address), "--vdi", vdi, str(source))
-    assert stdout.splitlines()[0] == f"vdi {vdi}"
-    assert sha_of(stdout) == (digest(DISK), str(source))
-    ((query, headers, body),) = fake.imports
-    assert query == {"vdi": vdi, "format": "raw"}
-    assert headers["content-length"] == str(len(DISK)) and "transfer-encoding" not in headers
-    assert body == DISK
-
-
-def test_import_stdin_is_chunked_into_a_new_vdi(fake: FakeHost) -> None:
-    stdout = ok(
-        "import",
-        *fake_auth(fake),
-        "--sr",
-        "sr-1",
-        "--name",
-        "new disk",
-        "--format",
-        "vhd",
-        "-",
-        input=DISK,
-    )
-    ((query, headers, body),) = fake.imports
-    assert query == {"sr_id": "sr-1", "format": "vhd", "name_label": "new disk"}
-    assert headers.get("transfer-encoding") == "chunked" and "content-length" not in headers
-    assert body == DISK
-    (line, sha) = stdout.splitlines()
-    (created,) = [vdi for vdi in fake.disks]
-    assert line == f"vdi {created}"
-    assert sha == f"sha256 {digest(DISK)}  -"
-
-
-def test_wrong_password_is_one_line(fake: FakeHost, tmp_path: Path) -> None:
-    source = tmp_path / "disk.raw"
-    source.write_bytes(DISK[:4096])
-    host = ("--host", f"[::1]:{fake.ports['::1']}", "--password", "wrong")
-    error = one_error_line(run("import", *host, "--vdi", "x", str(source)))
-    assert error == "401 Unauthorized: authentication failed"
-    error = one_error_line(run("export", *host, "--vdi", "x", "-o", str(tmp_path / "out")))
-    assert error == "401 Unauthorized: authentication failed"
+    with CuttingProxy(daemon.port) as proxy:
+        stdout = ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
+    assert request_of(proxy)[3]["range"] == f"bytes={len(DISK)}-"
+    status, fields = response_of(proxy)
+    assert status == 416 and fields["content-range"] == f"bytes */{len(DISK)}", fields
+    assert out.read_bytes() == DISK
+    assert sha_of(stdout) == (digest(DISK), str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]
 
 
-def test_failed_resume_keeps_the_part(fake: FakeHost, tmp_path: Path) -> None:
+def test_resume_without_a_part_starts_from_zero(daemon: Daemon, disk: str, tmp_path: Path) -> None:
+    out = tmp_path / "disk.raw"
+    with CuttingProxy(daemon.port) as proxy:
+        stdout = ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
+    assert "range" not in request_of(proxy)[3]
+    assert response_of(proxy)[0] == 200
+    assert out.read_bytes() == DISK
+    assert sha_of(stdout) == (digest(DISK), str(out))
+
+
+def test_cut_vhd_export_leaves_nothing(daemon: Daemon, disk: str, tmp_path: Path) -> None:
+    out = tmp_path / "disk.vhd"
+    with CuttingProxy(daemon.port, cut=len(DISK) // 2) as proxy:
+        proc = run("export", *proxy.auth(), "--vdi", disk, "--format", "vhd", "-o", str(out))
+    error = one_error_line(proc)
+    assert "the transfer was cut" in error and "--resume" not in error, error
+    method, path, query, _ = request_of(proxy)
+    assert (method, path, query) == ("GET", "/export_raw_vdi", {"vdi": disk, "format": "vhd"})
+    status, fields = response_of(proxy)
+    assert status == 200 and int(fields["content-length"]) > len(DISK), fields
+    assert list(tmp_path.iterdir()) == []
+
+
+# Imports
+
+
+@ADDRESSES
+def test_import_a_file_with_its_length(daemon: Daemon, address: str, tmp_path: Path) -> None:
+    vdi = daemon.create(str(len(DISK)))
+    source = tmp_path / "disk.raw"
+    source.write_bytes(DISK)
+    with CuttingProxy(daemon.port, address=address) as proxy:
+        stdout = ok("import", *proxy.auth(), "--vdi", vdi, str(source))
+    assert imported(stdout, str(source), DISK) == vdi
+    method, path, query, fields = request_of(proxy)
+    assert (method, path, query) == ("PUT", "/import_raw_vdi", {"vdi": vdi, "format": "raw"})
+    assert fields["content-length"] == str(len(DISK)) and "transfer-encoding" not in fields
+    assert response_of(proxy)[0] == 200
+    assert export_file(daemon, vdi, tmp_path / "back.raw") == DISK
+
+
+def test_import_stdin_is_chunked_into_a_new_vdi(daemon: Daemon, tmp_path: Path) -> None:
+    image = tmp_path / "disk.vhd"
+    make_dynamic(image, SIZE, WRITES)
+    data = image.read_bytes()
+    new = ("--sr", daemon.sr, "--name", "new disk", "--format", "vhd")
+    with CuttingProxy(daemon.port) as proxy:
+        stdout = ok("import", *proxy.auth(), *new, "-", input=data)
+    created = imported(stdout, "-", data)
+    method, path, query, fields = request_of(proxy)
+    assert (method, path) == ("PUT", "/import_raw_vdi")
+    assert query == {"sr_id": daemon.sr, "format": "vhd", "name_label": "new disk"}
+    assert fields.get("transfer-encoding") == "chunked" and "content-length" not in fields
+    row = daemon.vdis()[created]
+    assert row["name_label"] == "new disk" and row["virtual_size"] == SIZE, row
+    assert export_file(daemon, created, tmp_path / "back.raw") == CONTENT
+
+
+# Failures
+
+
+def test_failed_resume_keeps_the_part(daemon: Daemon, disk: str, tmp_path: Path) -> None:
     out = tmp_path / "disk.raw"
     part = Path(f"{out}.part")
     part.write_bytes(DISK[:1000])
-    host = ("--host", f"[::1]:{fake.ports['::1']}", "--password", "wrong")
-    one_error_line(run("export", *host, "--vdi", "x", "-o", str(out), "--resume"))
+    auth = daemon.auth(password="wrong")
+    error = one_error_line(run("export", *auth, "--vdi", disk, "-o", str(out), "--resume"))
+    assert error.startswith("401 "), error
     assert part.read_bytes() == DISK[:1000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw.part"]
 
 
-def test_password_from_the_environment(fake: FakeHost, tmp_path: Path) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = b"x" * 512
-    host = ("--host", f"127.0.0.1:{fake.ports['127.0.0.1']}")
-    proc = run(
-        "export",
-        *host,
-        "--vdi",
-        vdi,
-        "-o",
-        str(tmp_path / "o"),
-        env=xfer_env(XFER_PASSWORD=PASSWORD),
-    )
+def test_password_from_the_environment(daemon: Daemon, disk: str, tmp_path: Path) -> None:
+    host = ("--host", f"127.0.0.1:{daemon.port}")
+    out = tmp_path / "o"
+    env = xfer_env(XFER_PASSWORD=PASSWORD)
+    proc = run("export", *host, "--vdi", disk, "-o", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "no password" in one_error_line(run("export", *host, "--vdi", vdi))
-
-
-def test_host_errors_are_the_hosts_line(fake: FakeHost, tmp_path: Path) -> None:
-    proc = run("export", *fake_auth(fake), "--vdi", "nope", "-o", str(tmp_path / "o"))
-    assert one_error_line(proc) == "404 Not Found: no VDI nope"
-    assert list(tmp_path.iterdir()) == []
+    assert out.read_bytes() == DISK and sha_of(proc.stdout.decode())[0] == digest(DISK)
+    assert "no password" in one_error_line(run("export", *host, "--vdi", disk))
 
 
 @pytest.mark.parametrize(
@@ -395,10 +339,21 @@ def test_host_errors_are_the_hosts_line(fake: FakeHost, tmp_path: Path) -> None:
         (("import", "--vdi", "v", "/no/such/file"), "No such file or directory: /no/such/file"),
     ],
 )
-def test_usage_errors_are_one_line(fake: FakeHost, args: tuple[str, ...], text: str) -> None:
+def test_usage_errors_are_one_line(
+    daemon: Daemon, tmp_path: Path, args: tuple[str, ...], text: str
+) -> None:
     command, *rest = args
-    error = one_error_line(run(command, *fake_auth(fake), *rest))
+    proc = subprocess.run(
+        [*XFER, command, *daemon.auth(), *rest],
+        capture_output=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=xfer_env(),
+        check=False,
+    )
+    error = one_error_line(proc)
     assert text in error, error
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_connection_refused_is_one_line(tmp_path: Path) -> None:
@@ -431,6 +386,9 @@ def test_zoned_host_urls() -> None:
     assert _socket_host("fe80::1%25eth0") == "fe80::1%eth0"
 
 
+# Progress
+
+
 def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
     """``xfer ARGS`` with stderr on a pseudo-terminal: exit status, stdout, what the terminal
     got."""
@@ -461,52 +419,19 @@ def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
     return proc.wait(timeout=10), out, seen
 
 
-def test_progress_on_a_terminal_and_none_with_quiet(fake: FakeHost, tmp_path: Path) -> None:
-    vdi = str(uuidlib.uuid4())
-    fake.disks[vdi] = DISK
+def test_progress_counts_the_whole_disk_and_its_rate(
+    daemon: Daemon, disk: str, tmp_path: Path
+) -> None:
     out = tmp_path / "disk.raw"
-    status, stdout, tty = with_tty_stderr("export", *fake_auth(fake), "--vdi", vdi, "-o", str(out))
+    status, stdout, tty = with_tty_stderr("export", *daemon.auth(), "--vdi", disk, "-o", str(out))
     assert status == 0, tty
-    assert b"100%" in tty and b"24.0M/24.0M" in tty and b"MiB/s]" in tty, tty
+    assert b"100%" in tty and b"24.0M/24.0M" in tty, tty
+    assert re.search(rb"[KMG]?iB/s\]", tty), tty
     assert sha_of(stdout.decode())[0] == digest(DISK)
-
-    status, stdout, tty = with_tty_stderr(
-        "export", *fake_auth(fake), "--vdi", vdi, "-o", str(out), "--quiet"
-    )
-    assert status == 0 and tty == b"", tty
-    status, stdout, tty = with_tty_stderr(
-        "import", *fake_auth(fake), "--vdi", vdi, str(out), "--quiet"
-    )
-    assert status == 0 and tty == b"", tty
-    status, stdout, tty = with_tty_stderr("import", *fake_auth(fake), "--vdi", vdi, str(out))
-    assert status == 0 and b"100%" in tty, tty
+    assert out.read_bytes() == DISK
 
 
-# Against a real xfer serve
-
-
-SIZE = 8 * MiB
-WRITES = [(0, pattern(5000, 1)), (3 * MiB - 7, pattern(MiB + 99, 2)), (SIZE - 512, b"z" * 512)]
-CONTENT = disk_content(SIZE, WRITES)
-ADDRESSES = pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
-
-
-def export_file(daemon: Daemon, vdi: str, out: Path, *extra: str, address: str = "::1") -> bytes:
-    """Export ``vdi`` to ``out``; its bytes, checked against the printed digest."""
-    stdout = ok("export", *daemon.auth(address), "--vdi", vdi, "-o", str(out), *extra)
-    data = out.read_bytes()
-    assert sha_of(stdout) == (digest(data), str(out))
-    assert not Path(f"{out}.part").exists()
-    return data
-
-
-def imported(stdout: str, source: str, data: bytes) -> str:
-    """The uuid an import printed, its digest checked against ``data``."""
-    first, second = stdout.splitlines()
-    assert sha_of(second) == (digest(data), source)
-    match = re.fullmatch(r"vdi (\S+)", first)
-    assert match and UUID.fullmatch(match.group(1)), stdout
-    return match.group(1)
+# Round trips
 
 
 @ADDRESSES
@@ -603,10 +528,13 @@ def test_wrong_password_is_one_line_from_the_daemon(
     auth = daemon.auth(address, password="wrong")
     error = one_error_line(run("export", *auth, "--vdi", vdi, "-o", str(tmp_path / "o")))
     assert error.startswith("401 "), error
+    # the daemon's own line, as it answers any client
+    assert error == daemon_line(daemon, "GET", f"/export_raw_vdi?vdi={vdi}", password="wrong")
     source = tmp_path / "disk.raw"
     source.write_bytes(bytes(MiB))
     error = one_error_line(run("import", *auth, "--vdi", vdi, str(source)))
     assert error.startswith("401 "), error
+    assert error == daemon_line(daemon, "PUT", f"/import_raw_vdi?vdi={vdi}", password="wrong")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]
 
 
@@ -616,6 +544,9 @@ def test_daemon_errors_are_one_line(daemon: Daemon, tmp_path: Path) -> None:
         run("export", *daemon.auth(), "--vdi", missing, "-o", str(tmp_path / "o"))
     )
     assert error.startswith("404 "), error
+    # the daemon's own line, as it answers any client
+    assert error == daemon_line(daemon, "GET", f"/export_raw_vdi?vdi={missing}&format=raw")
+    assert list(tmp_path.iterdir()) == []
     source = tmp_path / "disk.raw"
     source.write_bytes(bytes(2 * MiB))
     error = one_error_line(run("import", *daemon.auth(), "--vdi", missing, str(source)))

@@ -21,9 +21,9 @@ gathers what the connection delivers (read 256 KiB at a time, see
 :data:`migrate.cli.rpc_client.READ_SIZE`) into batches written with one ``writev`` and hashed
 in a worker thread while the next batch arrives (``aiter_raw(chunk_size)`` would copy every
 piece once more to join it); into a regular file, all-zero pieces become holes, so that the
-export of a sparse disk is a sparse file. It writes to ``FILE.part`` and renames it into place once the
-whole body arrived; a raw export that was cut keeps its ``.part`` so that ``--resume`` asks
-only for the rest (``Range``).
+export of a sparse disk is a sparse file. It writes to ``FILE.part`` and renames it into place
+once the whole body arrived; a raw export that was cut keeps its ``.part`` so that
+``--resume`` asks only for the rest (``Range``).
 
 On success the last line on stdout is ``sha256 HEX  FILE`` (the bytes that moved; the whole
 file after ``--resume``), preceded for an import by ``vdi UUID``; an export to stdout prints

@@ -113,8 +113,13 @@ async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
         except (vhd.VhdError, OSError) as e:
             status = 404 if isinstance(e, FileNotFoundError) else 500
             raise await _failed(job, status, str(e), "VDI_IO_ERROR", str(e)) from None
-        with plan.images:
+        try:
             await _send_export(conn, request, plan, job)
+        finally:
+            # the last reference to a file an import replaced meanwhile may go here: freeing
+            # its blocks takes a while, so not in the event loop
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(plan.images.close)
 
 
 async def _send_export(

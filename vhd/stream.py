@@ -315,8 +315,13 @@ class StreamParser:
                     yield _Skip(hi - lo - inside)
                 else:
                     yield _Skip(hi - lo)
-        last = yield _Tail(None)
+        # the footer usually follows the last block: then the stream ends there, known before
+        # the connection closes; otherwise (padding) it is the last 512 bytes of the stream
+        last = yield _Read(FOOTER_SIZE, "footer")
         assert last is not None
+        if last != copy:
+            last = yield _Tail(None, bytearray(last))
+            assert last is not None
         trailing = Footer.parse(last, self.position - FOOTER_SIZE)
         if last != copy:
             raise VhdError(

@@ -182,6 +182,8 @@ class Connection:
         """Body bytes still to read off the stream, once the body is read past h11."""
         self._direct_buffer = b""
         self._pending = memoryview(b"")
+        self._failure: HTTPError | None = None
+        """An error met while filling a buffer, raised by the next :meth:`receive_into`."""
         self.after_body = b""
         """Bytes received past a body read off the stream (a pipelined next request)."""
 
@@ -205,13 +207,16 @@ class Connection:
         return int(value) if value is not None and value.isdigit() else None
 
     async def receive_into(self, buffer: memoryview) -> int:
-        """Fill ``buffer`` with the next request body bytes; how many (fewer only at the end of
-        the body, 0 after it). Sends ``100 Continue`` first if the client waits for it.
+        """Fill ``buffer`` with the next request body bytes; how many (fewer at the end of the
+        body, 0 after it). Sends ``100 Continue`` first if the client waits for it.
 
         A body framed by Content-Length is read straight off the stream after the head
         (``recv_into`` on a socket: no copy through h11); a chunked one through h11. HTTPError
-        408 when no byte comes for ``body_timeout``, 400 when the client closes early.
+        408 when no byte comes for ``body_timeout``, 400 when the client closes early; bytes
+        received before such an error are returned first, the next call raises it.
         """
+        if self._failure is not None:
+            raise self._failure
         length = self.content_length()
         if length is None:
             return await self._receive_into_h11(buffer)
@@ -231,10 +236,16 @@ class Connection:
                 buffer[filled : filled + n] = self._direct_buffer[:n]
                 self._direct_buffer = self._direct_buffer[n:]
             else:
-                n = await self._recv_into(buffer[filled : filled + want])
-                if n == 0:
-                    done = length - self._direct_left
-                    raise HTTPError(400, f"request body ended after {done} of {length} bytes")
+                try:
+                    n = await self._recv_into(buffer[filled : filled + want])
+                    if n == 0:
+                        done = length - self._direct_left
+                        raise HTTPError(400, f"request body ended after {done} of {length} bytes")
+                except HTTPError as e:
+                    if not filled:
+                        raise
+                    self._failure = e
+                    return filled
             filled += n
             self._direct_left -= n
         return filled
@@ -264,7 +275,13 @@ class Connection:
         filled = 0
         while filled < len(buffer):
             if not self._pending:
-                self._pending = memoryview(await self.receive())
+                try:
+                    self._pending = memoryview(await self.receive())
+                except HTTPError as e:
+                    if not filled:
+                        raise
+                    self._failure = e
+                    return filled
                 if not self._pending:
                     break
             n = min(len(buffer) - filled, len(self._pending))

@@ -89,6 +89,11 @@ class StagedImage:
             self._old_top = self._old_below = np.zeros(entries, dtype=bool)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
 
+    @property
+    def changed(self) -> bool:
+        """Whether anything was written (an image nothing was written to equals the old)."""
+        return bool(self._written.any())
+
     # Writing
 
     def announce(self, offset: int, length: int, full: bool) -> None:

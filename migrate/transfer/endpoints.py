@@ -31,6 +31,7 @@ from migrate.storage.staging import StagedImage, StagingError, disk_full
 from migrate.transfer import auth, chunks, export
 from migrate.transfer.importer import BUFFER_SIZE, importer
 from migrate.transfer.task import TransferTask
+from vhd.format import MAX_VIRTUAL_SIZE
 
 if TYPE_CHECKING:
     from migrate.rpc.dispatch import Api
@@ -39,6 +40,9 @@ log = logging.getLogger("xfer.transfer")
 
 EXPORT_PATH = "/export_raw_vdi"
 IMPORT_PATH = "/import_raw_vdi"
+UNKNOWN_LENGTH = 2 * MAX_VIRTUAL_SIZE
+"""A VHD body declared longer than this cannot be one: the client does not know its length
+(Xen Orchestra declares 1 PiB and cuts the connection after the data)."""
 FIRST_PIECE = 64 << 10
 """Bytes of a VHD body decoded before whole buffers: its footer, header and the BAT of a
 disk up to 512 GiB."""
@@ -269,6 +273,14 @@ async def _import(
     if target.created and raw_body and length is not None:
         target.size = -(-length // 512) * 512  # a new VDI as large as the raw body
     job.total = length or target.size or 0
+    answer = [("content-type", "text/plain"), ("task-id", job.ref)]
+    unknown_length = fmt == "vhd" and length is not None and length > UNKNOWN_LENGTH
+    if unknown_length:
+        # xapi's way, which Xen Orchestra relies on when it cannot know the length: 200 at
+        # once (its first, empty request only probes for a redirection), the outcome on the
+        # task; the body ends at the VHD's footer, the connection is then closed
+        job.total = target.size or 0
+        await conn.start_response(200, answer)
     with contextlib.ExitStack() as stack:
         try:
             old = None if target.created else stack.enter_context(vhd.Image.open(target.path))
@@ -289,16 +301,28 @@ async def _import(
                 # a VHD's head decoded first: a malformed one is answered before the body is
                 # sent (raw bodies keep whole buffers, aligned with the blocks)
                 piece = buffer[:FIRST_PIECE] if fmt == "vhd" else buffer
-                while n := await conn.receive_into(piece):
+                while not decoder.done:
+                    try:
+                        n = await conn.receive_into(piece)
+                    except HTTPError as e:
+                        if not (unknown_length and e.status == 400):
+                            raise
+                        n = 0  # the client's way of ending such a body: the VHD must be whole
+                    if not n:
+                        break
                     piece = buffer
                     decoder.feed(buffer[:n])
                     job.done += n
                     flusher.wrote(n)
-                size = decoder.close()
+                # an empty body leaves an existing VDI as it is, whatever the format (Xen
+                # Orchestra probes for redirections with one before sending the data)
+                size = decoder.close() if job.done or target.created else None
                 if target.created and staged.end == 0 and fmt == "raw":
                     raise HTTPError(400, "empty body: a new VDI needs at least one byte")
                 received = trio.current_time()
-                size = await trio.to_thread.run_sync(staged.finish, size)
+                publish = target.created or staged.changed  # else the VDI stays as it is
+                if publish:
+                    size = await trio.to_thread.run_sync(staged.finish, size)
                 finished = trio.current_time()
             if job.cancelled:
                 message = f"task {job.ref} cancelled after {job.done} bytes"
@@ -323,11 +347,15 @@ async def _import(
             raise failure
         staged.close()
         async with api.lock:
-            await trio.to_thread.run_sync(storage.publish_vdi, api.store, target.vdi, size)
+            if publish:  # not for a body that wrote nothing (Xen Orchestra's empty probe)
+                await trio.to_thread.run_sync(storage.publish_vdi, api.store, target.vdi, size)
             _release(api, target)  # before the answer: the client may write the VDI again
         await job.succeed(api.ref(target.vdi))
         body = f"{api.ref(target.vdi)}\n".encode()
-        await conn.respond(200, [("content-type", "text/plain"), ("task-id", job.ref)], body)
+        if conn.status is None:
+            await conn.respond(200, answer, body)
+        else:
+            await conn.send(body)
         # the old file's last reference goes: freeing its blocks takes a while (0.5 s for
         # 2 GiB here), in a worker thread so that other requests go on meanwhile
         await trio.to_thread.run_sync(stack.close)

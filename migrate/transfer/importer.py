@@ -25,6 +25,11 @@ BUFFER_SIZE = 4 << 20
 class Importer(Protocol):
     """A body decoder writing into a staged image."""
 
+    done: bool
+    """Whether the body's own end was seen (a VHD's footer, the end marker): what follows
+    is not read (xapi stops there too, and Xen Orchestra cuts the connection there when it
+    declared a length it could not know)."""
+
     def feed(self, data: memoryview) -> None:
         """Decode and write the next body bytes."""
         ...
@@ -37,6 +42,8 @@ class Importer(Protocol):
 
 class RawImporter:
     """A raw body: its bytes in order from virtual offset 0."""
+
+    done = False  # a raw body ends with its bytes
 
     def __init__(self, staged: StagedImage) -> None:
         self.staged = staged
@@ -59,12 +66,15 @@ class ChunkedImporter:
         self.staged = staged
         # the staged image refuses what lies past the disk (413), not the framing (400)
         self.parser = chunks.ChunkParser(size_limit=MAX_VIRTUAL_SIZE)
+        self.done = False
 
     def feed(self, data: memoryview) -> None:
         """Decode ``data`` and write the chunks' bytes."""
         for event in self.parser.feed(data):
             if isinstance(event, chunks.Data):
                 self.staged.write(event.offset, event.data)
+            else:
+                self.done = True
 
     def close(self) -> int | None:
         """ChunkError unless the end marker came."""
@@ -79,6 +89,7 @@ class VhdImporter:
         self.staged = staged
         self.parser = vhd.StreamParser()  # the disk's own limit checked at Metadata (413)
         self.size: int | None = None
+        self.done = False
 
     def feed(self, data: memoryview) -> None:
         """Decode ``data`` and write the image's data."""
@@ -98,6 +109,8 @@ class VhdImporter:
                     f"{self.staged.limit} bytes"
                 )
             self.size = size
+        elif isinstance(event, vhd.End):
+            self.done = True
 
     def close(self) -> int | None:
         """VhdError unless the stream ended with its footer; the image's virtual size."""

@@ -71,7 +71,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pagecache import cache
+from common import cache, xfer_command
 
 from migrate.cli.units import parse_size
 
@@ -1165,14 +1165,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--size must be a positive multiple of 2 MiB")
     args.size = size
     return args
-
-
-def xfer_command() -> list[str]:
-    """How to run xfer: the venv's entry point next to this interpreter, else ``-m``."""
-    script = Path(sys.executable).parent / "xfer"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "migrate.cli.main"]
 
 
 def missing_tools(sink: str) -> list[str]:

@@ -60,7 +60,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pagecache import cache
+from common import cache, xfer_command
 
 from migrate.cli.units import parse_size
 
@@ -176,14 +176,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- the machine ---------------------------------------------------------------------------
-
-
-def xfer_command() -> list[str]:
-    """How to run xfer: the venv's entry point next to this interpreter, else ``-m``."""
-    script = Path(sys.executable).parent / "xfer"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "migrate.cli.main"]
 
 
 def qemu_img_version() -> str:

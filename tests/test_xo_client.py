@@ -58,6 +58,25 @@ def xen_api() -> str:
     return node
 
 
+async def run_script(node: str, script: str, *args: str) -> tuple[dict[str, Any], str]:
+    """Run one of the tests/xo scripts; the JSON object it prints, and its stderr. Fails the
+    test if it failed or reports an error."""
+    with trio.fail_after(CLIENT_TIMEOUT):
+        done = await trio.run_process(
+            [node, str(XO_DIR / script), *args],
+            cwd=XO_DIR,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
+    stderr = done.stderr.decode(errors="replace")
+    assert done.returncode == 0, stderr
+    out: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert "error" not in out, out["error"] + "\n" + stderr
+    return out, stderr
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     return host_store(tmp_path, host=HOST, name_label="xfer-xo")
@@ -85,19 +104,7 @@ async def test_xen_orchestra_client(
     port = listeners[0].socket.getsockname()[1]
     url = f"http://[::1]:{port}"
 
-    with trio.fail_after(CLIENT_TIMEOUT):
-        done = await trio.run_process(
-            [xen_api, str(XO_DIR / "client.mjs"), url, "pw", transport],
-            cwd=XO_DIR,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
-        )
-    stderr = done.stderr.decode(errors="replace")
-    assert done.returncode == 0, stderr
-    out = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    assert "error" not in out, out["error"] + "\n" + stderr
+    out, stderr = await run_script(xen_api, "client.mjs", url, "pw", transport)
     assert out["status"] == "connected"
     sr_uuid = store.all("SR")[0]["uuid"]
     assert out["pool"] == {
@@ -157,20 +164,8 @@ async def test_xen_orchestra_moves_a_disk(
     listeners = await trio.open_tcp_listeners(0, host="::1")
     await nursery.start(partial(serve, router, listeners))
     url = f"http://[::1]:{listeners[0].socket.getsockname()[1]}"
-    script = [xen_api, str(XO_DIR / "transfer.mjs"), url, "pw", str(vhd_file), str(size)]
-    with trio.fail_after(CLIENT_TIMEOUT):
-        done = await trio.run_process(
-            [*script, str(out_file)],
-            cwd=XO_DIR,
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
-        )
-    stderr = done.stderr.decode(errors="replace")
-    assert done.returncode == 0, stderr
-    out = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    assert "error" not in out, out["error"] + "\n" + stderr
+    args = (url, "pw", str(vhd_file), str(size), str(out_file))
+    out, stderr = await run_script(xen_api, "transfer.mjs", *args)
     assert "missing length" in stderr  # the library did use its workaround
     assert out["importResult"] == out["vdi"]
     assert out["exportHeaders"]["content-length"] == str(size)

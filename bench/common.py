@@ -1,8 +1,9 @@
-"""Page-cache warming shared by the benchmarks."""
+"""What the benchmarks share: warming the page cache, running xfer."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 CHUNK = 8 << 20
@@ -32,3 +33,11 @@ def cache(*paths: Path) -> None:
                     pos += n
         finally:
             os.close(fd)
+
+
+def xfer_command() -> list[str]:
+    """How to run xfer: the venv's entry point next to this interpreter, else ``-m``."""
+    script = Path(sys.executable).parent / "xfer"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "migrate.cli.main"]

@@ -151,15 +151,23 @@ class RawClient:
         data, self.buffer = self.buffer[:n], self.buffer[n:]
         return data
 
+    def _next_head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, f"connection closed before a response head: {self.buffer!r}"
+            self.buffer += chunk
+        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+        return parse_head(head)
+
+    def interim(self, status: int) -> None:
+        """Read the interim response ``status`` (e.g. 100 Continue), which must come next."""
+        got = self._next_head()[0]
+        assert got == status, got
+
     def head(self) -> tuple[int, dict[str, str]]:
         """The next final response head (1xx responses skipped)."""
         while True:
-            while b"\r\n\r\n" not in self.buffer:
-                chunk = self.sock.recv(65536)
-                assert chunk, f"connection closed before a response head: {self.buffer!r}"
-                self.buffer += chunk
-            head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-            status, headers = parse_head(head)
+            status, headers = self._next_head()
             if status >= 200:
                 return status, headers
 
@@ -238,10 +246,12 @@ def upload(body: bytes, framing: str, tmp_path: Path) -> bytes | Path:
 
 def start_import(http: Http, vdi: Vdi, body: bytes, sent: int, **query: str) -> RawClient:
     """A raw client that has sent the head of an import of ``body`` into ``vdi`` and its
-    first ``sent`` bytes (the caller closes it)."""
+    first ``sent`` bytes (the caller closes it). It waits for ``100 Continue`` first: the
+    server has then claimed the VDI and made the task, so the import is under way."""
     client = http.raw()
     target = f"{IMPORT}?{urllib.parse.urlencode({'vdi': vdi.uuid, **query})}"
-    client.request("PUT", target, {"Content-Length": str(len(body))})
+    client.request("PUT", target, {"Content-Length": str(len(body)), "Expect": "100-continue"})
+    client.interim(100)
     client.send(body[:sent])
     return client
 

@@ -88,6 +88,7 @@ class StagedImage:
         else:
             self._old_top = self._old_below = np.zeros(entries, dtype=bool)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self._owned = True
 
     @property
     def changed(self) -> bool:
@@ -213,10 +214,17 @@ class StagedImage:
             self._fd = -1
 
     def discard(self) -> None:
-        """Close and remove the file."""
+        """Close and remove the file, unless it was published or already removed: the path
+        may meanwhile hold the next import's file."""
         self.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if self._owned:
+            self._owned = False
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def published(self) -> None:
+        """The file was put in place of the VDI's: no longer this image's to remove."""
+        self._owned = False
 
 
 def disk_full(error: OSError) -> bool:

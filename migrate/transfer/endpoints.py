@@ -112,18 +112,19 @@ async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
                 api, session, f"export_raw_vdi {row['uuid']}", auth.param(request, "task_id")
             )
         api.notify()
-        try:
-            plan = export.open_export(row["uuid"], path, fmt, base)
-        except (vhd.VhdError, OSError) as e:
-            status = 404 if isinstance(e, FileNotFoundError) else 500
-            raise await _failed(job, status, str(e), "VDI_IO_ERROR", str(e)) from None
-        try:
-            await _send_export(conn, request, plan, job)
-        finally:
-            # the last reference to a file an import replaced meanwhile may go here: freeing
-            # its blocks takes a while, so not in the event loop
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(plan.images.close)
+        async with job.ends():
+            try:
+                plan = export.open_export(row["uuid"], path, fmt, base)
+            except (vhd.VhdError, OSError) as e:
+                status = 404 if isinstance(e, FileNotFoundError) else 500
+                raise await _failed(job, status, str(e), "VDI_IO_ERROR", str(e)) from None
+            try:
+                await _send_export(conn, request, plan, job)
+            finally:
+                # the last reference to a file an import replaced meanwhile may go here:
+                # freeing its blocks takes a while, so not in the event loop
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(plan.images.close)
 
 
 async def _send_export(
@@ -223,7 +224,8 @@ async def import_vdi(api: Api, request: Request, conn: Connection) -> None:
                 raise
         api.notify()
         try:
-            await _import(api, conn, fmt, chunked, target, job)
+            async with job.ends():
+                await _import(api, conn, fmt, chunked, target, job)
         finally:
             with trio.CancelScope(shield=True):
                 async with api.lock:
@@ -340,16 +342,17 @@ async def _import(
                 raise
             message = f"the SR is full: {e.strerror} after {job.done} bytes"
             failure = await _failed(job, 507, message, "SR_FULL", api.ref(target.sr), message)
-        except Exception as e:
-            await job.fail("INTERNAL_ERROR", f"{type(e).__name__}: {e}")
-            raise
         if failure is not None:
             raise failure
         staged.close()
         async with api.lock:
             if publish:  # not for a body that wrote nothing (Xen Orchestra's empty probe)
                 await trio.to_thread.run_sync(storage.publish_vdi, api.store, target.vdi, size)
-            _release(api, target)  # before the answer: the client may write the VDI again
+                staged.published()
+            else:
+                staged.discard()
+            # before the answer, the staged path cleared: the client may write the VDI again
+            _release(api, target)
         await job.succeed(api.ref(target.vdi))
         body = f"{api.ref(target.vdi)}\n".encode()
         if conn.status is None:

@@ -8,7 +8,9 @@ event watchers; when it finds the task ``cancelling`` it cancels the transfer's 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -37,6 +39,8 @@ class TransferTask:
         self.done = 0
         self.cancelled = False
         """Whether the task was cancelled while the transfer ran."""
+        self.ended = False
+        """Whether the outcome was recorded."""
 
     @classmethod
     def open(cls, api: Api, session: str, label: str, task_id: str | None) -> TransferTask:
@@ -72,6 +76,7 @@ class TransferTask:
         """Record success with ``result``."""
         async with self.api.lock:
             tasks.finish(self.api, self.uuid, result=result)
+        self.ended = True
         self.api.notify()
 
     async def fail(self, code: str, *params: Any) -> None:
@@ -81,5 +86,20 @@ class TransferTask:
                 tasks.finish_cancelled(self.api, self.uuid)
             else:
                 tasks.finish(self.api, self.uuid, error=ApiError(code, *params))
+        self.ended = True
         self.api.notify()
         log.info("task %s: %s %s", self.uuid, code, " ".join(map(str, params)))
+
+    @contextlib.asynccontextmanager
+    async def ends(self) -> AsyncIterator[TransferTask]:
+        """The transfer's block: whatever escapes it unrecorded (a bug, the daemon stopping)
+        still ends the task, as INTERNAL_ERROR, so that no client waits for it forever."""
+        try:
+            yield self
+        except BaseException as e:
+            if not self.ended:
+                with trio.CancelScope(shield=True):
+                    await self.fail("INTERNAL_ERROR", f"{type(e).__name__}: {e}")
+            raise
+        if not self.ended:
+            await self.fail("INTERNAL_ERROR", "the transfer ended without an outcome")

@@ -265,8 +265,7 @@ async def _import(
     api: Api, conn: Connection, fmt: str, chunked: bool, target: _Target, job: TransferTask
 ) -> None:
     """Receive the body into a staged image, publish it and answer the VDI's ref; on any
-    failure the task fails,
-    the staged file goes and HTTPError answers why."""
+    failure the task fails, the staged file goes and HTTPError answers why."""
     length = conn.content_length()
     raw_body = not chunked and fmt == "raw"
     if raw_body and target.size is not None and length is not None and length > target.size:

@@ -619,6 +619,29 @@ def test_cancelled_task(http: Http, xapi: Xapi, filled: Vdi) -> None:
     assert http.export(filled.uuid) == CONTENT
 
 
+def test_connection_kept_alive_after_an_import(http: Http, filled: Vdi) -> None:
+    """An import's body is read past h11; the connection then goes on with the next request,
+    even one sent in the same write as the body's end, and an HTTP/1.0 client's is closed."""
+    body = pattern(SIZE, 18)
+    target = f"{IMPORT}?{urllib.parse.urlencode({'vdi': filled.uuid})}"
+    with http.raw() as client:
+        client.request("PUT", target, {"Content-Length": str(len(body))})
+        head = f"GET {EXPORT}?vdi={filled.uuid} HTTP/1.1\r\nHost: xfer\r\n"
+        cookie = f"Cookie: session_id={client.session}\r\n\r\n"
+        client.send(body + (head + cookie).encode())
+        assert client.response().status == 200
+        exported = client.response()
+        assert (exported.status, exported.body) == (200, body)
+    with http.raw() as client:
+        client.sock.sendall(
+            f"PUT {target} HTTP/1.0\r\nContent-Length: 4096\r\n"
+            f"Cookie: session_id={client.session}\r\n\r\n".encode()
+            + body[:4096]
+        )
+        assert client.response().status == 200
+        assert client.sock.recv(1) == b""  # closed
+
+
 def test_second_writer_is_refused(http: Http, xapi: Xapi, filled: Vdi) -> None:
     """While one import is mid-body another into the same VDI gets 409 VDI_IN_USE; the first
     then completes."""

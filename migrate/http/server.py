@@ -217,38 +217,56 @@ class Connection:
         """
         if self._failure is not None:
             raise self._failure
+        filled = 0
+        while filled < len(buffer):
+            try:
+                n = await self._read_into(buffer[filled:])
+            except HTTPError as e:
+                if not filled:
+                    raise
+                self._failure = e
+                return filled
+            if not n:
+                break
+            filled += n
+        return filled
+
+    async def _read_into(self, view: memoryview) -> int:
+        """Some of the next body bytes into ``view``; how many, 0 at the end of the body."""
         length = self.content_length()
-        if length is None:
-            return await self._receive_into_h11(buffer)
-        if self._direct_left is None:
-            if self._h11.they_are_waiting_for_100_continue:
-                await self._send_event(
-                    h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                )
+        if length is None:  # chunked: through h11
+            if not self._pending:
+                self._pending = memoryview(await self.receive())
+            n = min(len(view), len(self._pending))
+            view[:n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            return n
+        if self._direct_left is None:  # the body's first bytes: take over from h11
+            await self._continue()
             received = self._h11.trailing_data[0]
             self._direct_buffer, self.after_body = received[:length], received[length:]
             self._direct_left = length
-        filled = 0
-        while filled < len(buffer) and self._direct_left:
-            want = min(len(buffer) - filled, self._direct_left)
-            if self._direct_buffer:
-                n = min(want, len(self._direct_buffer))
-                buffer[filled : filled + n] = self._direct_buffer[:n]
-                self._direct_buffer = self._direct_buffer[n:]
-            else:
-                try:
-                    n = await self._recv_into(buffer[filled : filled + want])
-                    if n == 0:
-                        done = length - self._direct_left
-                        raise HTTPError(400, f"request body ended after {done} of {length} bytes")
-                except HTTPError as e:
-                    if not filled:
-                        raise
-                    self._failure = e
-                    return filled
-            filled += n
-            self._direct_left -= n
-        return filled
+        want = min(len(view), self._direct_left)
+        if not want:
+            return 0
+        if self._direct_buffer:
+            n = min(want, len(self._direct_buffer))
+            view[:n] = self._direct_buffer[:n]
+            self._direct_buffer = self._direct_buffer[n:]
+        else:
+            n = await self._recv_into(view[:want])
+            if n == 0:
+                done = length - self._direct_left
+                raise HTTPError(400, f"request body ended after {done} of {length} bytes")
+        self._direct_left -= n
+        return n
+
+    async def _continue(self) -> None:
+        """Send ``100 Continue`` if the client waits for it before sending the body."""
+        if self._h11.they_are_waiting_for_100_continue:
+            await self._send_event(
+                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            )
 
     async def _recv_into(self, view: memoryview) -> int:
         with trio.move_on_after(self.limits.body_timeout):
@@ -271,25 +289,6 @@ class Connection:
             cause = e.__cause__ or e
             raise HTTPError(400, f"request body cut: {cause}") from None
 
-    async def _receive_into_h11(self, buffer: memoryview) -> int:
-        filled = 0
-        while filled < len(buffer):
-            if not self._pending:
-                try:
-                    self._pending = memoryview(await self.receive())
-                except HTTPError as e:
-                    if not filled:
-                        raise
-                    self._failure = e
-                    return filled
-                if not self._pending:
-                    break
-            n = min(len(buffer) - filled, len(self._pending))
-            buffer[filled : filled + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            filled += n
-        return filled
-
     async def receive(self) -> bytes:
         """The next piece of the request body, ``b""`` at its end. Sends ``100 Continue`` first
         if the client waits for it; HTTPError 408 when no byte comes for ``body_timeout``."""
@@ -297,10 +296,7 @@ class Connection:
             raise HTTPError(400, "malformed request body")
         if self._h11.their_state is not h11.SEND_BODY:
             return b""
-        if self._h11.they_are_waiting_for_100_continue:
-            await self._send_event(
-                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-            )
+        await self._continue()
         while True:
             try:
                 event = self._h11.next_event()
@@ -491,24 +487,17 @@ class _Session:
             if conn is None:
                 return
             if conn.detached and conn.body_complete and self.h11.our_state is h11.DONE:
-                if not self._keep_alive(request):
-                    return
+                # (DONE, not MUST_CLOSE: h11 found the connection may be kept alive)
                 # the body went past h11, which still waits for it: go on with a fresh one
                 self.h11 = h11.Connection(
                     h11.SERVER, max_incomplete_event_size=self.limits.max_head
                 )
-                self.h11.receive_data(conn.after_body)
+                if conn.after_body:  # (h11 takes empty data for the end of the connection)
+                    self.h11.receive_data(conn.after_body)
                 continue
             if self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE:
                 return  # Connection: close, HTTP/1.0 or an unread body
             self.h11.start_next_cycle()
-
-    @staticmethod
-    def _keep_alive(request: Request) -> bool:
-        connection = (request.header("connection") or "").lower()
-        if request.http_version == "1.0":
-            return "keep-alive" in connection
-        return "close" not in connection
 
     async def _next_request(self, first: bool) -> Request | None:
         """The next request head, or None when the connection is to close (errors answered)."""

@@ -11,6 +11,7 @@ handler that raises. Every connection is its own task: no client can block anoth
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterable
@@ -199,6 +200,7 @@ class Connection:
         """Whether the body was read off the stream past h11 (see :meth:`receive_into`)."""
         return self._direct_left is not None
 
+    @functools.cached_property
     def content_length(self) -> int | None:
         """The request's Content-Length when the body is framed by one, else None."""
         if self.request.header("transfer-encoding") is not None:
@@ -233,7 +235,7 @@ class Connection:
 
     async def _read_into(self, view: memoryview) -> int:
         """Some of the next body bytes into ``view``; how many, 0 at the end of the body."""
-        length = self.content_length()
+        length = self.content_length
         if length is None:  # chunked: through h11
             if not self._pending:
                 self._pending = memoryview(await self.receive())

@@ -266,7 +266,7 @@ async def _import(
 ) -> None:
     """Receive the body into a staged image, publish it and answer the VDI's ref; on any
     failure the task fails, the staged file goes and HTTPError answers why."""
-    length = conn.content_length()
+    length = conn.content_length
     raw_body = not chunked and fmt == "raw"
     if raw_body and target.size is not None and length is not None and length > target.size:
         message = f"body of {length} bytes larger than the VDI's {target.size}"

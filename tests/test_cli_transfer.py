@@ -200,6 +200,29 @@ def test_export_of_a_sparse_disk_is_a_sparse_file(daemon: Daemon, tmp_path: Path
     assert out.stat().st_blocks * 512 <= 2 * MiB  # the data, not the 63 MiB of zeros
 
 
+def test_export_to_stdout_redirected_to_a_file_keeps_every_byte(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    """Standard output is written in full, zeros included, even when it is a regular file
+    (holes are left only in the CLI's own output file, whose length it sets at the end)."""
+    size, data = 8 * MiB, pattern(MiB, 32)
+    vdi = daemon.create(str(size))
+    ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
+    out = tmp_path / "stdout.raw"
+    with out.open("wb") as stdout:
+        proc = subprocess.run(
+            [*XFER, "export", *daemon.auth(), "--vdi", vdi, "--quiet"],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=xfer_env(),
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes() == data + bytes(size - len(data))
+
+
 def test_cut_export_keeps_the_part_and_resumes(daemon: Daemon, disk: str, tmp_path: Path) -> None:
     out = tmp_path / "disk.raw"
     part = Path(f"{out}.part")

@@ -197,7 +197,10 @@ async def export(client: httpx.AsyncClient, host: Host, args: argparse.Namespace
             try:
                 moved = 0
                 if total is None or offset < total:
-                    moved = await _receive(response, fd, hasher, total, offset, args.quiet)
+                    sparse = output != "-"  # holes only in a file of ours, truncated at the end
+                    moved = await _receive(
+                        response, fd, hasher, total, offset, args.quiet, sparse=sparse
+                    )
                 if total is not None and offset + moved != total:
                     raise httpx.RemoteProtocolError(
                         f"the body ended after {offset + moved} of {total} bytes"
@@ -208,7 +211,7 @@ async def export(client: httpx.AsyncClient, host: Host, args: argparse.Namespace
                     text += f"; {part} is kept: run again with --resume for the rest"
                 raise ClientError(text) from None
         if output != "-":
-            _end_sparse(fd)
+            os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))  # holes at the end included
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -256,8 +259,11 @@ async def _receive(
     total: int | None,
     offset: int,
     quiet: bool,
+    *,
+    sparse: bool,
 ) -> int:
-    """Write the body to ``fd`` and hash it; the number of bytes written. The pieces as they
+    """Write the body to ``fd`` and hash it (with ``sparse``, all-zero pieces as holes); the
+    number of bytes written. The pieces as they
     come off the connection are gathered into batches of :data:`CHUNK` and each batch is
     written (``writev``) and hashed in a worker thread while the next one arrives; were the body
     cut, ``fd`` holds a prefix of it made of whole batches."""
@@ -268,7 +274,7 @@ async def _receive(
         nonlocal moved
         async with receive:
             async for pieces in receive:
-                moved += await trio.to_thread.run_sync(_write_pieces, fd, pieces, hasher)
+                moved += await trio.to_thread.run_sync(_write_pieces, fd, pieces, hasher, sparse)
 
     with _progress(total, offset, quiet) as bar:
         async with _nursery() as nursery:
@@ -290,11 +296,10 @@ async def _receive(
     return moved
 
 
-def _write_pieces(fd: int, pieces: list[bytes], hasher: Any) -> int:
-    """Write ``pieces`` in order and hash them. Into a regular file, all-zero pieces are
-    skipped over (holes: a sparse disk stays sparse, see :func:`_end_sparse`); the others go
-    in one ``writev`` per run (more on a short write)."""
-    sparse = stat.S_ISREG(os.fstat(fd).st_mode)
+def _write_pieces(fd: int, pieces: list[bytes], hasher: Any, sparse: bool) -> int:
+    """Write ``pieces`` in order and hash them. With ``sparse``, all-zero pieces are skipped
+    over (holes: a sparse disk stays sparse; the caller sets the file's length at the end);
+    the others go in one ``writev`` per run (more on a short write)."""
     run: list[bytes] = []
     for piece in pieces:
         hasher.update(piece)
@@ -313,12 +318,6 @@ def _write_run(fd: int, run: list[bytes]) -> None:
     written = os.writev(fd, run) if run else 0
     if written < length:
         _write_all(fd, b"".join(run)[written:])
-
-
-def _end_sparse(fd: int) -> None:
-    """Give a regular file the length of what was written, holes at its end included."""
-    if stat.S_ISREG(os.fstat(fd).st_mode):
-        os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -654,6 +654,48 @@ def test_second_writer_is_refused(http: Http, xapi: Xapi, filled: Vdi) -> None:
     assert http.export(filled.uuid) == body
 
 
+def test_second_writer_waits_for_the_first(http: Http, filled: Vdi) -> None:
+    """An import into a VDI another import is writing waits for that one to end (neither
+    100 Continue nor 409 meanwhile), then goes ahead."""
+    first_body, second_body = pattern(SIZE, 11), pattern(SIZE, 12)
+    with start_import(http, filled, first_body, SIZE // 2) as first, http.raw() as second:
+        target = f"{IMPORT}?vdi={filled.uuid}"
+        second.request("PUT", target, {"Content-Length": str(SIZE), "Expect": "100-continue"})
+        second.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            second.sock.recv(1)
+        second.sock.settimeout(TIMEOUT)
+        first.send(first_body[SIZE // 2 :])
+        assert first.response().status == 200
+        second.interim(100)
+        second.send(second_body)
+        assert second.response().status == 200
+    assert http.export(filled.uuid) == second_body
+
+
+def test_upload_right_after_an_empty_probe(http: Http, filled: Vdi, tmp_path: Path) -> None:
+    """Xen Orchestra's import of a VHD of unknown length: an empty PUT declaring 1 PiB,
+    answered 200 at once and closed by the client, then at once the VHD, declaring 1 PiB
+    too, the connection cut after the footer. Each probe leaves the VDI as it was; each
+    upload lands whole, also when it starts while its probe is still ending."""
+    target = f"{IMPORT}?vdi={filled.uuid}&format=vhd"
+    declared = {"Content-Length": str(1 << 50)}
+    for seed in range(30, 35):
+        body = pattern(SIZE, seed)
+        image = tmp_path / f"upload-{seed}.vhd"
+        make_dynamic(image, SIZE, [(0, body)])
+        with http.raw() as probe:
+            probe.request("PUT", target, declared)
+            assert probe.head()[0] == 200
+        with http.raw() as upload:
+            upload.request("PUT", target, declared)
+            upload.send(image.read_bytes())
+            assert upload.head()[0] == 200
+            upload.sock.shutdown(socket.SHUT_WR)
+            assert REF.search(upload.read(1000).decode())  # the VDI's ref, chunked
+        assert http.export(filled.uuid) == body
+
+
 def test_export_during_an_import_reads_the_old_content(
     http: Http, filled: Vdi, tmp_path: Path
 ) -> None:

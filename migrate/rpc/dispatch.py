@@ -77,9 +77,9 @@ class Api:
         (the store is one SQLite connection) and call :meth:`notify` after a change."""
         self.verified = session.VerifiedCredentials()
         """Credentials verified in the last minute (HTTP Basic is not hashed every time)."""
-        self.writing: set[str] = set()
-        """VDIs an import is writing: another import, VDI.destroy and VDI.snapshot of them get
-        VDI_IN_USE until it ends."""
+        self.writing: dict[str, trio.Event] = {}
+        """VDIs an import is writing, each with the event set when it ends: VDI.destroy and
+        VDI.snapshot of them get VDI_IN_USE meanwhile, another import waits a little first."""
         self.events = event.EventState()
         """The event class's registrations and injections."""
         self._notified = store.generation()

@@ -9,7 +9,8 @@ An import writes a staged image beside the VDI and puts it in place only when th
 arrived and validated; whatever goes wrong before (a cut connection, a malformed VHD, a body
 larger than the VDI, a full disk, the task cancelled) the VDI stays as it was, the task fails
 with the reason, and the client gets 400, 413, 507 or 409. One import per VDI at a time: a
-second writer gets 409 ``VDI_IN_USE``; exports meanwhile read the old content.
+second writer waits up to :data:`CLAIM_WAIT` for the first to end, then gets 409
+``VDI_IN_USE``; exports meanwhile read the old content.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ UNKNOWN_LENGTH = 2 * MAX_VIRTUAL_SIZE
 FIRST_PIECE = 64 << 10
 """Bytes of a VHD body decoded before whole buffers: its footer, header and the BAT of a
 disk up to 512 GiB."""
+CLAIM_WAIT = 2.0
+"""Seconds an import waits for another one into the same VDI to end before 409: Xen
+Orchestra sends its data right after closing its empty probe, which ends as it sees the close."""
 FLUSH_EVERY = 256 << 20
 """Bytes an import receives between two background syncs of its staged image."""
 
@@ -213,6 +217,8 @@ async def import_vdi(api: Api, request: Request, conn: Connection) -> None:
     if chunked and fmt != "raw":
         raise HTTPError(400, "chunked=true takes format=raw only")
     async with auth.authenticated(api, request) as session:
+        if vdi_param:
+            await _wait_for_writer(api, vdi_param)
         async with api.lock:
             target = _claim(api, vdi_param, sr_param, auth.param(request, "name_label") or "")
             try:
@@ -233,6 +239,17 @@ async def import_vdi(api: Api, request: Request, conn: Connection) -> None:
                 api.notify()
 
 
+async def _wait_for_writer(api: Api, vdi_param: str) -> None:
+    """Wait up to :data:`CLAIM_WAIT` for an import writing the VDI ``vdi_param`` to end."""
+    with trio.move_on_after(CLAIM_WAIT):
+        while True:
+            async with api.lock:
+                writer = api.writing.get(_row(api, "VDI", "vdi", vdi_param)["uuid"])
+            if writer is None:
+                return
+            await writer.wait()
+
+
 def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> _Target:
     """The import's target, marked as being written (HTTPError 409 if it already is); a new
     VDI's row recorded as ``creating``. The RPC lock held."""
@@ -247,7 +264,7 @@ def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> 
         assert sr_param is not None
         sr_row = _row(api, "SR", "sr_id", sr_param)
         uuid, created, size = storage.begin_vdi(api.store, sr_row["uuid"], name), True, None
-    api.writing.add(uuid)
+    api.writing[uuid] = trio.Event()
     row = api.store.get("VDI", uuid)
     path, part = _vdi_file(api, row), storage.part_path(api.store, uuid)
     return _Target(uuid, row["sr"], created, size, path, part)
@@ -255,7 +272,8 @@ def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> 
 
 def _release(api: Api, target: _Target) -> None:
     """The target no longer being written; a new VDI that was not published removed."""
-    api.writing.discard(target.vdi)
+    with contextlib.suppress(KeyError):
+        api.writing.pop(target.vdi).set()
     with contextlib.suppress(KeyError):
         if api.store.get("VDI", target.vdi)["state"] == "creating":
             storage.abandon_vdi(api.store, target.vdi)

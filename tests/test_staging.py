@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import mmap
 import os
 import uuid as uuidlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 import vhd
 from migrate.state.store import Store
-from migrate.storage import sr
+from migrate.storage import sr, staging
 from migrate.storage.staging import StagedImage, StagingError
 from migrate.transfer.chunks import END, ChunkError, chunk_header
 from migrate.transfer.importer import ChunkedImporter, Importer, RawImporter, VhdImporter
@@ -95,9 +96,17 @@ def staged_on(
         yield staged
 
 
+def aligned(data: bytes) -> memoryview:
+    """``data`` in a page-aligned buffer, as the endpoint receives a body: pieces at aligned
+    offsets then go ``O_DIRECT``, the others through the page cache."""
+    buffer = mmap.mmap(-1, max(len(data), 1))
+    buffer[: len(data)] = data
+    return memoryview(buffer)[: len(data)]
+
+
 def feed(importer: Importer, pieces: Iterable[bytes]) -> int | None:
     for piece in pieces:
-        importer.feed(memoryview(piece))
+        importer.feed(aligned(piece))
     return importer.close()
 
 
@@ -237,6 +246,59 @@ def test_raw_import_shorter_than_the_vdi(
     got = content(part, qemu_img)
     assert got[: len(body)] == body
     assert got[len(body) :] == sources.old_content[len(body) :]
+
+
+def direct_or_skip(staged: StagedImage) -> None:
+    if staged._direct < 0:
+        pytest.skip("the file system under the test's temporary directory refuses O_DIRECT")
+
+
+def test_aligned_block_data_goes_direct(
+    tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole blocks from an aligned buffer are written ``O_DIRECT``, unaligned pieces through
+    the page cache, and where they overlap the later write wins."""
+    to_direct: list[bool] = []
+    pwrite = staging._pwrite
+
+    def spy(fd: int, data: memoryview, offset: int) -> None:
+        to_direct.append(fd == staged._direct)
+        pwrite(fd, data, offset)
+
+    monkeypatch.setattr(staging, "_pwrite", spy)
+    writes = [
+        (0, pattern(2 * BLOCK, 1)),  # two whole blocks: direct
+        (BLOCK + 100, pattern(1000, 2)),  # unaligned, inside block 1: page cache
+        (BLOCK, pattern(4096, 3)),  # aligned, over the previous write: direct
+        (BLOCK + 4000, pattern(200, 4)),  # unaligned again, across the direct write's end
+    ]
+    part = tmp_path / "new.vhd"
+    with staged_on(part, None) as staged:
+        direct_or_skip(staged)
+        for offset, data in writes:
+            staged.write(offset, aligned(data))
+        written = list(to_direct)
+        size = staged.finish()
+    assert written == [True, True, False, True, False]
+    assert content(part, qemu_img) == applied(bytes(size), writes)
+
+
+def test_direct_write_refused_falls_back_to_the_page_cache(
+    tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write the file system refuses ``O_DIRECT`` (here: an offset the disk cannot take,
+    let through by a check made too lax) is written through the page cache, and so is
+    everything after it."""
+    monkeypatch.setattr(staging, "DIRECT_ALIGNMENT", 1)
+    writes = [(0, pattern(BLOCK, 5)), (BLOCK + 3, pattern(BLOCK, 6)), (0, pattern(4096, 7))]
+    part = tmp_path / "new.vhd"
+    with staged_on(part, None) as staged:
+        direct_or_skip(staged)
+        for offset, data in writes:
+            staged.write(offset, aligned(data))
+        assert staged._direct == -1
+        size = staged.finish()
+    assert content(part, qemu_img) == applied(bytes(size), writes)
 
 
 # Chunked imports

@@ -10,8 +10,11 @@ import never touched are copied over. Only then are bitmaps, BAT, header and foo
 and the file synced; the old file stays untouched throughout, so a failed import leaves the VDI
 exactly as it was and exports running meanwhile read the old content.
 
-Plain synchronous file I/O: the importer calls :meth:`StagedImage.write` from the trio thread
-for page-cache writes and :meth:`StagedImage.finish` from a worker thread.
+Block data goes straight to the disk (``O_DIRECT``) where the file system takes it and the
+write is aligned (whole blocks of a raw body or of a VHD laid out as xfer's): measured here,
+that is twice as fast as the page cache once the data must be synced, and steadier (page-cache
+writes ran anywhere between 0.4 and 4 GB/s on this VM); the rest goes through the page cache.
+Plain synchronous file I/O, for the importer's worker thread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR, UNALLOCATED
 from vhd.plan import ParentRef, VhdLayout, parent_name
 
 BLOCK_SIZE = DEFAULT_BLOCK_SIZE
+DIRECT_ALIGNMENT = SECTOR
+"""What an ``O_DIRECT`` write's file offset, length and memory address must be multiples
+of (a disk's logical block; a file system wanting more refuses the write, and the image
+then stops writing direct)."""
 
 
 class StagingError(ValueError):
@@ -89,6 +96,8 @@ class StagedImage:
             self._old_top = self._old_below = np.zeros(entries, dtype=bool)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._owned = True
+        self._direct = _open_direct(path)
+        """The file opened ``O_DIRECT`` for aligned data writes; -1 where refused."""
 
     @property
     def changed(self) -> bool:
@@ -127,21 +136,30 @@ class StagedImage:
                 if not whole and not self._covered[b] and (self._old_top[b] or self._old_below[b]):
                     self._prefill(b)
             self._written[b] = True
-            if self._stored[b] or np.frombuffer(piece, dtype=np.uint8).any():
+            array = np.frombuffer(piece, dtype=np.uint8)
+            if self._stored[b] or array.any():
                 slot = int(self._layout.slot_offset(b))
                 if not self._stored[b]:
                     # a block's first bytes: its slot allocated at once, as overwriting an
                     # allocated range is several times faster than extending the file
                     os.posix_fallocate(self._fd, slot, self._layout.slot)
-                self._pwrite(piece, slot + self._data + inside)
+                self._write_data(piece, slot + self._data + inside, array.ctypes.data)
                 self._stored[b] = True
             pos += n
         self.end = max(self.end, end)
 
-    def _pwrite(self, data: memoryview, offset: int) -> None:
-        while data:
-            n = os.pwrite(self._fd, data, offset)
-            data, offset = data[n:], offset + n
+    def _write_data(self, data: memoryview, offset: int, address: int) -> None:
+        """Write block data at file ``offset`` (``data`` lying at memory ``address``),
+        ``O_DIRECT`` if aligned."""
+        if self._direct >= 0 and not (offset | len(data) | address) % DIRECT_ALIGNMENT:
+            try:
+                _pwrite(self._direct, data, offset)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._close_direct()  # the file system wants other alignments: page cache
+        _pwrite(self._fd, data, offset)
 
     def _prefill(self, b: int) -> None:
         """Copy block ``b``'s old content (through the old chain) into its slot."""
@@ -191,14 +209,14 @@ class StagedImage:
         slots = np.asarray(layout.slot_offset(blocks), dtype=np.int64)
         full = bitmap.full(layout.header.bitmap_size)
         for at in slots.tolist():
-            self._pwrite(memoryview(full), at)
+            _pwrite(self._fd, memoryview(full), at)
         bat = np.full(layout.entries, UNALLOCATED, dtype=np.int64)
         bat[blocks] = slots // SECTOR
         footer = layout.footer()
         footer_at = layout.footer_offset(int(blocks[-1]) if blocks.size else None)
         os.ftruncate(self._fd, footer_at)
-        self._pwrite(memoryview(layout.metadata(bat, footer)), 0)
-        self._pwrite(memoryview(footer), footer_at)
+        _pwrite(self._fd, memoryview(layout.metadata(bat, footer)), 0)
+        _pwrite(self._fd, memoryview(footer), footer_at)
         os.fsync(self._fd)
         return size
 
@@ -209,9 +227,15 @@ class StagedImage:
 
     def close(self) -> None:
         """Close the file (kept on disk)."""
+        self._close_direct()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+    def _close_direct(self) -> None:
+        if self._direct >= 0:
+            os.close(self._direct)
+            self._direct = -1
 
     def discard(self) -> None:
         """Close and remove the file, unless it was published or already removed: the path
@@ -225,6 +249,23 @@ class StagedImage:
     def published(self) -> None:
         """The file was put in place of the VDI's: no longer this image's to remove."""
         self._owned = False
+
+
+def _open_direct(path: str) -> int:
+    """``path`` opened for ``O_DIRECT`` writes; -1 where the file system refuses it."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return -1
+
+
+def _pwrite(fd: int, data: memoryview, offset: int) -> None:
+    """All of ``data`` written at ``offset`` of ``fd``."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def disk_full(error: OSError) -> bool:

@@ -30,7 +30,7 @@ from migrate.rpc.codec import ApiError
 from migrate.storage import sr as storage
 from migrate.storage.staging import StagedImage, StagingError, disk_full
 from migrate.transfer import auth, chunks, export
-from migrate.transfer.importer import BUFFER_SIZE, importer
+from migrate.transfer.importer import BUFFER_SIZE, importer, receive_body
 from migrate.transfer.task import TransferTask
 from vhd.format import MAX_VIRTUAL_SIZE
 
@@ -313,26 +313,26 @@ async def _import(
         decoder = importer(fmt, chunked, staged)
         failure: HTTPError | None = None
         started = trio.current_time()
+
+        async def fill(buffer: memoryview) -> int:
+            try:
+                return await conn.receive_into(buffer)
+            except HTTPError as e:
+                if not (unknown_length and e.status == 400):
+                    raise
+                return 0  # the client's way of ending such a body: the VHD must be whole
+
+        def wrote(n: int) -> None:
+            job.done += n
+            flusher.wrote(n)
+
         try:
             async with _watched(job) as nursery:
                 flusher = _FlushBehind(nursery, staged)
-                buffer = memoryview(bytearray(BUFFER_SIZE))
                 # a VHD's head decoded first: a malformed one is answered before the body is
                 # sent (raw bodies keep whole buffers, aligned with the blocks)
-                piece = buffer[:FIRST_PIECE] if fmt == "vhd" else buffer
-                while not decoder.done:
-                    try:
-                        n = await conn.receive_into(piece)
-                    except HTTPError as e:
-                        if not (unknown_length and e.status == 400):
-                            raise
-                        n = 0  # the client's way of ending such a body: the VHD must be whole
-                    if not n:
-                        break
-                    piece = buffer
-                    decoder.feed(buffer[:n])
-                    job.done += n
-                    flusher.wrote(n)
+                first = FIRST_PIECE if fmt == "vhd" else BUFFER_SIZE
+                await receive_body(nursery, fill, decoder, first, wrote)
                 # an empty body leaves an existing VDI as it is, whatever the format (Xen
                 # Orchestra probes for redirections with one before sending the data)
                 size = decoder.close() if job.done or target.created else None

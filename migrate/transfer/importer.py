@@ -2,16 +2,22 @@
 
 Three bodies, one path: raw bytes (written from offset 0), xapi's ``chunked=true`` framing
 (:mod:`migrate.transfer.chunks`: offset/length chunks) and a VHD stream
-(:class:`vhd.StreamParser`). Each is fed from one large buffer that the connection fills
-straight off the socket (``recv_into``); the decoders' data events are views of it, written
-at their virtual offsets into a :class:`~migrate.storage.staging.StagedImage`. Nothing of the
-VDI changes here: the caller commits the staged image once :meth:`Importer.close` has
-validated the end of the body.
+(:class:`vhd.StreamParser`). :func:`receive_body` fills two large page-aligned buffers in
+turn straight off the socket (``recv_into``) and, while one fills, decodes the other in a
+worker thread; the decoders' data events are views of it, written at their virtual offsets
+into a :class:`~migrate.storage.staging.StagedImage` (``O_DIRECT`` where aligned, hence the
+page alignment). Nothing of the VDI changes here: the caller commits the staged image once
+:meth:`Importer.close` has validated the end of the body.
 """
 
 from __future__ import annotations
 
+import itertools
+import mmap
+from collections.abc import Awaitable, Callable
 from typing import Protocol
+
+import trio
 
 import vhd
 from migrate.storage.staging import StagedImage, StagingError
@@ -19,7 +25,8 @@ from migrate.transfer import chunks
 from vhd.format import MAX_VIRTUAL_SIZE
 
 BUFFER_SIZE = 4 << 20
-"""Bytes received before each write: large writes, a constant footprint per import."""
+"""Bytes received before each write: large writes, a constant footprint per import (two
+such buffers)."""
 
 
 class Importer(Protocol):
@@ -127,3 +134,48 @@ def importer(fmt: str, chunked: bool, staged: StagedImage) -> Importer:
     if fmt == "vhd":
         return VhdImporter(staged)
     return RawImporter(staged)
+
+
+async def receive_body(
+    nursery: trio.Nursery,
+    fill: Callable[[memoryview], Awaitable[int]],
+    decoder: Importer,
+    first: int,
+    wrote: Callable[[int], None],
+) -> None:
+    """Feed a request body to ``decoder`` until it ends or the decoder is done.
+
+    ``fill(buffer)`` receives the next body bytes into ``buffer`` (how many; fewer only at
+    the end, 0 after it). Two buffers take turns: while one fills, the other is decoded and
+    written in a worker thread, by a task started in ``nursery`` (its errors end the
+    nursery's work). The first piece holds ``first`` bytes (a VHD's head is decoded before the
+    rest arrives); ``wrote(n)`` is called after each piece is written.
+    """
+    buffers = [memoryview(mmap.mmap(-1, BUFFER_SIZE)) for _ in range(2)]
+    to_writer, pieces = trio.open_memory_channel[memoryview](0)
+    receiving = trio.CancelScope()
+    written = trio.Event()
+
+    async def write() -> None:
+        async with pieces:
+            async for piece in pieces:
+                await trio.to_thread.run_sync(decoder.feed, piece)
+                wrote(len(piece))
+                if decoder.done:
+                    receiving.cancel()  # what follows the body's own end is not read
+                    break
+        written.set()
+
+    nursery.start_soon(write)
+    # with an unbuffered channel a buffer is filled again only once the writer took the
+    # other one, that is once it is done with this one
+    async with to_writer:
+        with receiving:
+            size = first
+            for buffer in itertools.cycle(buffers):
+                n = await fill(buffer[:size])
+                if not n:
+                    break
+                await to_writer.send(buffer[:n])
+                size = BUFFER_SIZE
+    await written.wait()

@@ -11,9 +11,9 @@ and the file synced; the old file stays untouched throughout, so a failed import
 exactly as it was and exports running meanwhile read the old content.
 
 Block data goes straight to the disk (``O_DIRECT``) where the file system takes it and the
-write is aligned (whole blocks of a raw body or of a VHD laid out as xfer's): measured here,
-that is twice as fast as the page cache once the data must be synced, and steadier (page-cache
-writes ran anywhere between 0.4 and 4 GB/s on this VM); the rest goes through the page cache.
+write is sector-aligned (a raw body's whole buffers, a VHD's sectors): measured here, that is
+faster than the page cache once the data must be synced, and steadier (page-cache writes ran
+anywhere between 0.4 and 4 GB/s on this VM); the rest goes through the page cache.
 Plain synchronous file I/O, for the importer's worker thread.
 """
 

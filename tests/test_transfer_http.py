@@ -676,8 +676,8 @@ def test_second_writer_waits_for_the_first(http: Http, filled: Vdi) -> None:
 def test_upload_right_after_an_empty_probe(http: Http, filled: Vdi, tmp_path: Path) -> None:
     """Xen Orchestra's import of a VHD of unknown length: an empty PUT declaring 1 PiB,
     answered 200 at once and closed by the client, then at once the VHD, declaring 1 PiB
-    too, the connection cut after the footer. Each probe leaves the VDI as it was; each
-    upload lands whole, also when it starts while its probe is still ending."""
+    too, the client's sending side closed after the footer. Each upload lands whole, also
+    when it starts while its probe is still ending."""
     target = f"{IMPORT}?vdi={filled.uuid}&format=vhd"
     declared = {"Content-Length": str(1 << 50)}
     for seed in range(30, 35):

@@ -231,17 +231,24 @@ def xfer_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def xfer_ok(*args: str, input: bytes | None = None) -> str:
-    """The stdout of a successful ``xfer ARGS`` (that printed nothing on stderr)."""
-    proc = subprocess.run(
+def xfer_run(
+    *args: str, input: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``xfer ARGS`` in a subprocess (stdout and stderr are pipes, so no progress bar)."""
+    return subprocess.run(
         [*XFER, *args],
         input=input,
         capture_output=True,
         timeout=120,
         cwd=ROOT,
-        env=xfer_env(),
+        env=env or xfer_env(),
         check=False,
     )
+
+
+def xfer_ok(*args: str, input: bytes | None = None) -> str:
+    """The stdout of a successful ``xfer ARGS`` (that printed nothing on stderr)."""
+    proc = xfer_run(*args, input=input)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr == b"", proc.stderr.decode()
     return proc.stdout.decode()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -15,7 +14,7 @@ import httpcore
 import pytest
 
 from migrate.cli.rpc_client import Client, _ZoneBackend, endpoint
-from support import XFER
+from support import XFER, xfer_env
 from test_serve import ROOT, _Transport, serving, stop
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -47,11 +46,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         assert stop(proc) == 0
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("XFER_USER", "XFER_PASSWORD")}
-    return {**env, **extra}
-
-
 def xfer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``xfer ARGS`` in a subprocess (at most 60 s)."""
     return subprocess.run(
@@ -60,7 +54,7 @@ def xfer(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         text=True,
         timeout=60,
         cwd=ROOT,
-        env=env or _env(),
+        env=env or xfer_env(),
         check=False,
     )
 
@@ -210,12 +204,12 @@ def test_wrong_password_is_one_error_line(daemon: Daemon) -> None:
 
 def test_credentials_from_environment(daemon: Daemon) -> None:
     host = ("--host", f"[::1]:{daemon.port}")
-    out = ok("vdi", "list", *host, env=_env(XFER_USER="root", XFER_PASSWORD=PASSWORD))
+    out = ok("vdi", "list", *host, env=xfer_env(XFER_USER="root", XFER_PASSWORD=PASSWORD))
     assert out.startswith("UUID")
-    proc = xfer("vdi", "list", *host, env=_env(XFER_USER="nobody", XFER_PASSWORD=PASSWORD))
+    proc = xfer("vdi", "list", *host, env=xfer_env(XFER_USER="nobody", XFER_PASSWORD=PASSWORD))
     assert one_error_line(proc).startswith("SESSION_AUTHENTICATION_FAILED: nobody ")
     # the options win over the environment
-    env = _env(XFER_USER="nobody", XFER_PASSWORD="wrong")
+    env = xfer_env(XFER_USER="nobody", XFER_PASSWORD="wrong")
     assert ok("vdi", "list", *host, "--user", "root", "--password", PASSWORD, env=env)
     assert "no password" in one_error_line(xfer("vdi", "list", *host))
 

@@ -40,6 +40,8 @@ from support import (
     pattern,
     read_all,
     xfer_env,
+    xfer_ok,
+    xfer_run,
 )
 from test_serve import serving, stop
 from test_tls import make_certificate
@@ -53,29 +55,6 @@ ADDRESSES = pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
 
 DISK = pattern(3 * transfer.CHUNK + 25 * SECTOR, 7)
 """Longer than three pieces and not a multiple of one (whole sectors: a VDI's size)."""
-
-
-def run(
-    *args: str, input: bytes | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """``xfer ARGS`` in a subprocess (stdout and stderr are pipes, so no progress bar)."""
-    return subprocess.run(
-        [*XFER, *args],
-        input=input,
-        capture_output=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env or xfer_env(),
-        check=False,
-    )
-
-
-def ok(*args: str, input: bytes | None = None) -> str:
-    """The stdout of a successful ``xfer ARGS`` (that printed nothing on stderr)."""
-    proc = run(*args, input=input)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert proc.stderr == b"", proc.stderr.decode()
-    return proc.stdout.decode()
 
 
 def one_error_line(proc: subprocess.CompletedProcess[bytes]) -> str:
@@ -100,7 +79,7 @@ def digest(data: bytes) -> str:
 
 def export_file(daemon: Daemon, vdi: str, out: Path, *extra: str, address: str = "::1") -> bytes:
     """Export ``vdi`` to ``out``; its bytes, checked against the printed digest."""
-    stdout = ok("export", *daemon.auth(address), "--vdi", vdi, "-o", str(out), *extra)
+    stdout = xfer_ok("export", *daemon.auth(address), "--vdi", vdi, "-o", str(out), *extra)
     data = out.read_bytes()
     assert sha_of(stdout) == (digest(data), str(out))
     assert not Path(f"{out}.part").exists()
@@ -157,7 +136,7 @@ def daemon_line(daemon: Daemon, method: str, target: str, password: str = PASSWO
 def disk(daemon: Daemon) -> str:
     """A VDI of the module's daemon holding :data:`DISK` (the tests only read it)."""
     vdi = daemon.create(str(len(DISK)))
-    out = ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=DISK)
+    out = xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=DISK)
     assert imported(out, "-", DISK) == vdi
     return vdi
 
@@ -179,7 +158,7 @@ def test_export_to_a_file(
 
 
 def test_export_to_stdout_prints_the_digest_on_stderr(daemon: Daemon, disk: str) -> None:
-    proc = run("export", *daemon.auth(), "--vdi", disk)
+    proc = xfer_run("export", *daemon.auth(), "--vdi", disk)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == DISK
     assert proc.stderr.count(b"\n") == 1, proc.stderr
@@ -191,9 +170,9 @@ def test_export_of_a_sparse_disk_is_a_sparse_file(daemon: Daemon, tmp_path: Path
     the printed sha256 are the whole disk's)."""
     size, data = 64 * MiB, pattern(MiB, 31)
     vdi = daemon.create(str(size))
-    ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
+    xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
     out = tmp_path / "sparse.raw"
-    printed = ok("export", *daemon.auth(), "--vdi", vdi, "--quiet", "-o", str(out))
+    printed = xfer_ok("export", *daemon.auth(), "--vdi", vdi, "--quiet", "-o", str(out))
     whole = data + bytes(size - len(data))
     assert out.read_bytes() == whole
     assert sha_of(printed) == (digest(whole), str(out))
@@ -207,7 +186,7 @@ def test_export_to_stdout_redirected_to_a_file_keeps_every_byte(
     (holes are left only in the CLI's own output file, whose length it sets at the end)."""
     size, data = 8 * MiB, pattern(MiB, 32)
     vdi = daemon.create(str(size))
-    ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
+    xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
     out = tmp_path / "stdout.raw"
     with out.open("wb") as stdout:
         proc = subprocess.run(
@@ -228,7 +207,7 @@ def test_cut_export_keeps_the_part_and_resumes(daemon: Daemon, disk: str, tmp_pa
     part = Path(f"{out}.part")
     cut = len(DISK) // 2  # the answer's head and about half its body
     with CuttingProxy(daemon.port, cut=cut) as proxy:
-        error = one_error_line(run("export", *proxy.auth(), "--vdi", disk, "-o", str(out)))
+        error = one_error_line(xfer_run("export", *proxy.auth(), "--vdi", disk, "-o", str(out)))
     assert "the transfer was cut" in error and "--resume" in error, error
     assert response_of(proxy)[0] == 200
     assert not out.exists()
@@ -237,7 +216,7 @@ def test_cut_export_keeps_the_part_and_resumes(daemon: Daemon, disk: str, tmp_pa
     assert 0 < len(kept) <= cut and DISK.startswith(kept)
 
     # the daemon survived the cut; --resume against it finishes the file
-    stdout = ok("export", *daemon.auth(), "--vdi", disk, "-o", str(out), "--resume")
+    stdout = xfer_ok("export", *daemon.auth(), "--vdi", disk, "-o", str(out), "--resume")
     assert out.read_bytes() == DISK
     assert sha_of(stdout) == (digest(DISK), str(out))
     assert not part.exists()
@@ -246,7 +225,7 @@ def test_cut_export_keeps_the_part_and_resumes(daemon: Daemon, disk: str, tmp_pa
     out.unlink()
     part.write_bytes(kept)
     with CuttingProxy(daemon.port, address="127.0.0.1") as proxy:
-        stdout = ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
+        stdout = xfer_ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
     assert request_of(proxy)[3]["range"] == f"bytes={len(kept)}-"
     status, fields = response_of(proxy)
     assert status == 206, fields
@@ -261,7 +240,7 @@ def test_resume_of_a_complete_part_asks_for_nothing_more(
     out = tmp_path / "disk.raw"
     Path(f"{out}.part").write_bytes(DISK)
     with CuttingProxy(daemon.port) as proxy:
-        stdout = ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
+        stdout = xfer_ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
     assert request_of(proxy)[3]["range"] == f"bytes={len(DISK)}-"
     status, fields = response_of(proxy)
     assert status == 416 and fields["content-range"] == f"bytes */{len(DISK)}", fields
@@ -273,7 +252,7 @@ def test_resume_of_a_complete_part_asks_for_nothing_more(
 def test_resume_without_a_part_starts_from_zero(daemon: Daemon, disk: str, tmp_path: Path) -> None:
     out = tmp_path / "disk.raw"
     with CuttingProxy(daemon.port) as proxy:
-        stdout = ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
+        stdout = xfer_ok("export", *proxy.auth(), "--vdi", disk, "-o", str(out), "--resume")
     assert "range" not in request_of(proxy)[3]
     assert response_of(proxy)[0] == 200
     assert out.read_bytes() == DISK
@@ -283,7 +262,7 @@ def test_resume_without_a_part_starts_from_zero(daemon: Daemon, disk: str, tmp_p
 def test_cut_vhd_export_leaves_nothing(daemon: Daemon, disk: str, tmp_path: Path) -> None:
     out = tmp_path / "disk.vhd"
     with CuttingProxy(daemon.port, cut=len(DISK) // 2) as proxy:
-        proc = run("export", *proxy.auth(), "--vdi", disk, "--format", "vhd", "-o", str(out))
+        proc = xfer_run("export", *proxy.auth(), "--vdi", disk, "--format", "vhd", "-o", str(out))
     error = one_error_line(proc)
     assert "the transfer was cut" in error and "--resume" not in error, error
     method, path, query, _ = request_of(proxy)
@@ -302,7 +281,7 @@ def test_import_a_file_with_its_length(daemon: Daemon, address: str, tmp_path: P
     source = tmp_path / "disk.raw"
     source.write_bytes(DISK)
     with CuttingProxy(daemon.port, address=address) as proxy:
-        stdout = ok("import", *proxy.auth(), "--vdi", vdi, str(source))
+        stdout = xfer_ok("import", *proxy.auth(), "--vdi", vdi, str(source))
     assert imported(stdout, str(source), DISK) == vdi
     method, path, query, fields = request_of(proxy)
     assert (method, path, query) == ("PUT", "/import_raw_vdi", {"vdi": vdi, "format": "raw"})
@@ -317,7 +296,7 @@ def test_import_stdin_is_chunked_into_a_new_vdi(daemon: Daemon, tmp_path: Path) 
     data = image.read_bytes()
     new = ("--sr", daemon.sr, "--name", "new disk", "--format", "vhd")
     with CuttingProxy(daemon.port) as proxy:
-        stdout = ok("import", *proxy.auth(), *new, "-", input=data)
+        stdout = xfer_ok("import", *proxy.auth(), *new, "-", input=data)
     created = imported(stdout, "-", data)
     method, path, query, fields = request_of(proxy)
     assert (method, path) == ("PUT", "/import_raw_vdi")
@@ -336,7 +315,7 @@ def test_failed_resume_keeps_the_part(daemon: Daemon, disk: str, tmp_path: Path)
     part = Path(f"{out}.part")
     part.write_bytes(DISK[:1000])
     auth = daemon.auth(password="wrong")
-    error = one_error_line(run("export", *auth, "--vdi", disk, "-o", str(out), "--resume"))
+    error = one_error_line(xfer_run("export", *auth, "--vdi", disk, "-o", str(out), "--resume"))
     assert error.startswith("401 "), error
     assert part.read_bytes() == DISK[:1000]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw.part"]
@@ -346,10 +325,10 @@ def test_password_from_the_environment(daemon: Daemon, disk: str, tmp_path: Path
     host = ("--host", f"127.0.0.1:{daemon.port}")
     out = tmp_path / "o"
     env = xfer_env(XFER_PASSWORD=PASSWORD)
-    proc = run("export", *host, "--vdi", disk, "-o", str(out), env=env)
+    proc = xfer_run("export", *host, "--vdi", disk, "-o", str(out), env=env)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == DISK and sha_of(proc.stdout.decode())[0] == digest(DISK)
-    assert "no password" in one_error_line(run("export", *host, "--vdi", disk))
+    assert "no password" in one_error_line(xfer_run("export", *host, "--vdi", disk))
 
 
 @pytest.mark.parametrize(
@@ -384,18 +363,18 @@ def test_connection_refused_is_one_line(tmp_path: Path) -> None:
         sock.bind(("::1", 0))
         port = sock.getsockname()[1]  # bound, not listening
         host = ("--host", f"[::1]:{port}", "--password", "x")
-        error = one_error_line(run("export", *host, "--vdi", "v", "-o", str(tmp_path / "o")))
+        error = one_error_line(xfer_run("export", *host, "--vdi", "v", "-o", str(tmp_path / "o")))
         assert error.startswith(f"cannot reach http://[::1]:{port}/export_raw_vdi: "), error
         source = tmp_path / "in"
         source.write_bytes(b"x" * 512)
-        error = one_error_line(run("import", *host, "--vdi", "v", str(source)))
+        error = one_error_line(xfer_run("import", *host, "--vdi", "v", str(source)))
         assert error.startswith(f"cannot reach http://[::1]:{port}/import_raw_vdi: "), error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 @pytest.mark.parametrize("text", ["[::1", "fe80::1", "ftp://[::1]/"])
 def test_bad_host_is_one_line(text: str) -> None:
-    one_error_line(run("export", "--host", text, "--password", "x", "--vdi", "v"))
+    one_error_line(xfer_run("export", "--host", text, "--password", "x", "--vdi", "v"))
 
 
 def test_zoned_host_urls() -> None:
@@ -462,11 +441,11 @@ def test_raw_file_round_trip(daemon: Daemon, address: str, tmp_path: Path) -> No
     vdi = daemon.create()
     source = tmp_path / "disk.raw"
     source.write_bytes(CONTENT)
-    out = ok("import", *daemon.auth(address), "--vdi", vdi, str(source))
+    out = xfer_ok("import", *daemon.auth(address), "--vdi", vdi, str(source))
     assert imported(out, str(source), CONTENT) == vdi
     assert export_file(daemon, vdi, tmp_path / "back.raw", address=address) == CONTENT
     # and to stdout
-    proc = run("export", *daemon.auth(address), "--vdi", vdi, "--quiet")
+    proc = xfer_run("export", *daemon.auth(address), "--vdi", vdi, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == CONTENT
     assert sha_of(proc.stderr.decode()) == (digest(CONTENT), "-")
@@ -475,7 +454,9 @@ def test_raw_file_round_trip(daemon: Daemon, address: str, tmp_path: Path) -> No
 @ADDRESSES
 def test_raw_stdin_chunked_into_a_new_vdi(daemon: Daemon, address: str, tmp_path: Path) -> None:
     data = CONTENT[: 3 * MiB + 3 * 512]
-    out = ok("import", *daemon.auth(address), "--sr", daemon.sr, "--name", "piped", "-", input=data)
+    out = xfer_ok(
+        "import", *daemon.auth(address), "--sr", daemon.sr, "--name", "piped", "-", input=data
+    )
     vdi = imported(out, "-", data)
     row = daemon.vdis()[vdi]
     assert row["name_label"] == "piped" and row["virtual_size"] == len(data), row
@@ -485,7 +466,7 @@ def test_raw_stdin_chunked_into_a_new_vdi(daemon: Daemon, address: str, tmp_path
 @ADDRESSES
 def test_raw_stdin_into_a_vdi(daemon: Daemon, address: str, tmp_path: Path) -> None:
     vdi = daemon.create()
-    out = ok("import", *daemon.auth(address), "--vdi", vdi, "-", input=CONTENT)
+    out = xfer_ok("import", *daemon.auth(address), "--vdi", vdi, "-", input=CONTENT)
     assert imported(out, "-", CONTENT) == vdi
     assert export_file(daemon, vdi, tmp_path / "back.raw") == CONTENT
 
@@ -496,7 +477,7 @@ def test_vhd_round_trips(daemon: Daemon, address: str, tmp_path: Path) -> None:
     make_dynamic(image, SIZE, WRITES)
     vhd_bytes = image.read_bytes()
     vdi = daemon.create()
-    out = ok("import", *daemon.auth(address), "--vdi", vdi, "--format", "vhd", str(image))
+    out = xfer_ok("import", *daemon.auth(address), "--vdi", vdi, "--format", "vhd", str(image))
     assert imported(out, str(image), vhd_bytes) == vdi
     assert export_file(daemon, vdi, tmp_path / "back.raw", address=address) == CONTENT
 
@@ -506,7 +487,9 @@ def test_vhd_round_trips(daemon: Daemon, address: str, tmp_path: Path) -> None:
 
     # the exported VHD into a new VDI, through stdin
     data = exported.read_bytes()
-    out = ok("import", *daemon.auth(address), "--sr", daemon.sr, "--format", "vhd", "-", input=data)
+    out = xfer_ok(
+        "import", *daemon.auth(address), "--sr", daemon.sr, "--format", "vhd", "-", input=data
+    )
     new = imported(out, "-", data)
     assert new != vdi
     assert daemon.vdis()[new]["virtual_size"] == SIZE
@@ -517,7 +500,7 @@ def test_resume_after_a_partial_file(daemon: Daemon, tmp_path: Path) -> None:
     vdi = daemon.create()
     source = tmp_path / "disk.raw"
     source.write_bytes(CONTENT)
-    ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", str(source))
+    xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", str(source))
     full = export_file(daemon, vdi, tmp_path / "full.raw")
     out = tmp_path / "resumed.raw"
     Path(f"{out}.part").write_bytes(full[: 3 * MiB + 1234])
@@ -549,13 +532,13 @@ def test_wrong_password_is_one_line_from_the_daemon(
 ) -> None:
     vdi = daemon.create("1M")
     auth = daemon.auth(address, password="wrong")
-    error = one_error_line(run("export", *auth, "--vdi", vdi, "-o", str(tmp_path / "o")))
+    error = one_error_line(xfer_run("export", *auth, "--vdi", vdi, "-o", str(tmp_path / "o")))
     assert error.startswith("401 "), error
     # the daemon's own line, as it answers any client
     assert error == daemon_line(daemon, "GET", f"/export_raw_vdi?vdi={vdi}", password="wrong")
     source = tmp_path / "disk.raw"
     source.write_bytes(bytes(MiB))
-    error = one_error_line(run("import", *auth, "--vdi", vdi, str(source)))
+    error = one_error_line(xfer_run("import", *auth, "--vdi", vdi, str(source)))
     assert error.startswith("401 "), error
     assert error == daemon_line(daemon, "PUT", f"/import_raw_vdi?vdi={vdi}", password="wrong")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]
@@ -564,7 +547,7 @@ def test_wrong_password_is_one_line_from_the_daemon(
 def test_daemon_errors_are_one_line(daemon: Daemon, tmp_path: Path) -> None:
     missing = str(uuidlib.uuid4())
     error = one_error_line(
-        run("export", *daemon.auth(), "--vdi", missing, "-o", str(tmp_path / "o"))
+        xfer_run("export", *daemon.auth(), "--vdi", missing, "-o", str(tmp_path / "o"))
     )
     assert error.startswith("404 "), error
     # the daemon's own line, as it answers any client
@@ -572,17 +555,17 @@ def test_daemon_errors_are_one_line(daemon: Daemon, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     source = tmp_path / "disk.raw"
     source.write_bytes(bytes(2 * MiB))
-    error = one_error_line(run("import", *daemon.auth(), "--vdi", missing, str(source)))
+    error = one_error_line(xfer_run("import", *daemon.auth(), "--vdi", missing, str(source)))
     assert error.startswith("404 "), error
-    error = one_error_line(run("import", *daemon.auth(), "--sr", missing, str(source)))
+    error = one_error_line(xfer_run("import", *daemon.auth(), "--sr", missing, str(source)))
     assert error.startswith("404 "), error
     small = daemon.create("1M")
-    error = one_error_line(run("import", *daemon.auth(), "--vdi", small, str(source)))
+    error = one_error_line(xfer_run("import", *daemon.auth(), "--vdi", small, str(source)))
     assert error.startswith("413 "), error
     bad = tmp_path / "bad.vhd"
     bad.write_bytes(pattern(4096, 3))
     error = one_error_line(
-        run("import", *daemon.auth(), "--vdi", small, "--format", "vhd", str(bad))
+        xfer_run("import", *daemon.auth(), "--vdi", small, "--format", "vhd", str(bad))
     )
     assert error.startswith("400 "), error
 
@@ -599,15 +582,15 @@ def test_https_with_ca_and_insecure(tmp_path: Path) -> None:
         v4 = ("--host", f"https://127.0.0.1:{port}", "--password", PASSWORD)
         source = tmp_path / "disk.raw"
         source.write_bytes(CONTENT[: 2 * MiB])
-        vdi = ok("vdi", "create", *v6, *ca, "--size", "2M").strip()
-        out = ok("import", *v6, *ca, "--vdi", vdi, str(source))
+        vdi = xfer_ok("vdi", "create", *v6, *ca, "--size", "2M").strip()
+        out = xfer_ok("import", *v6, *ca, "--vdi", vdi, str(source))
         assert imported(out, str(source), CONTENT[: 2 * MiB]) == vdi
         out = tmp_path / "back.raw"
-        stdout = ok("export", *v4, *ca, "--vdi", vdi, "-o", str(out))
+        stdout = xfer_ok("export", *v4, *ca, "--vdi", vdi, "-o", str(out))
         assert out.read_bytes() == CONTENT[: 2 * MiB]
         assert sha_of(stdout) == (digest(CONTENT[: 2 * MiB]), str(out))
-        error = one_error_line(run("export", *v6, "--vdi", vdi, "-o", str(out)))
+        error = one_error_line(xfer_run("export", *v6, "--vdi", vdi, "-o", str(out)))
         assert "CERTIFICATE_VERIFY_FAILED" in error, error
-        stdout = ok("export", *v6, "--insecure", "--vdi", vdi, "-o", str(out))
+        stdout = xfer_ok("export", *v6, "--insecure", "--vdi", vdi, "-o", str(out))
         assert out.read_bytes() == CONTENT[: 2 * MiB]
         assert stop(proc) == 0

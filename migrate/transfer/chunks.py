@@ -31,6 +31,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vhd.stream import Data  # bytes at a disk offset, as the VHD stream parser gives them
+
 __all__ = [
     "END",
     "HEADER_SIZE",
@@ -76,14 +78,6 @@ class ChunkError(ValueError):
     def __init__(self, message: str, *, offset: int) -> None:
         super().__init__(message)
         self.offset = offset
-
-
-@dataclass(frozen=True)
-class Data:
-    """``data`` belongs at disk ``offset``. A view into the fed buffer: consume it at once."""
-
-    offset: int
-    data: memoryview
 
 
 @dataclass(frozen=True)

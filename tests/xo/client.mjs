@@ -2,7 +2,7 @@
 // watch events, create a VDI and wait until the event watcher shows it, destroy it and wait
 // until it is gone. Prints one JSON object on stdout.
 // Usage: node client.mjs URL PASSWORD [TRANSPORT (auto, json-rpc or xml-rpc)]
-import { createClient } from 'xen-api'
+import { report } from './report.mjs'
 
 const [url, password, transport = 'auto'] = process.argv.slice(2)
 const WAIT_MS = 20e3
@@ -15,9 +15,7 @@ const waitFor = async (what, predicate) => {
   }
 }
 
-const xapi = createClient({ url, auth: { user: 'root', password }, transport })
-const out = {}
-try {
+await report({ url, auth: { user: 'root', password }, transport }, async (xapi, out) => {
   await xapi.connect()
   out.status = xapi.status
   out.pool = { ref: xapi.pool.$ref, master: xapi.pool.master, default_SR: xapi.pool.default_SR }
@@ -44,10 +42,4 @@ try {
   await waitFor('the VDI gone', () => xapi.getObjectByRef(ref, undefined) === undefined)
   out.gone = true
   out.watchEventsError = xapi.watchEventsError === undefined ? null : String(xapi.watchEventsError)
-} catch (error) {
-  out.error = String(error?.stack ?? error)
-} finally {
-  await xapi.disconnect()
-  process.stdout.write(JSON.stringify(out) + '\n')
-  process.exit(0)
-}
+})

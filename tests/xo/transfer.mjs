@@ -6,13 +6,11 @@
 // Usage: node transfer.mjs URL PASSWORD VHD_FILE VIRTUAL_SIZE OUT_FILE
 import { createReadStream, createWriteStream } from 'node:fs'
 import { pipeline } from 'node:stream/promises'
-import { createClient } from 'xen-api'
+import { report } from './report.mjs'
 
 const [url, password, vhdPath, virtualSize, outPath] = process.argv.slice(2)
 
-const xapi = createClient({ url, auth: { user: 'root', password } })
-const out = {}
-try {
+await report({ url, auth: { user: 'root', password } }, async (xapi, out) => {
   await xapi.connect()
   const [sr] = await xapi.call('SR.get_all')
   const ref = await xapi.call('VDI.create', {
@@ -35,10 +33,4 @@ try {
   out.exportHeaders = response.headers
   await pipeline(response.body, createWriteStream(outPath))
   out.exportResult = await response.task
-} catch (error) {
-  out.error = String(error?.stack ?? error)
-} finally {
-  await xapi.disconnect()
-  process.stdout.write(JSON.stringify(out) + '\n')
-  process.exit(0)
-}
+})

@@ -615,7 +615,7 @@ def test_cancelled_task(http: Http, xapi: Xapi, filled: Vdi) -> None:
         r = client.response()
     assert r.status == 409 and "cancelled" in r.line(), r.body
     record = xapi.finished(task)
-    assert record["status"] == "cancelled", record
+    assert (record["status"], record["progress"]) == ("cancelled", 1.0), record
     assert http.export(filled.uuid) == CONTENT
 
 

@@ -5,11 +5,13 @@ count, the session) and turns any failure into an :class:`~migrate.rpc.codec.Api
 :func:`register_rpc` serves it as XML-RPC on ``/``, ``/RPC2`` and ``/xmlrpc`` and as JSON-RPC on
 ``/jsonrpc``. Refs are ``OpaqueRef:<uuid>`` of the record.
 
-Three kinds of call: plain ones run with :attr:`Api.lock` held (in a worker thread when the
-module lists them as ``BLOCKING``); coroutines (``event.from``, ``event.next``) take the lock
-themselves and wait for changes without it; ``Async.<name>`` (for the names a module lists as
-``ASYNC``) stores a pending task and runs the call in the nursery of :meth:`Api.serve_tasks`.
-After every call that moved the store's event clock, the event waiters are woken.
+Three kinds of call: plain ones run in a worker thread with :attr:`Api.lock` held (a
+commit waits for the disk: its fsync took 0.5 ms here idle, 5 ms during an import, 120 ms
+behind other writeback, time no connection should lose); coroutines (``event.from``,
+``event.next``) take the lock themselves and wait for changes without it; ``Async.<name>``
+(for the names a module lists as ``ASYNC``) stores a pending task and runs the call in the
+nursery of :meth:`Api.serve_tasks`. After every call that moved the store's event clock, the
+event waiters are woken.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ ASYNC_PREFIX = "Async."
 class _Method:
     function: Callable[..., Any]
     authenticated: bool
-    blocking: bool
     required: int
     """Parameters on the wire, the session included, without those that have defaults."""
     accepted: int
@@ -59,9 +60,7 @@ def _method(name: str, function: Callable[..., Any], unauthenticated: frozenset[
     parameters = list(inspect.signature(function).parameters.values())[1:]  # after ``api``
     required = sum(1 for p in parameters if p.default is inspect.Parameter.empty)
     awaitable = inspect.iscoroutinefunction(function)
-    return _Method(
-        function, name not in unauthenticated, False, required, len(parameters), awaitable
-    )
+    return _Method(function, name not in unauthenticated, required, len(parameters), awaitable)
 
 
 class Api:
@@ -72,9 +71,9 @@ class Api:
         self.host_uuid = host_uuid
         self.lock = trio.Lock()
         """Held by :meth:`run` around each call (event waits and queued tasks excepted), so
-        that one call at a time uses the store, also when a blocking call runs in a worker
-        thread. Other tasks that use the same store while the RPC is served must hold it too
-        (the store is one SQLite connection) and call :meth:`notify` after a change."""
+        that one call at a time uses the store, each from its worker thread. Other tasks that
+        use the same store while the RPC is served must hold it too (the store is one SQLite
+        connection) and call :meth:`notify` after a change."""
         self.verified = session.VerifiedCredentials()
         """Credentials verified in the last minute (HTTP Basic is not hashed every time)."""
         self.writing: dict[str, trio.Event] = {}
@@ -89,12 +88,9 @@ class Api:
         self._methods: dict[str, _Method] = {}
         for module in _MODULES:
             unauthenticated: frozenset[str] = getattr(module, "UNAUTHENTICATED", frozenset())
-            blocking: frozenset[str] = getattr(module, "BLOCKING", frozenset())
             long_calls: frozenset[str] = getattr(module, "ASYNC", frozenset())
             for name, function in accessors.methods(module).items():
-                method = replace(
-                    _method(name, function, unauthenticated), blocking=name in blocking
-                )
+                method = _method(name, function, unauthenticated)
                 self._methods[name] = method
                 if name in long_calls:
                     self._methods[ASYNC_PREFIX + name] = replace(method, task=name)
@@ -138,11 +134,6 @@ class Api:
     def methods(self) -> list[str]:
         """Every method name served, sorted."""
         return sorted(self._methods)
-
-    def blocking(self, method: str) -> bool:
-        """Whether ``method`` does file I/O or heavy work (run it in a worker thread)."""
-        entry = self._methods.get(method)
-        return entry is not None and entry.blocking
 
     def _entry(self, method: str, params: list[Any]) -> _Method:
         entry = self._methods.get(method)
@@ -201,9 +192,7 @@ class Api:
             return await self._start_task(entry.task, entry, params, client)
         async with self.lock:
             try:
-                if entry.blocking:
-                    return await trio.to_thread.run_sync(self.call, method, params, client)
-                return self.call(method, params, client)
+                return await trio.to_thread.run_sync(self.call, method, params, client)
             finally:
                 self.notify()
 
@@ -233,10 +222,7 @@ class Api:
                 if not task.begin(self, uuid):
                     return
                 try:
-                    if entry.blocking:
-                        result = await trio.to_thread.run_sync(self.call, name, params, client)
-                    else:
-                        result = self.call(name, params, client)
+                    result = await trio.to_thread.run_sync(self.call, name, params, client)
                 except ApiError as e:
                     task.finish(self, uuid, error=e)
                 else:

@@ -117,5 +117,3 @@ METHODS = {
 }
 UNAUTHENTICATED = frozenset({"session.login_with_password"})
 """Calls that take no session."""
-BLOCKING = frozenset({"session.login_with_password"})
-"""Calls run in a worker thread (PBKDF2 takes a tenth of a second)."""

@@ -113,12 +113,13 @@ def begin(api: Api, uuid: str) -> bool:
     if status == "pending":
         return True
     if status == "cancelling":
-        api.store.update("task", uuid, {"status": "cancelled", "finished": time.time()})
+        finish_cancelled(api, uuid)
     return False
 
 
 def finish(api: Api, uuid: str, result: Any = None, error: ApiError | None = None) -> None:
-    """Record the outcome of a task's call (the task may have been destroyed meanwhile)."""
+    """Record the outcome of a task's call (the task may have been destroyed meanwhile); as
+    in xapi, a finished task's progress is 1.0 whatever the outcome."""
     fields: dict[str, Any] = {"progress": 1.0, "finished": time.time()}
     if error is not None:
         fields.update(status="failure", error_info=json.dumps(error.description))
@@ -132,7 +133,9 @@ def finish_cancelled(api: Api, uuid: str) -> None:
     """Record that a task's work stopped because the task was cancelled."""
     with contextlib.suppress(KeyError):  # destroyed meanwhile
         api.store.update(
-            "task", uuid, {"status": "cancelled", "finished": time.time(), "error_info": "[]"}
+            "task",
+            uuid,
+            {"status": "cancelled", "progress": 1.0, "finished": time.time(), "error_info": "[]"},
         )
 
 

@@ -156,7 +156,5 @@ METHODS = {
     "VDI.destroy": destroy,
     "VDI.snapshot": snapshot,
 }
-BLOCKING = frozenset({"VDI.create", "VDI.destroy", "VDI.snapshot"})
-"""Calls that write files: run in a worker thread."""
 ASYNC = frozenset({"VDI.create", "VDI.destroy", "VDI.snapshot"})
 """Long calls also served as ``Async.<name>``, returning a task."""

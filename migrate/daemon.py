@@ -5,7 +5,8 @@ created once and its address refreshed, the live interfaces mirrored into PIFs, 
 created on first start and every SR reconciled, the ``root`` password set or generated. Then
 one listening socket per address (by default ``[::]:8080``, dual-stack), a ``listening on
 <URL>`` line for each on stdout, and HTTP served until SIGINT or SIGTERM. With a TLS
-certificate and key every accepted connection is wrapped in TLS (``trio.SSLStream``) before
+certificate and key every accepted connection is wrapped in TLS (:class:`~migrate.http.tls.
+TLSStream`) before
 the HTTP server sees it, and the lines show ``https://`` URLs.
 """
 
@@ -27,6 +28,7 @@ import trio
 
 from migrate.addresses import Host
 from migrate.http.server import Limits, Router, client_address, serve, serve_connection
+from migrate.http.tls import TLSStream
 from migrate.interfaces import Family, Interface, InterfaceError, read_interfaces
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.state.pifs import sync_interfaces
@@ -282,7 +284,7 @@ async def serve_tls(
             client = client_address(stream.socket.getpeername())
         except OSError:
             client = None
-        tls = trio.SSLStream(stream, context, server_side=True, https_compatible=True)
+        tls = TLSStream(stream, context)
         handshake_ok = False
         with trio.move_on_after(limits.header_timeout):
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -152,6 +154,63 @@ def test_curl_gets_an_http_answer(daemon: TlsDaemon) -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert re.fullmatch(r"[1-5]\d\d HTTPS", proc.stdout), proc.stdout
+
+
+def _curl(daemon: TlsDaemon, *args: str) -> str:
+    """curl's ``-w`` output; the run must succeed."""
+    assert CURL is not None
+    argv = [CURL, "-gsS", "-m", "60", "--cacert", str(daemon.cert), "-u", f"root:{PASSWORD}"]
+    proc = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=90, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.skipif(CURL is None, reason="no curl command")
+def test_curl_uploads_over_tls(daemon: TlsDaemon, tmp_path: Path) -> None:
+    """Bodies of several MiB (many TLS records, read several at a time) by Content-Length
+    and chunked, over both families, land whole: the export hashes like the source."""
+    size = 8 << 20
+    source = tmp_path / "disk.raw"
+    source.write_bytes(os.urandom(size - 4096) + bytes(4096))
+    ca = ("--ca", str(daemon.cert))
+    vdi = ok("vdi", "create", *cli_host(daemon), *ca, "--size", str(size)).strip()
+    for address, chunked in (("[::1]", False), ("127.0.0.1", True)):
+        url = f"https://{address}:{daemon.port}/import_raw_vdi?vdi={vdi}&format=raw"
+        framing = ("-H", "Transfer-Encoding: chunked") if chunked else ()
+        answer = _curl(daemon, "-T", str(source), *framing, "-w", " %{http_code}", url)
+        assert answer.split() == [f"OpaqueRef:{vdi}", "200"], answer
+        back = tmp_path / f"back{chunked}.raw"
+        url = f"https://{address}:{daemon.port}/export_raw_vdi?vdi={vdi}&format=raw"
+        assert _curl(daemon, "-o", str(back), "-w", "%{http_code}", url) == "200"
+        assert (
+            hashlib.sha256(back.read_bytes()).digest()
+            == hashlib.sha256(source.read_bytes()).digest()
+        )
+        back.unlink()
+        source.write_bytes(source.read_bytes()[::-1])  # other content for the next round
+
+
+def test_cut_tls_upload_leaves_the_vdi(daemon: TlsDaemon, tmp_path: Path) -> None:
+    """A client that sends 3 of the 8 MiB it announced over TLS, then closes its socket
+    (no close_notify): the VDI keeps its content."""
+    ca = ("--ca", str(daemon.cert))
+    vdi = ok("vdi", "create", *cli_host(daemon), *ca, "--size", "8M").strip()
+    context = ssl.create_default_context(cafile=str(daemon.cert))
+    basic = base64.b64encode(f"root:{PASSWORD}".encode()).decode()
+    head = (
+        f"PUT /import_raw_vdi?vdi={vdi} HTTP/1.1\r\nHost: xfer\r\n"
+        f"Authorization: Basic {basic}\r\nContent-Length: {8 << 20}\r\n\r\n"
+    )
+    with (
+        socket.create_connection(("::1", daemon.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="::1") as tls,
+    ):
+        tls.sendall(head.encode() + os.urandom(3 << 20))
+    exported = tmp_path / "after.raw"
+    url = f"https://[::1]:{daemon.port}/export_raw_vdi?vdi={vdi}&format=raw"
+    assert _curl(daemon, "-o", str(exported), "-w", "%{http_code}", url) == "200"
+    assert exported.read_bytes() == bytes(8 << 20)
+    assert daemon.proc.poll() is None
 
 
 def _plain_http(port: int) -> bytes:

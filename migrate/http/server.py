@@ -24,6 +24,7 @@ import h11
 import trio
 
 from migrate.addresses import AddressError, parse_host
+from migrate.http.tls import TLSStream
 
 log = logging.getLogger("xfer.http")
 
@@ -277,6 +278,11 @@ class Connection:
                     return await self._stream.socket.recv_into(view)
                 except OSError as e:
                     raise HTTPError(400, f"request body cut: {e.strerror}") from None
+            if isinstance(self._stream, TLSStream):
+                try:
+                    return await self._stream.receive_into(view)
+                except trio.BrokenResourceError as e:
+                    raise HTTPError(400, f"request body cut: {e}") from None
             data = await self._receive_some(len(view))
             view[: len(data)] = data
             return len(data)

@@ -22,7 +22,8 @@ best runs printed beside them. Only ``::1`` is used; every server is started her
    ``--sink socat``: ``socat -u -T 0.05 TCP6-LISTEN ... OPEN:/dev/null`` with curl speaking
    ``telnet://``, where socat's 50 ms idle timeout ends the connection, since curl itself never
    closes a telnet upload). Target >= 0.9. Beside them, the floor of a durable import on
-   this disk: ``dd bs=4M oflag=direct conv=fsync`` of the same bytes into the SR's directory.
+   this disk: ``dd bs=4M oflag=direct conv=fsync`` of the same bytes into the SR's directory,
+   and the same upload over TLS (``curl -k -T`` into figure 6's server).
 4. **sparse VHD export**: a 100 GiB VDI holding 1 GiB (512 blocks of 2 MiB of random data
    spread evenly; imported as a VHD made with ``xfer vhd convert`` from a sparse raw file)
    exported as a VHD, against a dense 1 GiB VDI exported as a VHD, both fetched by curl.
@@ -508,10 +509,12 @@ def curl_get(url: str, auth: bool = True, insecure: bool = False) -> list[str]:
     return argv + (["-k"] if insecure else [])
 
 
-def curl_put(path: Path, url: str, auth: bool = True) -> list[str]:
+def curl_put(path: Path, url: str, auth: bool = True, insecure: bool = False) -> list[str]:
     """curl uploading ``path`` to ``url`` (PUT), printing the body, status and byte counts."""
     argv = ["curl", "-gsS", "-T", str(path), "-w", CURL_W, url]
-    return argv + (["-u", f"root:{PASSWORD}"] if auth else [])
+    if auth:
+        argv += ["-u", f"root:{PASSWORD}"]
+    return argv + (["-k"] if insecure else [])
 
 
 def check_curl(stdout: str, what: str, down: int | None = None, up: int | None = None) -> str:
@@ -831,13 +834,23 @@ def start_sink(s: Setup) -> tuple[str, str, subprocess.Popen[bytes]]:
     return url, what, proc
 
 
-def measure_import_curl(s: Setup) -> None:
-    """Figure 3: ``curl -T`` into xfer against ``curl -T`` into a sink that discards."""
+def measure_import_curl(s: Setup, tls: XferServer, tls_vdi: str) -> None:
+    """Figure 3: ``curl -T`` into xfer against ``curl -T`` into a sink that discards; beside
+    it, the same upload over TLS (``curl -k -T``, the same bytes into the TLS server's VDI)."""
     size, d = s.args.size, s.deadline
     url, what, sink = start_sink(s)
     try:
         xfer_argv = curl_put(s.source, s.plain.import_url(s.import_vdi))
         sink_argv = curl_put(s.source, url, auth=False)
+        tls_argv = curl_put(s.source, tls.import_url(tls_vdi), insecure=True)
+
+        def tls_once() -> float:
+            cache(s.source)
+            t = timed(tls_argv, d)
+            body = check_curl(t.stdout, shlex.join(tls_argv), up=size)
+            if tls_vdi not in body:
+                raise BenchError(f"{shlex.join(tls_argv)}: answered {body.strip()[:200]!r}")
+            return t.seconds
 
         def xfer_once() -> float:
             seconds, stdout = import_timing(s, xfer_argv, "curl -T import")
@@ -869,10 +882,12 @@ def measure_import_curl(s: Setup) -> None:
         xfer = Figure("curl -T -> xfer", shlex.join(xfer_argv), size)
         peer = Figure("curl -T -> sink", shlex.join(sink_argv), size)
         floor = Figure("dd direct+fsync to SR", shlex.join(floor_argv), size)
+        https = Figure("curl -k -T -> xfer https", shlex.join(tls_argv), size)
         contenders = [
             Contender(xfer, xfer_once),
             Contender(peer, sink_once),
             Contender(floor, floor_once),
+            Contender(https, tls_once),
         ]
         interleave("curl import", contenders, s.args.runs)
     finally:
@@ -883,7 +898,11 @@ def measure_import_curl(s: Setup) -> None:
         f"figure 3: the slower of sink and durable write ({slower.name}) takes {slower.best:.3f} s;"
         f" curl -T -> xfer is {slower.best / xfer.best:.2f}x its throughput"
     )
-    s.report.figures += [("3 curl import", xfer), ("3 curl import", peer), ("3 curl import", floor)]
+    s.report.notes.append(
+        f"figure 3 over TLS: curl -k -T -> xfer https reaches {xfer.median / https.median:.2f}x"
+        " the plain import's throughput on medians"
+    )
+    s.report.figures += [("3 curl import", f) for f in (xfer, peer, floor, https)]
     ratio_target(s.report, "3 raw import (curl client)", xfer, peer, IMPORT_CURL_TARGET)
 
 
@@ -1294,9 +1313,9 @@ def bench(args: argparse.Namespace, workdir: Path, procs: Processes, report: Rep
     report.notes.append(f"xfer start-up (`xfer --help`, median of 3): {startup(xfer):.3f} s")
     nginx_port, nginx_tls_port = start_nginx(procs, workdir, s.source.parent, (cert, key))
     measure_exports(s, tls, tls_vdi, nginx_port, nginx_tls_port)
-    procs.stop(tls.proc)
     measure_import_cli(s)
-    measure_import_curl(s)
+    measure_import_curl(s, tls, tls_vdi)
+    procs.stop(tls.proc)
     measure_sparse(s)
     measure_rss(s)
     verify(s)

@@ -16,12 +16,14 @@ from typing import Any
 import pytest
 import trio
 
-from migrate.http.server import Router, serve
+from migrate.daemon import serve_tls, server_ssl_context
+from migrate.http.server import Limits, Router, serve
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store
 from migrate.transfer.endpoints import register_transfers
 from support import MiB, host_store, make_dynamic
+from test_tls import make_certificate
 
 XEN_API_VERSION = "4.7.6"
 """The npm ``xen-api`` version tested (pinned in tests/xo/package.json too)."""
@@ -58,9 +60,15 @@ def xen_api() -> str:
     return node
 
 
-async def run_script(node: str, script: str, *args: str) -> tuple[dict[str, Any], str]:
-    """Run one of the tests/xo scripts; the JSON object it prints, and its stderr. Fails the
-    test if it failed or reports an error."""
+async def run_script(
+    node: str, script: str, *args: str, ca: Path | None = None
+) -> tuple[dict[str, Any], str]:
+    """Run one of the tests/xo scripts (trusting the certificate ``ca`` besides the system's);
+    the JSON object it prints, and its stderr. Fails the test if it failed or reports an
+    error."""
+    env = {**os.environ, "NODE_NO_WARNINGS": "1"}
+    if ca is not None:
+        env["NODE_EXTRA_CA_CERTS"] = str(ca)
     with trio.fail_after(CLIENT_TIMEOUT):
         done = await trio.run_process(
             [node, str(XO_DIR / script), *args],
@@ -68,7 +76,7 @@ async def run_script(node: str, script: str, *args: str) -> tuple[dict[str, Any]
             capture_stdout=True,
             capture_stderr=True,
             check=False,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+            env=env,
         )
     stderr = done.stderr.decode(errors="replace")
     assert done.returncode == 0, stderr
@@ -141,13 +149,15 @@ async def test_xen_orchestra_client(
     assert "event.next" not in calls  # the modern event.from loop, not the legacy one
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_xen_orchestra_moves_a_disk(
-    xen_api: str, store: Store, nursery: trio.Nursery, tmp_path: Path
+    xen_api: str, store: Store, nursery: trio.Nursery, tmp_path: Path, scheme: str
 ) -> None:
     """putResource of a VHD stream of unknown length: the library first PUTs an empty body
     (a probe for redirections: it must change nothing and be answered 2xx), then declares a
     1 PiB Content-Length and cuts the connection after the data; the import ends at the
-    VHD's footer, and the task's result is the VDI. The raw export then reads it back."""
+    VHD's footer, and the task's result is the VDI. The raw export then reads it back. Over
+    HTTPS too (as Xen Orchestra reaches its hosts), the certificate verified."""
     size = 8 * MiB
     writes = [(0, b"\x5a" * 3000), (2 * MiB + 512, b"\xa5" * MiB), (size - 700, b"\x33" * 700)]
     vhd_file, out_file = tmp_path / "disk.vhd", tmp_path / "out.raw"
@@ -162,10 +172,16 @@ async def test_xen_orchestra_moves_a_disk(
     register_transfers(router, api)
     await nursery.start(api.serve_tasks)
     listeners = await trio.open_tcp_listeners(0, host="::1")
-    await nursery.start(partial(serve, router, listeners))
-    url = f"http://[::1]:{listeners[0].socket.getsockname()[1]}"
+    ca = None
+    if scheme == "https":
+        ca, key = make_certificate(tmp_path)
+        context = server_ssl_context(str(ca), str(key))
+        await nursery.start(partial(serve_tls, router, listeners, context, Limits()))
+    else:
+        await nursery.start(partial(serve, router, listeners))
+    url = f"{scheme}://[::1]:{listeners[0].socket.getsockname()[1]}"
     args = (url, "pw", str(vhd_file), str(size), str(out_file))
-    out, stderr = await run_script(xen_api, "transfer.mjs", *args)
+    out, stderr = await run_script(xen_api, "transfer.mjs", *args, ca=ca)
     assert "missing length" in stderr  # the library did use its workaround
     assert out["importResult"] == out["vdi"]
     assert out["exportHeaders"]["content-length"] == str(size)

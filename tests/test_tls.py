@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from migrate.daemon import TlsError, server_ssl_context
-from support import XFER
+from support import XFER, make_dynamic
 from test_cli_rpc import ok, one_error_line, xfer
 from test_serve import ROOT, serving, stop
 
@@ -211,6 +211,35 @@ def test_cut_tls_upload_leaves_the_vdi(daemon: TlsDaemon, tmp_path: Path) -> Non
     assert _curl(daemon, "-o", str(exported), "-w", "%{http_code}", url) == "200"
     assert exported.read_bytes() == bytes(8 << 20)
     assert daemon.proc.poll() is None
+
+
+def test_early_answer_reaches_a_client_still_sending(daemon: TlsDaemon, tmp_path: Path) -> None:
+    """A malformed VHD is answered 400 after its first MiBs while the client, which reads
+    only once it has sent everything, still sends 24 MiB more: the server reads and drops
+    them for a while before closing, so that the client reads the 400, not a reset."""
+    ca = ("--ca", str(daemon.cert))
+    vdi = ok("vdi", "create", *cli_host(daemon), *ca, "--size", "32M").strip()
+    image = tmp_path / "bad.vhd"
+    make_dynamic(image, 32 << 20, [(0, os.urandom(28 << 20))])
+    body = bytearray(image.read_bytes())
+    body[512:520] = b"notspars"  # the dynamic header's cookie
+    context = ssl.create_default_context(cafile=str(daemon.cert))
+    basic = base64.b64encode(f"root:{PASSWORD}".encode()).decode()
+    head = (
+        f"PUT /import_raw_vdi?vdi={vdi}&format=vhd HTTP/1.1\r\nHost: xfer\r\n"
+        f"Authorization: Basic {basic}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with (
+        socket.create_connection(("::1", daemon.port), timeout=10) as sock,
+        context.wrap_socket(sock, server_hostname="::1") as tls,
+    ):
+        tls.sendall(head.encode())
+        tls.sendall(body)
+        answer = b""
+        while b"offset" not in answer and (data := tls.recv(4096)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"offset 512" in answer, answer
 
 
 def _plain_http(port: int) -> bytes:

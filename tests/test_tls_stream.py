@@ -127,6 +127,21 @@ async def test_download_ends_with_close_notify(
     assert received == body
 
 
+async def test_half_close(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """send_eof: the client sees a clean end (close_notify) and can still send, the server
+    still receives; sending after it is ClosedResourceError."""
+    async with connected(contexts) as (server, client):
+        await server.send_all(b"answer")
+        await server.send_eof()
+        assert await client.receive_some() == b"answer"
+        assert await client.receive_some() == b""
+        await client.send_all(b"more body")
+        assert await server.receive_some() == b"more body"
+        with pytest.raises(trio.ClosedResourceError):
+            await server.send_all(b"late")
+        await server.send_eof()  # again: nothing more
+
+
 async def test_small_reads_lose_nothing(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """receive_some smaller than a record: the rest of the record comes with the next calls."""
     body = os.urandom(3 * RECORD)

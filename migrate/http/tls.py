@@ -9,7 +9,10 @@ incoming BIO at once and decrypts every whole record in it straight into the cal
 
 Like ``trio.SSLStream(..., https_compatible=True)``, a peer that closes its connection without
 TLS's ``close_notify`` ends the stream as an end of file (HTTP's own framing tells a cut body),
-and :meth:`TLSStream.aclose` sends ``close_notify`` without waiting for the peer's. One task
+and :meth:`TLSStream.aclose` sends ``close_notify`` without waiting for the peer's. Unlike it,
+the stream half-closes (:meth:`TLSStream.send_eof`: ``close_notify``, then reading on), so
+that the server can drain what a client still sends after an early answer, as it does over
+TCP, and the client reads that answer rather than a reset. One task
 may receive while another sends; two receiving (or two sending) at once is
 ``trio.BusyResourceError``.
 """
@@ -29,7 +32,7 @@ SEND_PIECE = 256 << 10
 cache between encrypting them and copying them to the socket (4 MiB ran 0.7x as fast)."""
 
 
-class TLSStream(trio.abc.Stream):
+class TLSStream(trio.abc.HalfCloseableStream):
     """TLS (server side) over ``transport``; :meth:`do_handshake` before anything else."""
 
     def __init__(self, transport: trio.SocketStream, context: ssl.SSLContext) -> None:
@@ -44,6 +47,8 @@ class TLSStream(trio.abc.Stream):
         self._receiving = False
         self._sending = False
         self._eof = False
+        """Whether the peer's end of the connection was seen."""
+        self._sent_eof = False
         self._broken: str | None = None
         """Why the stream failed: every later call fails the same way."""
 
@@ -111,6 +116,8 @@ class TLSStream(trio.abc.Stream):
         try:
             await trio.lowlevel.checkpoint_if_cancelled()
             self._check()
+            if self._sent_eof:
+                raise trio.ClosedResourceError("send_all after send_eof")
             view = memoryview(data)
             for start in range(0, len(view), SEND_PIECE):
                 try:
@@ -122,6 +129,19 @@ class TLSStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
+
+    async def send_eof(self) -> None:
+        """Send ``close_notify``, the end of what this side sends; receiving goes on (TLS 1.3
+        defines it as a half-close, and OpenSSL reads on after sending it)."""
+        await trio.lowlevel.checkpoint()
+        self._check()
+        if self._sent_eof:
+            return
+        self._sent_eof = True
+        # SSLWantReadError: our close_notify is written, the peer's is not read
+        with contextlib.suppress(ssl.SSLError):
+            self._ssl.unwrap()
+        await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
         """Return when the transport can take more bytes."""

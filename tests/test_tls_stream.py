@@ -207,6 +207,25 @@ async def test_handshake_with_a_vanished_client_fails(
             await server.do_handshake()
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+async def test_idle_streams_hold_little_memory(
+    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """A stream's 1 MiB receive buffer is taken only as reads reach it: 200 streams that
+    received nothing add a few MiB, not 200 (each bytearray(1 MiB) would be written through)."""
+    a, b = trio.socket.socketpair()
+    with a, b:
+        before = _rss_mib()
+        streams = [TLSStream(trio.SocketStream(a), contexts[0]) for _ in range(200)]
+        grown = _rss_mib() - before
+    assert len(streams) == 200 and grown < 20, grown
+
+
 async def test_one_receiver_at_a_time(contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     async with connected(contexts) as (server, client), trio.open_nursery() as nursery:
         nursery.start_soon(server.receive_some)

@@ -20,6 +20,7 @@ may receive while another sends; two receiving (or two sending) at once is
 from __future__ import annotations
 
 import contextlib
+import mmap
 import ssl
 from typing import cast
 
@@ -40,7 +41,9 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._buffer = bytearray(RECEIVE_SIZE)
+        self._buffer = memoryview(mmap.mmap(-1, RECEIVE_SIZE))
+        """Anonymous memory: its pages are taken as reads first reach them, so a connection
+        that never receives a large body never holds the whole buffer."""
         self._send_lock = trio.StrictFIFOLock()
         """Held while encrypted bytes go to the transport: a receive may have some to send too
         (TLS 1.3 post-handshake messages) while :meth:`send_all` runs."""
@@ -160,7 +163,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _refill(self) -> None:
         """Read what the socket holds into the incoming BIO (at its end, tell the BIO: the
         next read reports it)."""
-        view = memoryview(self._buffer)
+        view = self._buffer
         try:
             n = await self.transport.socket.recv_into(view)
         except OSError as e:

@@ -757,14 +757,20 @@ def measure_exports(
     )
 
 
+ACCOUNT = re.compile(r"received in ([\d.]+) s, image finished in ([\d.]+) s")
+"""The server's log line of an import: body received in X s, image finished in Y s."""
+
+
 def import_timing(s: Setup, argv: list[str], kind: str) -> tuple[float, str]:
     """Run an import command into the plain server, timed; (seconds, stdout). The server's
     own account of it (bytes received in, image finished in) goes into the notes."""
     s.plain.new_log()
     cache(s.source)
     t = timed(argv, s.deadline, xfer_env())
-    log = s.plain.new_log()
-    found = re.findall(r"received in ([\d.]+) s, image finished in ([\d.]+) s", log)
+    log, limit = "", time.monotonic() + 2  # the server logs it just after answering
+    while not (found := ACCOUNT.findall(log)) and time.monotonic() < limit:
+        time.sleep(0.02)
+        log += s.plain.new_log()
     if found:
         got, fin = found[-1]
         s.report.notes.append(f"{kind}: server says body received in {got} s, finished in {fin} s")

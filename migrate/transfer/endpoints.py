@@ -376,9 +376,6 @@ async def _import(
             await conn.respond(200, answer, body)
         else:
             await conn.send(body)
-        # the old file's last reference goes: freeing its blocks takes a while (0.5 s for
-        # 2 GiB here), in a worker thread so that other requests go on meanwhile
-        await trio.to_thread.run_sync(stack.close)
         log.info(
             "VDI %s imported: %d bytes received in %.2f s, image finished in %.2f s",
             target.vdi,
@@ -386,6 +383,9 @@ async def _import(
             received - started,
             finished - received,
         )
+        # the old file's last reference goes: freeing its blocks takes a while (0.5 s for
+        # 2 GiB here), in a worker thread so that other requests go on meanwhile
+        await trio.to_thread.run_sync(stack.close)
 
 
 class _FlushBehind:

@@ -9,7 +9,8 @@ layer, so the transport here decodes it before ``getaddrinfo``; over https the c
 checked against the bare address (an IP SAN), as the zone is local to this host.
 
 The same transport, for ``httpx.AsyncClient`` under trio (:func:`async_transport`, reading
-large pieces at a time), carries ``xfer export``/``xfer import`` (:mod:`migrate.cli.transfer`).
+large pieces at a time, TLS through :class:`migrate.http.tls.TLSStream`), carries ``xfer
+export``/``xfer import`` (:mod:`migrate.cli.transfer`).
 
 Every failure is a :class:`ClientError` whose text is one line: a XenAPI failure reads
 ``CODE: param param``.
@@ -25,8 +26,10 @@ from typing import Any
 
 import httpcore
 import httpx
+import trio
 
 from migrate.addresses import Host, parse_host
+from migrate.http.tls import TLSStream
 
 DEFAULT_PORT = 8080
 """The port of ``xfer serve`` when the host text names none."""
@@ -137,11 +140,74 @@ class _LargeReads(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
-        return _LargeReads(stream, self._size)
+        """TLS through :class:`~migrate.http.tls.TLSStream` (``trio.SSLStream`` returns a 16 KiB
+        record per read, and allocated each read's whole size first: ``xfer export`` of 2 GiB
+        over https took 11-13 s, curl 2.3-4.7 s)."""
+        socket = trio.SocketStream(self._stream.get_extra_info("socket"))
+        tls = TLSStream(socket, ssl_context, server_side=False, server_hostname=server_hostname)
+        try:
+            with trio.fail_after(float("inf") if timeout is None else timeout):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(socket)
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from None
+        except trio.BrokenResourceError as e:
+            await trio.aclose_forcefully(socket)
+            raise httpcore.ConnectError(str(e)) from e
+        return _TLSReads(tls, self._size)
 
     def get_extra_info(self, info: str) -> Any:
         return self._stream.get_extra_info(info)
+
+
+class _TLSReads(httpcore.AsyncNetworkStream):
+    """:class:`_LargeReads` over a :class:`~migrate.http.tls.TLSStream`: each read returns
+    every record that has arrived, up to the size asked."""
+
+    def __init__(self, stream: TLSStream, size: int) -> None:
+        self._stream = stream
+        self._size = size
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            with trio.fail_after(float("inf") if timeout is None else timeout):
+                return await self._stream.receive_some(max(max_bytes, self._size))
+        except trio.TooSlowError:
+            raise httpcore.ReadTimeout("read timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise httpcore.ReadError(str(e)) from e
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        try:
+            with trio.fail_after(float("inf") if timeout is None else timeout):
+                await self._stream.send_all(buffer)
+        except trio.TooSlowError:
+            raise httpcore.WriteTimeout("write timed out") from None
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise httpcore.WriteError(str(e)) from e
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise NotImplementedError("TLS within TLS (an https proxy) is not supported")
+
+    def get_extra_info(self, info: str) -> Any:
+        socket = self._stream.transport.socket
+        extra = {
+            "ssl_object": lambda: self._stream.ssl_object,
+            "socket": lambda: socket,
+            "client_addr": socket.getsockname,
+            "server_addr": socket.getpeername,
+            "is_readable": socket.is_readable,
+        }
+        get = extra.get(info)
+        return None if get is None else get()
 
 
 class _Transport(httpx.HTTPTransport):

@@ -1,5 +1,5 @@
-"""The server side of TLS over a trio socket: :class:`TLSStream`, ``ssl.SSLObject`` on memory
-BIOs, which reads a body in large pieces.
+"""TLS over a trio socket: :class:`TLSStream`, ``ssl.SSLObject`` on memory BIOs, which reads
+in large pieces; the server's connections and the CLI's (through httpx) both use it.
 
 ``trio.SSLStream`` returns one TLS record (16 KiB) per ``receive_some`` and pays trio's checks
 and a checkpoint for each: an upload of 2 GiB over TLS is 131072 such calls, and they, not the
@@ -34,19 +34,32 @@ cache between encrypting them and copying them to the socket (4 MiB ran 0.7x as 
 
 
 class TLSStream(trio.abc.HalfCloseableStream):
-    """TLS (server side) over ``transport``; :meth:`do_handshake` before anything else."""
+    """TLS over ``transport``: the server's side, or with ``server_side=False`` the client's
+    (``server_hostname`` sent as SNI and the certificate checked against it as ``context``
+    says); :meth:`do_handshake` before anything else."""
 
-    def __init__(self, transport: trio.SocketStream, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        transport: trio.SocketStream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
         self.transport = transport
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self.ssl_object = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side, server_hostname=server_hostname
+        )
+        """The TLS state (``version()``, ``cipher()``, ``selected_alpn_protocol()``...)."""
         self._buffer = memoryview(mmap.mmap(-1, RECEIVE_SIZE))
         """Anonymous memory: its pages are taken as reads first reach them, so a connection
         that never receives a large body never holds the whole buffer."""
         self._send_lock = trio.StrictFIFOLock()
         """Held while encrypted bytes go to the transport: a receive may have some to send too
         (TLS 1.3 post-handshake messages) while :meth:`send_all` runs."""
+        self._scratch: memoryview | None = None
         self._receiving = False
         self._sending = False
         self._eof = False
@@ -60,7 +73,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         if it fails or the peer goes away."""
         while True:
             try:
-                self._ssl.do_handshake()
+                self.ssl_object.do_handshake()
                 break
             except ssl.SSLWantReadError:
                 if self._eof:
@@ -86,7 +99,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
             while filled < len(view):
                 try:
                     # (typeshed has it return bytes; given a buffer, it returns the count)
-                    n = cast(int, self._ssl.read(len(view) - filled, view[filled:]))
+                    n = cast(int, self.ssl_object.read(len(view) - filled, view[filled:]))
                 except ssl.SSLWantReadError:
                     if filled or self._eof:
                         break
@@ -105,11 +118,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
             self._receiving = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        """At most ``max_bytes`` of what has arrived (``b""`` at the end of the stream)."""
-        buffer = bytearray(max_bytes or 65536)
-        n = await self.receive_into(memoryview(buffer))
-        del buffer[n:]
-        return bytes(buffer)
+        """At most ``max_bytes`` (default and at most :data:`RECEIVE_SIZE`) of what has
+        arrived, ``b""`` at the end of the stream; decrypted into a buffer kept for it, so
+        that no large buffer is allocated per call."""
+        if self._scratch is None:
+            self._scratch = memoryview(mmap.mmap(-1, RECEIVE_SIZE))
+        view = self._scratch[: min(max_bytes or RECEIVE_SIZE, RECEIVE_SIZE)]
+        n = await self.receive_into(view)
+        return bytes(view[:n])
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send ``data``."""
@@ -124,7 +140,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
             view = memoryview(data)
             for start in range(0, len(view), SEND_PIECE):
                 try:
-                    self._ssl.write(view[start : start + SEND_PIECE])
+                    self.ssl_object.write(view[start : start + SEND_PIECE])
                 except ssl.SSLError as e:
                     raise self._break(f"TLS: {e}") from e
                 await self._flush()
@@ -143,7 +159,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._sent_eof = True
         # SSLWantReadError: our close_notify is written, the peer's is not read
         with contextlib.suppress(ssl.SSLError):
-            self._ssl.unwrap()
+            self.ssl_object.unwrap()
         await self._flush()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -155,7 +171,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
         try:
             # SSLWantReadError: our close_notify is written, the peer's is not read
             with contextlib.suppress(ssl.SSLError):
-                self._ssl.unwrap()
+                self.ssl_object.unwrap()
             await self._flush_quietly()
         finally:
             await self.transport.aclose()

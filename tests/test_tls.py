@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
@@ -190,22 +191,31 @@ def test_curl_uploads_over_tls(daemon: TlsDaemon, tmp_path: Path) -> None:
         source.write_bytes(source.read_bytes()[::-1])  # other content for the next round
 
 
-def test_cut_tls_upload_leaves_the_vdi(daemon: TlsDaemon, tmp_path: Path) -> None:
-    """A client that sends 3 of the 8 MiB it announced over TLS, then closes its socket
-    (no close_notify): the VDI keeps its content."""
-    ca = ("--ca", str(daemon.cert))
-    vdi = ok("vdi", "create", *cli_host(daemon), *ca, "--size", "8M").strip()
+@contextlib.contextmanager
+def _tls_put(daemon: TlsDaemon, target: str, length: int) -> Iterator[ssl.SSLSocket]:
+    """A TLS connection to the daemon on ::1 (its certificate verified) that has sent the
+    head of ``PUT target`` with Basic credentials, announcing ``length`` body bytes."""
     context = ssl.create_default_context(cafile=str(daemon.cert))
     basic = base64.b64encode(f"root:{PASSWORD}".encode()).decode()
     head = (
-        f"PUT /import_raw_vdi?vdi={vdi} HTTP/1.1\r\nHost: xfer\r\n"
-        f"Authorization: Basic {basic}\r\nContent-Length: {8 << 20}\r\n\r\n"
+        f"PUT {target} HTTP/1.1\r\nHost: xfer\r\n"
+        f"Authorization: Basic {basic}\r\nContent-Length: {length}\r\n\r\n"
     )
     with (
         socket.create_connection(("::1", daemon.port), timeout=10) as sock,
         context.wrap_socket(sock, server_hostname="::1") as tls,
     ):
-        tls.sendall(head.encode() + os.urandom(3 << 20))
+        tls.sendall(head.encode())
+        yield tls
+
+
+def test_cut_tls_upload_leaves_the_vdi(daemon: TlsDaemon, tmp_path: Path) -> None:
+    """A client that sends 3 of the 8 MiB it announced over TLS, then closes its socket
+    (no close_notify): the VDI keeps its content."""
+    ca = ("--ca", str(daemon.cert))
+    vdi = ok("vdi", "create", *cli_host(daemon), *ca, "--size", "8M").strip()
+    with _tls_put(daemon, f"/import_raw_vdi?vdi={vdi}", 8 << 20) as tls:
+        tls.sendall(os.urandom(3 << 20))
     exported = tmp_path / "after.raw"
     url = f"https://[::1]:{daemon.port}/export_raw_vdi?vdi={vdi}&format=raw"
     assert _curl(daemon, "-o", str(exported), "-w", "%{http_code}", url) == "200"
@@ -223,17 +233,7 @@ def test_early_answer_reaches_a_client_still_sending(daemon: TlsDaemon, tmp_path
     make_dynamic(image, 32 << 20, [(0, os.urandom(28 << 20))])
     body = bytearray(image.read_bytes())
     body[512:520] = b"notspars"  # the dynamic header's cookie
-    context = ssl.create_default_context(cafile=str(daemon.cert))
-    basic = base64.b64encode(f"root:{PASSWORD}".encode()).decode()
-    head = (
-        f"PUT /import_raw_vdi?vdi={vdi}&format=vhd HTTP/1.1\r\nHost: xfer\r\n"
-        f"Authorization: Basic {basic}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    with (
-        socket.create_connection(("::1", daemon.port), timeout=10) as sock,
-        context.wrap_socket(sock, server_hostname="::1") as tls,
-    ):
-        tls.sendall(head.encode())
+    with _tls_put(daemon, f"/import_raw_vdi?vdi={vdi}&format=vhd", len(body)) as tls:
         tls.sendall(body)
         answer = b""
         while b"offset" not in answer and (data := tls.recv(4096)):

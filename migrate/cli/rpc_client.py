@@ -98,8 +98,8 @@ class _ZoneBackend(httpcore.SyncBackend):
 
 
 class _AsyncZoneBackend(httpcore.TrioBackend):
-    """:class:`_ZoneBackend` for ``httpx.AsyncClient`` running in ``trio.run``, whose streams
-    read at least ``read_size`` bytes at a time."""
+    """:class:`_ZoneBackend` for ``httpx.AsyncClient`` running in ``trio.run``: its streams
+    are :class:`_Stream`."""
 
     def __init__(self, read_size: int) -> None:
         self.read_size = read_size
@@ -112,77 +112,47 @@ class _AsyncZoneBackend(httpcore.TrioBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        host = _socket_host(host)
-        stream = await super().connect_tcp(host, port, timeout, local_address, socket_options)
-        return _LargeReads(stream, self.read_size)
-
-
-class _LargeReads(httpcore.AsyncNetworkStream):
-    """A stream whose reads ask for at least ``size`` bytes: httpcore asks for 64 KiB, which
-    makes a large body cost one trip through h11 and httpx per 64 KiB."""
-
-    def __init__(self, stream: httpcore.AsyncNetworkStream, size: int) -> None:
-        self._stream = stream
-        self._size = size
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return await self._stream.read(max(max_bytes, self._size), timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        await self._stream.write(buffer, timeout)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        """TLS through :class:`~migrate.http.tls.TLSStream` (``trio.SSLStream`` returns a 16 KiB
-        record per read, and allocated each read's whole size first: ``xfer export`` of 2 GiB
-        over https took 11-13 s, curl 2.3-4.7 s)."""
-        socket = trio.SocketStream(self._stream.get_extra_info("socket"))
-        tls = TLSStream(socket, ssl_context, server_side=False, server_hostname=server_hostname)
         try:
-            with trio.fail_after(float("inf") if timeout is None else timeout):
-                await tls.do_handshake()
+            with trio.fail_after(_seconds(timeout)):
+                stream = await trio.open_tcp_stream(
+                    _socket_host(host), port, local_address=local_address
+                )
         except trio.TooSlowError:
-            await trio.aclose_forcefully(socket)
-            raise httpcore.ConnectTimeout("TLS handshake timed out") from None
-        except trio.BrokenResourceError as e:
-            await trio.aclose_forcefully(socket)
+            raise httpcore.ConnectTimeout(f"no connection within {timeout} s") from None
+        except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
-        return _TLSReads(tls, self._size)
+        for option in socket_options or ():
+            stream.setsockopt(*option)
+        return _Stream(stream, self.read_size)
 
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
 
+class _Stream(httpcore.AsyncNetworkStream):
+    """A trio socket stream, or a :class:`~migrate.http.tls.TLSStream` over one, for
+    httpcore: reads ask for at least ``size`` bytes (httpcore asks for 64 KiB, which makes a
+    large body cost one trip through h11 and httpx per 64 KiB), trio's failures become
+    httpcore's. TLS is ``TLSStream``'s: ``trio.SSLStream`` returns one 16 KiB record per read,
+    after allocating the whole read's size (``xfer export`` of 2 GiB over https took 11-13 s
+    through it, curl 2.3-4.7 s)."""
 
-class _TLSReads(httpcore.AsyncNetworkStream):
-    """:class:`_LargeReads` over a :class:`~migrate.http.tls.TLSStream`: each read returns
-    every record that has arrived, up to the size asked."""
-
-    def __init__(self, stream: TLSStream, size: int) -> None:
+    def __init__(self, stream: trio.SocketStream | TLSStream, size: int) -> None:
         self._stream = stream
         self._size = size
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
-            with trio.fail_after(float("inf") if timeout is None else timeout):
+            with trio.fail_after(_seconds(timeout)):
                 return await self._stream.receive_some(max(max_bytes, self._size))
         except trio.TooSlowError:
-            raise httpcore.ReadTimeout("read timed out") from None
+            raise httpcore.ReadTimeout(f"nothing received for {timeout} s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise httpcore.ReadError(str(e)) from e
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         try:
-            with trio.fail_after(float("inf") if timeout is None else timeout):
+            with trio.fail_after(_seconds(timeout)):
                 await self._stream.send_all(buffer)
         except trio.TooSlowError:
-            raise httpcore.WriteTimeout("write timed out") from None
+            raise httpcore.WriteTimeout(f"nothing sent for {timeout} s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise httpcore.WriteError(str(e)) from e
 
@@ -195,19 +165,41 @@ class _TLSReads(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError("TLS within TLS (an https proxy) is not supported")
+        if not isinstance(self._stream, trio.SocketStream):
+            raise httpcore.ConnectError("TLS within TLS (an https proxy) is not supported")
+        tls = TLSStream(
+            self._stream, ssl_context, server_side=False, server_hostname=server_hostname
+        )
+        try:
+            with trio.fail_after(_seconds(timeout)):
+                await tls.do_handshake()
+        except trio.TooSlowError:
+            await trio.aclose_forcefully(self._stream)
+            raise httpcore.ConnectTimeout(f"no TLS handshake within {timeout} s") from None
+        except trio.BrokenResourceError as e:
+            await trio.aclose_forcefully(self._stream)
+            raise httpcore.ConnectError(str(e)) from e
+        return _Stream(tls, self._size)
 
     def get_extra_info(self, info: str) -> Any:
-        socket = self._stream.transport.socket
-        extra = {
-            "ssl_object": lambda: self._stream.ssl_object,
-            "socket": lambda: socket,
-            "client_addr": socket.getsockname,
-            "server_addr": socket.getpeername,
-            "is_readable": socket.is_readable,
-        }
-        get = extra.get(info)
-        return None if get is None else get()
+        tls = self._stream if isinstance(self._stream, TLSStream) else None
+        socket = (tls.transport if tls else typing.cast(trio.SocketStream, self._stream)).socket
+        if info == "ssl_object":
+            return tls.ssl_object if tls else None
+        if info == "socket":
+            return socket
+        if info == "client_addr":
+            return socket.getsockname()
+        if info == "server_addr":
+            return socket.getpeername()
+        if info == "is_readable":
+            return socket.is_readable()
+        return None
+
+
+def _seconds(timeout: float | None) -> float:
+    """httpcore's timeout as trio's: None is no limit."""
+    return float("inf") if timeout is None else timeout
 
 
 class _Transport(httpx.HTTPTransport):

@@ -5,9 +5,9 @@ created once and its address refreshed, the live interfaces mirrored into PIFs, 
 created on first start and every SR reconciled, the ``root`` password set or generated. Then
 one listening socket per address (by default ``[::]:8080``, dual-stack), a ``listening on
 <URL>`` line for each on stdout, and HTTP served until SIGINT or SIGTERM. With a TLS
-certificate and key every accepted connection is wrapped in TLS (:class:`~migrate.http.tls.
-TLSStream`) before
-the HTTP server sees it, and the lines show ``https://`` URLs.
+certificate and key every accepted connection is wrapped in TLS
+(:class:`~migrate.http.tls.TLSStream`) before the HTTP server sees it, and the lines show
+``https://`` URLs.
 """
 
 from __future__ import annotations

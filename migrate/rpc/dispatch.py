@@ -21,7 +21,7 @@ import logging
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -40,6 +40,7 @@ XMLRPC_PATHS = ("/", "/RPC2", "/xmlrpc")
 JSONRPC_PATH = "/jsonrpc"
 
 _MODULES = (session, host, pool, sr, vdi, network, pif, task, event)
+T = TypeVar("T")
 ASYNC_PREFIX = "Async."
 
 
@@ -73,7 +74,7 @@ class Api:
         """Held by :meth:`run` around each call (event waits and queued tasks excepted), so
         that one call at a time uses the store, each from its worker thread. Other tasks that
         use the same store while the RPC is served must hold it too (the store is one SQLite
-        connection) and call :meth:`notify` after a change."""
+        connection) and call :meth:`notify` after a change: :meth:`store_call` does both."""
         self.verified = session.VerifiedCredentials()
         """Credentials verified in the last minute (HTTP Basic is not hashed every time)."""
         self.writing: dict[str, trio.Event] = {}
@@ -107,6 +108,17 @@ class Api:
             self._notified = generation
             self._changed.set()
             self._changed = trio.Event()
+
+    async def store_call(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` in a worker thread with :attr:`lock` held, the event waiters
+        woken after: how trio code uses the store (a commit waits for the disk: 0.5 ms here
+        idle, 5 ms during an import, 120 ms behind other writeback, time no connection should
+        lose)."""
+        async with self.lock:
+            try:
+                return await trio.to_thread.run_sync(function, *args)
+            finally:
+                self.notify()
 
     async def wait_for_change(self, generation: int, deadline: float) -> None:
         """Wait (not holding :attr:`lock`) until a change after ``generation`` was notified,
@@ -189,16 +201,10 @@ class Api:
             except Exception as e:
                 raise self._failed(method, params, client, e) from None
         if entry.task is not None:
-            return await self._start_task(entry.task, entry, params, client)
-        async with self.lock:
-            try:
-                return await trio.to_thread.run_sync(self.call, method, params, client)
-            finally:
-                self.notify()
+            return await self._start_task(entry.task, params, client)
+        return await self.store_call(self.call, method, params, client)
 
-    async def _start_task(
-        self, name: str, entry: _Method, params: list[Any], client: str | None
-    ) -> str:
+    async def _start_task(self, name: str, params: list[Any], client: str | None) -> str:
         """``Async.<name>``: a pending task stored, ``name`` run in the tasks' nursery."""
         async with self.lock:
             nursery = self._tasks  # read with the lock: no checkpoint until start_soon
@@ -211,26 +217,26 @@ class Api:
                 raise self._failed(ASYNC_PREFIX + name, params, client, e) from None
             finally:
                 self.notify()
-        nursery.start_soon(self._run_task, uuid, name, entry, params, client)
+        nursery.start_soon(self._run_task, uuid, name, params, client)
         return self.ref(uuid)
 
-    async def _run_task(
-        self, uuid: str, name: str, entry: _Method, params: list[Any], client: str | None
-    ) -> None:
-        async with self.lock:
-            try:
-                if not task.begin(self, uuid):
-                    return
-                try:
-                    result = await trio.to_thread.run_sync(self.call, name, params, client)
-                except ApiError as e:
-                    task.finish(self, uuid, error=e)
-                else:
-                    task.finish(self, uuid, result=result)
-            except Exception:
-                log.exception("task %s (%s) failed", uuid, name)
-            finally:
-                self.notify()
+    async def _run_task(self, uuid: str, name: str, params: list[Any], client: str | None) -> None:
+        try:
+            await self.store_call(self._task_call, uuid, name, params, client)
+        except Exception:
+            log.exception("task %s (%s) failed", uuid, name)
+
+    def _task_call(self, uuid: str, name: str, params: list[Any], client: str | None) -> None:
+        """The task ``uuid`` begun, its call ``name`` made, its outcome recorded; in a worker
+        thread, :attr:`lock` held."""
+        if not task.begin(self, uuid):
+            return
+        try:
+            result = self.call(name, params, client)
+        except ApiError as e:
+            task.finish(self, uuid, error=e)
+        else:
+            task.finish(self, uuid, result=result)
 
     # Helpers for the class modules
 

@@ -78,31 +78,32 @@ async def authenticated(api: Api, request: Request) -> AsyncIterator[str]:
     it has none that is valid. A session made from Basic credentials ends with the block."""
     session_id = param(request, "session_id")
     if session_id is not None:
-        async with api.lock:
-            try:
-                sessions.check(api, session_id)
-            except ApiError:
-                raise _unauthorized("session_id is not a valid session") from None
+        try:
+            await api.store_call(sessions.check, api, session_id)
+        except ApiError:
+            raise _unauthorized("session_id is not a valid session") from None
         yield session_id
         return
     credentials = _basic(request)
     if credentials is None:
         raise _unauthorized("authentication needed: session_id, or Basic credentials")
     user, password = credentials
-    async with api.lock:
-        if api.verified.recent(user, password):
-            ref = sessions.open_session(api, user, "http")
-        else:
-            try:
-                ref = await trio.to_thread.run_sync(
-                    sessions.login_with_password, api, user, password, "", "http"
-                )
-            except ApiError:
-                raise _unauthorized(f"wrong user name or password for {user!r}") from None
-            api.verified.remember(user, password)
+    try:
+        ref = await api.store_call(_log_in, api, user, password)
+    except ApiError:
+        raise _unauthorized(f"wrong user name or password for {user!r}") from None
     try:
         yield ref
     finally:
         with trio.CancelScope(shield=True):
-            async with api.lock:
-                sessions.logout(api, ref)
+            await api.store_call(sessions.logout, api, ref)
+
+
+def _log_in(api: Api, user: str, password: str) -> str:
+    """A temporary session for Basic credentials (not hashed again when verified in the last
+    minute); ApiError for wrong ones. In a worker thread, the RPC lock held."""
+    if api.verified.recent(user, password):
+        return sessions.open_session(api, user, "http")
+    ref = sessions.login_with_password(api, user, password, "", "http")
+    api.verified.remember(user, password)
+    return ref

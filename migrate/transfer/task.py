@@ -66,11 +66,9 @@ class TransferTask:
         """Report progress until cancelled; cancel ``scope`` once the task is cancelled."""
         while True:
             await trio.sleep(REPORT_EVERY)
-            async with self.api.lock:
-                status = await trio.to_thread.run_sync(
-                    tasks.set_progress, self.api, self.uuid, self.progress()
-                )
-            self.api.notify()
+            status = await self.api.store_call(
+                tasks.set_progress, self.api, self.uuid, self.progress()
+            )
             if status == "cancelling":
                 self.cancelled = True
                 scope.cancel()
@@ -78,20 +76,18 @@ class TransferTask:
 
     async def succeed(self, result: Any = "") -> None:
         """Record success with ``result``."""
-        async with self.api.lock:
-            tasks.finish(self.api, self.uuid, result=result)
+        await self.api.store_call(tasks.finish, self.api, self.uuid, result)
         self.ended = True
-        self.api.notify()
 
     async def fail(self, code: str, *params: Any) -> None:
         """Record failure ``code`` with ``params`` (or cancellation, if it was cancelled)."""
-        async with self.api.lock:
-            if self.cancelled:
-                tasks.finish_cancelled(self.api, self.uuid)
-            else:
-                tasks.finish(self.api, self.uuid, error=ApiError(code, *params))
+        if self.cancelled:
+            await self.api.store_call(tasks.finish_cancelled, self.api, self.uuid)
+        else:
+            await self.api.store_call(
+                tasks.finish, self.api, self.uuid, None, ApiError(code, *params)
+            )
         self.ended = True
-        self.api.notify()
         log.info("task %s: %s %s", self.uuid, code, " ".join(map(str, params)))
 
     @contextlib.asynccontextmanager

@@ -92,9 +92,9 @@ def test_direct_write_refused_falls_back_to_the_page_cache(
     fd = os.open(out, os.O_RDWR)
     try:
         disk = DiskFile(str(out), fd, 5000)
-        assert disk._direct >= 0
+        assert disk._writer.direct_fd >= 0
         disk.write(pieces(data[5000:]))
-        assert disk._direct == -1  # refused at the first full buffer
+        assert disk._writer.direct_fd == -1  # refused at the first full buffer
         disk.finish()
     finally:
         os.close(fd)

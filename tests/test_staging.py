@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import vhd
 from migrate.state.store import Store
-from migrate.storage import sr, staging
+from migrate.storage import direct, sr, staging
 from migrate.storage.staging import StagedImage, StagingError
 from migrate.transfer.chunks import END, ChunkError, chunk_header
 from migrate.transfer.importer import ChunkedImporter, Importer, RawImporter, VhdImporter
@@ -249,7 +249,7 @@ def test_raw_import_shorter_than_the_vdi(
 
 
 def direct_or_skip(staged: StagedImage) -> None:
-    if staged._direct < 0:
+    if staged._writer.direct_fd < 0:
         pytest.skip("the file system under the test's temporary directory refuses O_DIRECT")
 
 
@@ -259,13 +259,13 @@ def test_aligned_block_data_goes_direct(
     """Whole blocks from an aligned buffer are written ``O_DIRECT``, unaligned pieces through
     the page cache, and where they overlap the later write wins."""
     to_direct: list[bool] = []
-    pwrite = staging._pwrite
+    pwrite = direct.pwrite_all
 
     def spy(fd: int, data: memoryview, offset: int) -> None:
-        to_direct.append(fd == staged._direct)
+        to_direct.append(fd == staged._writer.direct_fd)
         pwrite(fd, data, offset)
 
-    monkeypatch.setattr(staging, "_pwrite", spy)
+    monkeypatch.setattr(direct, "pwrite_all", spy)
     writes = [
         (0, pattern(2 * BLOCK, 1)),  # two whole blocks: direct
         (BLOCK + 100, pattern(1000, 2)),  # unaligned, inside block 1: page cache
@@ -296,7 +296,7 @@ def test_direct_write_refused_falls_back_to_the_page_cache(
         direct_or_skip(staged)
         for offset, data in writes:
             staged.write(offset, aligned(data))
-        assert staged._direct == -1
+        assert staged._writer.direct_fd == -1
         size = staged.finish()
     assert content(part, qemu_img) == applied(bytes(size), writes)
 

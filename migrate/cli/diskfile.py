@@ -15,12 +15,13 @@ the sync 0.9-1.1 s more (taking fresh page-cache memory costs much and varies on
 
 from __future__ import annotations
 
-import errno
 import mmap
 import os
 from collections.abc import Iterable
 
 import numpy as np
+
+from migrate.storage.direct import DirectWriter, pwrite_all
 
 STAGE = 8 << 20
 """Bytes gathered before a write (a multiple of :data:`HOLE_UNIT`)."""
@@ -39,14 +40,12 @@ class DiskFile:
         self.end = offset
         """The file offset after the last byte given."""
         self._buffer = memoryview(mmap.mmap(-1, STAGE))
+        self._address = np.frombuffer(self._buffer, dtype=np.uint8).ctypes.data
         self._held = 0
         """Bytes in the buffer, those of the file from ``end - held``; that start is aligned."""
         self._lead = -offset % ALIGN
         """Bytes still to write through the page cache before the file offset is aligned."""
-        try:
-            self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-        except OSError:
-            self._direct = -1  # (a file system without O_DIRECT: the page cache for all)
+        self._writer = DirectWriter(path, fd, ALIGN)
 
     def write(self, pieces: Iterable[bytes | memoryview]) -> None:
         """Take ``pieces``, the next bytes in order; full buffers are written at once."""
@@ -54,7 +53,7 @@ class DiskFile:
             view = memoryview(piece)
             if self._lead and view:
                 n = min(self._lead, len(view))
-                _pwrite(self.fd, view[:n], self.end)
+                pwrite_all(self.fd, view[:n], self.end)
                 self.end += n
                 self._lead -= n
                 view = view[n:]
@@ -74,7 +73,7 @@ class DiskFile:
             self._write_held()
             os.ftruncate(self.fd, self.end)
         finally:
-            self._close_direct()
+            self._writer.close()
 
     def _write_held(self) -> None:
         """Write the held bytes at their place: runs of all-zero units skipped, whole aligned
@@ -83,21 +82,9 @@ class DiskFile:
         for a, b in _data_runs(data):
             run, offset = data[a:b], start + a
             aligned = len(run) // ALIGN * ALIGN
-            if aligned and self._direct >= 0:
-                try:
-                    _pwrite(self._direct, run[:aligned], offset)
-                    run, offset = run[aligned:], offset + aligned
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    self._close_direct()  # the file system wants other alignments
-            _pwrite(self.fd, run, offset)
+            self._writer.write(run[:aligned], offset, self._address + a)
+            pwrite_all(self.fd, run[aligned:], offset + aligned)
         self._held = 0
-
-    def _close_direct(self) -> None:
-        if self._direct >= 0:
-            os.close(self._direct)
-            self._direct = -1
 
 
 def _data_runs(data: memoryview) -> list[tuple[int, int]]:
@@ -114,10 +101,3 @@ def _data_runs(data: memoryview) -> list[tuple[int, int]]:
         (int(a) * HOLE_UNIT, min(int(b) * HOLE_UNIT, len(data)))
         for a, b in zip(edges[0::2], edges[1::2], strict=True)
     ]
-
-
-def _pwrite(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` written at ``offset`` of ``fd``."""
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n

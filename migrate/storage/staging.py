@@ -27,6 +27,7 @@ import uuid as uuidlib
 import numpy as np
 
 import vhd
+from migrate.storage.direct import DirectWriter, pwrite_all
 from vhd import bitmap
 from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR, UNALLOCATED
 from vhd.plan import ParentRef, VhdLayout, parent_name
@@ -96,8 +97,8 @@ class StagedImage:
             self._old_top = self._old_below = np.zeros(entries, dtype=bool)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self._owned = True
-        self._direct = _open_direct(path)
-        """The file opened ``O_DIRECT`` for aligned data writes; -1 where refused."""
+        self._writer = DirectWriter(path, self._fd, DIRECT_ALIGNMENT)
+        """Block data ``O_DIRECT`` where aligned."""
 
     @property
     def changed(self) -> bool:
@@ -143,23 +144,10 @@ class StagedImage:
                     # a block's first bytes: its slot allocated at once, as overwriting an
                     # allocated range is several times faster than extending the file
                     os.posix_fallocate(self._fd, slot, self._layout.slot)
-                self._write_data(piece, slot + self._data + inside, array.ctypes.data)
+                self._writer.write(piece, slot + self._data + inside, array.ctypes.data)
                 self._stored[b] = True
             pos += n
         self.end = max(self.end, end)
-
-    def _write_data(self, data: memoryview, offset: int, address: int) -> None:
-        """Write block data at file ``offset`` (``data`` lying at memory ``address``),
-        ``O_DIRECT`` if aligned."""
-        if self._direct >= 0 and not (offset | len(data) | address) % DIRECT_ALIGNMENT:
-            try:
-                _pwrite(self._direct, data, offset)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._close_direct()  # the file system wants other alignments: page cache
-        _pwrite(self._fd, data, offset)
 
     def _prefill(self, b: int) -> None:
         """Copy block ``b``'s old content (through the old chain) into its slot."""
@@ -209,14 +197,14 @@ class StagedImage:
         slots = np.asarray(layout.slot_offset(blocks), dtype=np.int64)
         full = bitmap.full(layout.header.bitmap_size)
         for at in slots.tolist():
-            _pwrite(self._fd, memoryview(full), at)
+            pwrite_all(self._fd, memoryview(full), at)
         bat = np.full(layout.entries, UNALLOCATED, dtype=np.int64)
         bat[blocks] = slots // SECTOR
         footer = layout.footer()
         footer_at = layout.footer_offset(int(blocks[-1]) if blocks.size else None)
         os.ftruncate(self._fd, footer_at)
-        _pwrite(self._fd, memoryview(layout.metadata(bat, footer)), 0)
-        _pwrite(self._fd, memoryview(footer), footer_at)
+        pwrite_all(self._fd, memoryview(layout.metadata(bat, footer)), 0)
+        pwrite_all(self._fd, memoryview(footer), footer_at)
         os.fsync(self._fd)
         return size
 
@@ -227,15 +215,10 @@ class StagedImage:
 
     def close(self) -> None:
         """Close the file (kept on disk)."""
-        self._close_direct()
+        self._writer.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def _close_direct(self) -> None:
-        if self._direct >= 0:
-            os.close(self._direct)
-            self._direct = -1
 
     def discard(self) -> None:
         """Close and remove the file, unless it was published or already removed: the path
@@ -249,23 +232,6 @@ class StagedImage:
     def published(self) -> None:
         """The file was put in place of the VDI's: no longer this image's to remove."""
         self._owned = False
-
-
-def _open_direct(path: str) -> int:
-    """``path`` opened for ``O_DIRECT`` writes; -1 where the file system refuses it."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        return -1
-
-
-def _pwrite(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` written at ``offset`` of ``fd``."""
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
 
 
 def disk_full(error: OSError) -> bool:

@@ -98,27 +98,16 @@ async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
     if not vdi_param:
         raise HTTPError(400, "parameter vdi missing")
     base_param = auth.param(request, "base")
+    task_id = auth.param(request, "task_id")
     async with auth.authenticated(api, request) as session:
-        async with api.lock:
-            row = _row(api, "VDI", "vdi", vdi_param)
-            path = _vdi_file(api, row)
-            base = None
-            if base_param and fmt == "vhd":
-                base_row = _row(api, "VDI", "base", base_param)
-                if base_row["virtual_size"] != row["virtual_size"]:
-                    raise HTTPError(
-                        400,
-                        f"base={base_param}: {base_row['virtual_size']} bytes, the VDI "
-                        f"{row['virtual_size']}: a delta needs disks of the same size",
-                    )
-                base = (base_row["uuid"], _vdi_file(api, base_row))
-            job = TransferTask.open(
-                api, session, f"export_raw_vdi {row['uuid']}", auth.param(request, "task_id")
-            )
-        api.notify()
+        uuid, path, base, job = await api.store_call(
+            _begin_export, api, session, vdi_param, base_param if fmt == "vhd" else None, task_id
+        )
         async with job.ends():
             try:
-                plan = export.open_export(row["uuid"], path, fmt, base)
+                # opening and planning read the image's metadata (a BAT of MiBs for a large
+                # disk): not in the event loop
+                plan = await trio.to_thread.run_sync(export.open_export, uuid, path, fmt, base)
             except (vhd.VhdError, OSError) as e:
                 status = 404 if isinstance(e, FileNotFoundError) else 500
                 raise await _failed(job, status, str(e), "VDI_IO_ERROR", str(e)) from None
@@ -129,6 +118,27 @@ async def export_vdi(api: Api, request: Request, conn: Connection) -> None:
                 # freeing its blocks takes a while, so not in the event loop
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(plan.images.close)
+
+
+def _begin_export(
+    api: Api, session: str, vdi_param: str, base_param: str | None, task_id: str | None
+) -> tuple[str, str, tuple[str, str] | None, TransferTask]:
+    """The VDI's uuid and file, the base's (uuid, file) if any, and the export's task; in a
+    worker thread, the RPC lock held. HTTPError for a VDI or base that is not there, or a base
+    of another size."""
+    row = _row(api, "VDI", "vdi", vdi_param)
+    base = None
+    if base_param:
+        base_row = _row(api, "VDI", "base", base_param)
+        if base_row["virtual_size"] != row["virtual_size"]:
+            raise HTTPError(
+                400,
+                f"base={base_param}: {base_row['virtual_size']} bytes, the VDI "
+                f"{row['virtual_size']}: a delta needs disks of the same size",
+            )
+        base = (base_row["uuid"], _vdi_file(api, base_row))
+    job = TransferTask.open(api, session, f"export_raw_vdi {row['uuid']}", task_id)
+    return row["uuid"], _vdi_file(api, row), base, job
 
 
 async def _send_export(
@@ -216,27 +226,21 @@ async def import_vdi(api: Api, request: Request, conn: Connection) -> None:
     chunked = (auth.param(request, "chunked") or "").lower() == "true"
     if chunked and fmt != "raw":
         raise HTTPError(400, "chunked=true takes format=raw only")
+    name = auth.param(request, "name_label") or ""
+    task_id = auth.param(request, "task_id")
     async with auth.authenticated(api, request) as session:
         if vdi_param:
             await _wait_for_writer(api, vdi_param)
-        async with api.lock:
-            target = _claim(api, vdi_param, sr_param, auth.param(request, "name_label") or "")
-            try:
-                job = TransferTask.open(
-                    api, session, f"import_raw_vdi {target.vdi}", auth.param(request, "task_id")
-                )
-            except BaseException:
-                _release(api, target)
-                raise
-        api.notify()
+        target, job = await api.store_call(
+            _begin_import, api, session, vdi_param, sr_param, name, task_id
+        )
         try:
             async with job.ends():
                 await _import(api, conn, fmt, chunked, target, job)
         finally:
             with trio.CancelScope(shield=True):
-                async with api.lock:
-                    _release(api, target)
-                api.notify()
+                await api.store_call(_release, api, target)
+                _wake_writers(api, target)
 
 
 async def _wait_for_writer(api: Api, vdi_param: str) -> None:
@@ -248,6 +252,24 @@ async def _wait_for_writer(api: Api, vdi_param: str) -> None:
             if writer is None:
                 return
             await writer.wait()
+
+
+def _begin_import(
+    api: Api,
+    session: str,
+    vdi_param: str | None,
+    sr_param: str | None,
+    name: str,
+    task_id: str | None,
+) -> tuple[_Target, TransferTask]:
+    """The import's target, claimed, and its task; in a worker thread, the RPC lock held."""
+    target = _claim(api, vdi_param, sr_param, name)
+    try:
+        return target, TransferTask.open(api, session, f"import_raw_vdi {target.vdi}", task_id)
+    except BaseException:
+        _release(api, target)
+        del api.writing[target.vdi]  # (its event new: nobody can be waiting on it yet)
+        raise
 
 
 def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> _Target:
@@ -271,12 +293,17 @@ def _claim(api: Api, vdi_param: str | None, sr_param: str | None, name: str) -> 
 
 
 def _release(api: Api, target: _Target) -> None:
-    """The target no longer being written; a new VDI that was not published removed."""
-    with contextlib.suppress(KeyError):
-        api.writing.pop(target.vdi).set()
+    """The store's side of an import's end: a new VDI that was not published removed. The
+    RPC lock held."""
     with contextlib.suppress(KeyError):
         if api.store.get("VDI", target.vdi)["state"] == "creating":
             storage.abandon_vdi(api.store, target.vdi)
+
+
+def _wake_writers(api: Api, target: _Target) -> None:
+    """The target no longer being written: an import waiting for it goes on (in trio)."""
+    with contextlib.suppress(KeyError):
+        api.writing.pop(target.vdi).set()
 
 
 async def _import(
@@ -362,14 +389,18 @@ async def _import(
         if failure is not None:
             raise failure
         staged.close()
-        async with api.lock:
+
+        def commit() -> None:  # in a worker thread, the RPC lock held
             if publish:  # not for a body that wrote nothing (Xen Orchestra's empty probe)
-                await trio.to_thread.run_sync(storage.publish_vdi, api.store, target.vdi, size)
+                storage.publish_vdi(api.store, target.vdi, size)
                 staged.published()
             else:
                 staged.discard()
-            # before the answer, the staged path cleared: the client may write the VDI again
             _release(api, target)
+
+        await api.store_call(commit)
+        # before the answer, the staged path cleared: the client may write the VDI again
+        _wake_writers(api, target)
         await job.succeed(api.ref(target.vdi))
         body = f"{api.ref(target.vdi)}\n".encode()
         if conn.status is None:

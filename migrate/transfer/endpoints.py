@@ -328,11 +328,15 @@ async def _import(
         job.total = target.size or 0
         await conn.start_response(200, answer)
     with contextlib.ExitStack() as stack:
-        try:
+
+        def stage() -> StagedImage:  # reads the old image's metadata: in a worker thread
             old = None if target.created else stack.enter_context(vhd.Image.open(target.path))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(target.part)  # a leftover of an interrupted import
-            staged = StagedImage(target.part, old=old, size=target.size)
+            return StagedImage(target.part, old=old, size=target.size)
+
+        try:
+            staged = await trio.to_thread.run_sync(stage)
         except (vhd.VhdError, OSError) as e:
             message = f"cannot stage an import: {e}"
             raise await _failed(job, 500, message, "VDI_IO_ERROR", message) from None

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Literal
 
-Kind = Literal["ipv4", "ipv6", "name"]
+Family = Literal["IPv4", "IPv6"]
+"""An address family as XenAPI names it (``primary_address_type``), and everywhere else."""
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -33,24 +34,31 @@ class Host:
     address: str
     """Canonical bare form: IPv4 dotted quad, RFC 5952 IPv6 (``%zone`` appended), or a
     lower-case host name without a trailing dot. What is stored and compared."""
-    kind: Kind
+    family: Family | None
+    """The address family of an address; None for a host name."""
     port: int | None = None
     scheme: str | None = None
 
     @property
     def zone(self) -> str | None:
         """The zone (interface) of a link-local IPv6 address."""
-        return self.address.partition("%")[2] or None if self.kind == "ipv6" else None
+        return self.address.partition("%")[2] or None if self.family == "IPv6" else None
+
+    @property
+    def bare(self) -> str:
+        """The address without its zone (what certificates and ``getaddrinfo``'s host name
+        part see)."""
+        return self.address.partition("%")[0]
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         """The address as an ``ipaddress`` object (None for a host name)."""
-        return None if self.kind == "name" else ipaddress.ip_address(self.address)
+        return None if self.family is None else ipaddress.ip_address(self.address)
 
     @property
     def link_local(self) -> bool:
         """True for IPv6 link-local addresses (which cannot be offered to other hosts)."""
-        return self.kind == "ipv6" and ipaddress.IPv6Address(self.address) in _LINK_LOCAL
+        return self.family == "IPv6" and ipaddress.IPv6Address(self.address) in _LINK_LOCAL
 
     def with_port(self, port: int) -> Host:
         """The same host with ``port``."""
@@ -59,7 +67,7 @@ class Host:
     def host_port(self, port: int | None = None) -> str:
         """``192.0.2.1:80``, ``[2001:db8::1]:443``, ``[fe80::1%eth0]:80``, ``name:80``."""
         port = self.effective_port(port)
-        host = f"[{self.address}]" if self.kind == "ipv6" else self.address
+        host = f"[{self.address}]" if self.family == "IPv6" else self.address
         return f"{host}:{port}"
 
     def url(self, path: str = "/", *, scheme: str | None = None, port: int | None = None) -> str:
@@ -69,7 +77,7 @@ class Host:
         if scheme not in DEFAULT_PORTS:
             raise AddressError(f"unsupported URL scheme {scheme!r}: expected http or https")
         port = port if port is not None else self.port
-        if self.kind == "ipv6":
+        if self.family == "IPv6":
             bare, _, zone = self.address.partition("%")
             host = f"[{bare}%25{zone}]" if zone else f"[{bare}]"
         else:
@@ -146,12 +154,12 @@ def _literal(
     number = None if port is None else _check_port(_port_number(port, raw), raw, allow_port_zero)
     if in_brackets or ":" in host:
         address = _ipv6(host, raw, percent_encoded=in_brackets)
-        return Host(address, "ipv6" if ":" in address else "ipv4", number, scheme)
+        return Host(address, "IPv6" if ":" in address else "IPv4", number, scheme)
     try:
-        return Host(str(ipaddress.IPv4Address(host)), "ipv4", number, scheme)
+        return Host(str(ipaddress.IPv4Address(host)), "IPv4", number, scheme)
     except ipaddress.AddressValueError:
         pass
-    return Host(_host_name(host, raw), "name", number, scheme)
+    return Host(_host_name(host, raw), None, number, scheme)
 
 
 def _ipv6(text: str, raw: str, *, percent_encoded: bool) -> str:

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from migrate.addresses import Host
+from migrate.addresses import Family, Host
 from migrate.http.server import Limits, Router, client_address, serve, serve_connection
 from migrate.http.tls import TLSStream
-from migrate.interfaces import Family, Interface, InterfaceError, read_interfaces
+from migrate.interfaces import Interface, InterfaceError, read_interfaces
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.state.pifs import sync_interfaces
 from migrate.state.store import Store
@@ -39,7 +39,7 @@ from migrate.transfer.endpoints import register_transfers
 log = logging.getLogger("xfer.daemon")
 
 DEFAULT_PORT = 8080
-WILDCARD = Host("::", "ipv6", DEFAULT_PORT)
+WILDCARD = Host("::", "IPv6", DEFAULT_PORT)
 """The default listener: every IPv6 address and, dual-stack, every IPv4 address."""
 USER = "root"
 """The one user the daemon knows."""
@@ -207,11 +207,11 @@ async def open_listeners(
 async def _listen(host: Host, *, ipv6_only: bool, backlog: int) -> trio.SocketListener:
     port = DEFAULT_PORT if host.port is None else host.port
     where = host.host_port(port)
-    if host.kind == "name":
+    if host.family is None:
         raise ListenError(f"cannot listen on {where}: an IP address is needed, not a name")
     bare = host.address.partition("%")[0]
     sockaddr: tuple[str, int] | tuple[str, int, int, int]
-    if host.kind == "ipv6":
+    if host.family == "IPv6":
         family = socket.AF_INET6
         sockaddr = (bare, port, 0, _scope_id(host.zone, where) if host.zone else 0)
     else:
@@ -247,7 +247,7 @@ def listener_url(host: Host, listener: trio.SocketListener, scheme: str = "http"
     """The ``http://`` (or ``scheme``) URL of ``listener``, bound for ``host``, with the port
     it really has."""
     port = listener.socket.getsockname()[1]
-    return Host(host.address, host.kind).url(scheme=scheme, port=port)
+    return Host(host.address, host.family).url(scheme=scheme, port=port)
 
 
 class TlsError(ValueError):

@@ -11,9 +11,8 @@ import ipaddress
 import json
 import subprocess
 from dataclasses import dataclass
-from typing import Literal
 
-Family = Literal["IPv4", "IPv6"]
+from migrate.addresses import Family
 
 
 @dataclass(frozen=True)

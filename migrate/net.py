@@ -10,14 +10,13 @@ others cancelled (RFC 8305 section 5).
 from __future__ import annotations
 
 import socket
-from typing import Any, Literal
+from typing import Any
 
 import trio
 
-from migrate.addresses import Host, parse_host
+from migrate.addresses import Family, Host, parse_host
 
-Family = Literal["ipv4", "ipv6"]
-FAMILIES = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
+FAMILIES: dict[Family, socket.AddressFamily] = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
 HAPPY_EYEBALLS_DELAY = 0.25
 """RFC 8305's recommended connection attempt delay, in seconds."""
 
@@ -46,7 +45,7 @@ def order_targets(targets: list[Target], prefer: Family) -> list[Target]:
     return ordered
 
 
-async def resolve(host: Host | str, port: int, *, prefer: Family = "ipv6") -> list[Target]:
+async def resolve(host: Host | str, port: int, *, prefer: Family = "IPv6") -> list[Target]:
     """Every TCP address of ``host``, ordered for connecting (see :func:`order_targets`)."""
     parsed = host if isinstance(host, Host) else parse_host(host)
     try:
@@ -63,7 +62,7 @@ async def connect(
     host: Host | str,
     port: int | None = None,
     *,
-    prefer: Family = "ipv6",
+    prefer: Family = "IPv6",
     delay: float = HAPPY_EYEBALLS_DELAY,
     timeout: float = 30.0,
 ) -> trio.SocketStream:

@@ -6,15 +6,16 @@ import pytest
 
 from migrate.addresses import AddressError, Host, canonical, parse_host
 
-# input, canonical address, kind, port, URL form, host:port form (port 80 where none is given)
+# input, canonical address, family (None: a name), port, URL form, host:port form
+# (port 80 where none is given)
 TABLE = [
-    ("192.0.2.1", "192.0.2.1", "ipv4", None, "http://192.0.2.1/", "192.0.2.1:80"),
-    ("192.0.2.1:8080", "192.0.2.1", "ipv4", 8080, "http://192.0.2.1:8080/", "192.0.2.1:8080"),
-    ("2001:db8::1", "2001:db8::1", "ipv6", None, "http://[2001:db8::1]/", "[2001:db8::1]:80"),
+    ("192.0.2.1", "192.0.2.1", "IPv4", None, "http://192.0.2.1/", "192.0.2.1:80"),
+    ("192.0.2.1:8080", "192.0.2.1", "IPv4", 8080, "http://192.0.2.1:8080/", "192.0.2.1:8080"),
+    ("2001:db8::1", "2001:db8::1", "IPv6", None, "http://[2001:db8::1]/", "[2001:db8::1]:80"),
     (
         "2001:0DB8:0000:0000:0000:0000:0000:0001",
         "2001:db8::1",
-        "ipv6",
+        "IPv6",
         None,
         "http://[2001:db8::1]/",
         "[2001:db8::1]:80",
@@ -22,7 +23,7 @@ TABLE = [
     (
         "2001:db8:0:0:1:0:0:1",
         "2001:db8::1:0:0:1",
-        "ipv6",
+        "IPv6",
         None,
         "http://[2001:db8::1:0:0:1]/",
         "[2001:db8::1:0:0:1]:80",
@@ -30,17 +31,17 @@ TABLE = [
     (
         "[2001:db8::1]:8443",
         "2001:db8::1",
-        "ipv6",
+        "IPv6",
         8443,
         "http://[2001:db8::1]:8443/",
         "[2001:db8::1]:8443",
     ),
-    ("[::1]", "::1", "ipv6", None, "http://[::1]/", "[::1]:80"),
-    ("fe80::1%eth0", "fe80::1%eth0", "ipv6", None, "http://[fe80::1%25eth0]/", "[fe80::1%eth0]:80"),
+    ("[::1]", "::1", "IPv6", None, "http://[::1]/", "[::1]:80"),
+    ("fe80::1%eth0", "fe80::1%eth0", "IPv6", None, "http://[fe80::1%25eth0]/", "[fe80::1%eth0]:80"),
     (
         "[fe80::1%25eth0]:80",
         "fe80::1%eth0",
-        "ipv6",
+        "IPv6",
         80,
         "http://[fe80::1%25eth0]/",
         "[fe80::1%eth0]:80",
@@ -48,17 +49,17 @@ TABLE = [
     (
         "[fe80::a%eth0]:81",
         "fe80::a%eth0",
-        "ipv6",
+        "IPv6",
         81,
         "http://[fe80::a%25eth0]:81/",
         "[fe80::a%eth0]:81",
     ),
-    ("::ffff:192.0.2.1", "192.0.2.1", "ipv4", None, "http://192.0.2.1/", "192.0.2.1:80"),
-    ("[::ffff:192.0.2.1]:81", "192.0.2.1", "ipv4", 81, "http://192.0.2.1:81/", "192.0.2.1:81"),
+    ("::ffff:192.0.2.1", "192.0.2.1", "IPv4", None, "http://192.0.2.1/", "192.0.2.1:80"),
+    ("[::ffff:192.0.2.1]:81", "192.0.2.1", "IPv4", 81, "http://192.0.2.1:81/", "192.0.2.1:81"),
     (
         "host.example.com",
         "host.example.com",
-        "name",
+        None,
         None,
         "http://host.example.com/",
         "host.example.com:80",
@@ -66,16 +67,16 @@ TABLE = [
     (
         "Host.Example.COM.",
         "host.example.com",
-        "name",
+        None,
         None,
         "http://host.example.com/",
         "host.example.com:80",
     ),
-    ("xcp-ng-1:8080", "xcp-ng-1", "name", 8080, "http://xcp-ng-1:8080/", "xcp-ng-1:8080"),
+    ("xcp-ng-1:8080", "xcp-ng-1", None, 8080, "http://xcp-ng-1:8080/", "xcp-ng-1:8080"),
     (
         "http://[2001:db8::1]:8443/RPC2",
         "2001:db8::1",
-        "ipv6",
+        "IPv6",
         8443,
         "http://[2001:db8::1]:8443/",
         "[2001:db8::1]:8443",
@@ -83,16 +84,16 @@ TABLE = [
     (
         "http://[fe80::1%25eth0]/",
         "fe80::1%eth0",
-        "ipv6",
+        "IPv6",
         None,
         "http://[fe80::1%25eth0]/",
         "[fe80::1%eth0]:80",
     ),
-    ("https://192.0.2.1/", "192.0.2.1", "ipv4", None, "https://192.0.2.1/", "192.0.2.1:443"),
+    ("https://192.0.2.1/", "192.0.2.1", "IPv4", None, "https://192.0.2.1/", "192.0.2.1:443"),
     (
         "https://[2001:db8::2]:443",
         "2001:db8::2",
-        "ipv6",
+        "IPv6",
         443,
         "https://[2001:db8::2]/",
         "[2001:db8::2]:443",
@@ -100,36 +101,36 @@ TABLE = [
     (
         "HTTP://root@Host.Example/x?y",
         "host.example",
-        "name",
+        None,
         None,
         "http://host.example/",
         "host.example:80",
     ),
-    ("  192.0.2.7  ", "192.0.2.7", "ipv4", None, "http://192.0.2.7/", "192.0.2.7:80"),
+    ("  192.0.2.7  ", "192.0.2.7", "IPv4", None, "http://192.0.2.7/", "192.0.2.7:80"),
 ]
 
 
-@pytest.mark.parametrize(("text", "address", "kind", "port", "url", "host_port"), TABLE)
+@pytest.mark.parametrize(("text", "address", "family", "port", "url", "host_port"), TABLE)
 def test_every_form_both_directions(
-    text: str, address: str, kind: str, port: int | None, url: str, host_port: str
+    text: str, address: str, family: str | None, port: int | None, url: str, host_port: str
 ) -> None:
     host = parse_host(text)
-    assert (host.address, host.kind, host.port) == (address, kind, port)
+    assert (host.address, host.family, host.port) == (address, family, port)
     assert host.url() == url
     default = 443 if url.startswith("https") else 80
     assert host.host_port(None if port is not None or host.scheme else default) == host_port
     assert canonical(text) == address
     # and back: each printed form parses to the same host
     again = parse_host(url)
-    assert (again.address, again.kind, again.effective_port()) == (
+    assert (again.address, again.family, again.effective_port()) == (
         address,
-        kind,
+        family,
         port or default,
     )
     back = parse_host(host_port)
-    assert (back.address, back.kind, back.port) == (
+    assert (back.address, back.family, back.port) == (
         address,
-        kind,
+        family,
         int(host_port.rpartition(":")[2]),
     )
 
@@ -193,4 +194,4 @@ def test_url_options() -> None:
         host.host_port()
     with pytest.raises(AddressError, match="scheme"):
         host.url(scheme="ftp")
-    assert Host("192.0.2.1", "ipv4").url() == "http://192.0.2.1/"
+    assert Host("192.0.2.1", "IPv4").url() == "http://192.0.2.1/"

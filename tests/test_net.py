@@ -23,14 +23,14 @@ def test_order_prefers_a_family_and_interleaves() -> None:
         (V6, ("2001:db8::2", 80, 0, 0)),
         (V6, ("2001:db8::3", 80, 0, 0)),
     ]
-    assert [a[1][0] for a in order_targets(targets, "ipv6")] == [
+    assert [a[1][0] for a in order_targets(targets, "IPv6")] == [
         "2001:db8::1",
         "192.0.2.1",
         "2001:db8::2",
         "192.0.2.2",
         "2001:db8::3",
     ]
-    assert [a[1][0] for a in order_targets(targets, "ipv4")] == [
+    assert [a[1][0] for a in order_targets(targets, "IPv4")] == [
         "192.0.2.1",
         "2001:db8::1",
         "192.0.2.2",

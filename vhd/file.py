@@ -9,6 +9,23 @@ from typing import Self
 from vhd.errors import VhdError
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of ``data`` written to ``fd`` at its position (a pipe or socket may take less
+    per call)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
+    """All of ``data`` written at ``offset`` of ``fd``; the offset after it."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+    return offset
+
+
 class File:
     """An open regular file, read and written by position only (pread/pwrite).
 
@@ -54,11 +71,7 @@ class File:
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset``, growing the recorded size as needed."""
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view, offset = view[written:], offset + written
-        self.size = max(self.size, offset)
+        self.size = max(self.size, pwrite_all(self.fd, data, offset))
 
     def truncate(self, size: int) -> None:
         """Set the file's length."""

@@ -13,25 +13,13 @@ from collections.abc import Callable, Iterable
 
 from vhd.elements import Copy, Element, Literal, Zeros
 from vhd.errors import VhdError
+from vhd.file import pwrite_all, write_all
 
 BUFFER_SIZE = 4 << 20
 _ZEROS = bytes(1 << 20)
 
 Progress = Callable[[int], None]
 """Called with the number of bytes just produced."""
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
 
 
 def write_plan(elements: Iterable[Element], fd: int, progress: Progress | None = None) -> int:
@@ -56,7 +44,7 @@ def _to_file(elements: Iterable[Element], fd: int, base: int, progress: Progress
     pos = base
     for e in elements:
         if isinstance(e, Literal):
-            _pwrite_all(fd, e.data, pos)
+            pwrite_all(fd, e.data, pos)
         elif isinstance(e, Copy):
             src, done = e.file.fileno(), 0
             while done < e.length:
@@ -65,7 +53,7 @@ def _to_file(elements: Iterable[Element], fd: int, base: int, progress: Progress
                     raise VhdError(
                         "source file ended early", offset=e.offset + done, path=e.file.path
                     )
-                _pwrite_all(fd, buffer[:n], pos + done)
+                pwrite_all(fd, buffer[:n], pos + done)
                 done += n
                 if progress:
                     progress(n)
@@ -81,12 +69,12 @@ def _to_stream(elements: Iterable[Element], fd: int, progress: Progress | None) 
     total = 0
     for e in elements:
         if isinstance(e, Literal):
-            _write_all(fd, e.data)
+            write_all(fd, e.data)
         elif isinstance(e, Zeros):
             left = e.length
             while left:
                 n = min(left, len(_ZEROS))
-                _write_all(fd, memoryview(_ZEROS)[:n])
+                write_all(fd, memoryview(_ZEROS)[:n])
                 left -= n
         else:
             src, offset, left = e.file.fileno(), e.offset, e.length

@@ -21,7 +21,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from migrate.storage.direct import DirectWriter, pwrite_all
+from migrate.storage.direct import DirectWriter
+from vhd.file import pwrite_all
 
 STAGE = 8 << 20
 """Bytes gathered before a write (a multiple of :data:`HOLE_UNIT`)."""

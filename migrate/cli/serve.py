@@ -75,7 +75,7 @@ def serve_command(args: argparse.Namespace) -> int:
         raise ValueError("--interface-poll must be a positive number of seconds")
     listen = [parse_host(text, allow_port_zero=True) for text in args.listen or []]
     for host in listen:
-        if host.kind == "name":
+        if host.family is None:
             raise ValueError(f"--listen {host.address}: an IPv4 or IPv6 address is needed")
     password = args.password if args.password is not None else os.environ.get("XFER_PASSWORD")
     if password == "":

@@ -60,6 +60,8 @@ from migrate.cli.rpc_client import (
     request_extensions,
     ssl_context,
 )
+from migrate.nursery import open_nursery
+from vhd.file import write_all
 
 CHUNK = 8 << 20
 """The size of the pieces read from the file or the network and written out."""
@@ -271,7 +273,7 @@ class _Stdout:
         length = sum(len(piece) for piece in pieces)
         written = os.writev(self.fd, pieces) if pieces else 0
         if written < length:
-            _write_all(self.fd, b"".join(pieces)[written:])
+            write_all(self.fd, b"".join(pieces)[written:])
 
     def finish(self) -> None:
         """Nothing is held."""
@@ -303,7 +305,7 @@ async def _receive(
 
     try:
         with _progress(total, offset, quiet) as bar:
-            async with _nursery() as nursery:
+            async with open_nursery(prefer=(KeyboardInterrupt, ClientError)) as nursery:
                 nursery.start_soon(writer)
                 async with send:
                     pieces: list[bytes] = []
@@ -327,12 +329,6 @@ async def _receive(
 def _hash_pieces(hasher: Any, pieces: list[bytes]) -> None:
     for piece in pieces:
         hasher.update(piece)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _hash_file(fd: int, hasher: Any) -> int:
@@ -381,7 +377,7 @@ async def import_(client: httpx.AsyncClient, host: Host, args: argparse.Namespac
         hasher = hashlib.sha256()
         send, receive = trio.open_memory_channel[memoryview](1)
         with _progress(size, 0, args.quiet) as bar:
-            async with _nursery() as nursery:
+            async with open_nursery(prefer=(KeyboardInterrupt, ClientError)) as nursery:
                 nursery.start_soon(_read_ahead, fd, name, size, hasher, send)
                 async with receive, _http_errors(url):
                     response = await client.put(
@@ -523,32 +519,3 @@ def _reason(error: BaseException) -> str:
             return text
         seen = seen.__cause__ or seen.__context__
     return type(error).__name__
-
-
-@contextlib.asynccontextmanager
-async def _nursery() -> AsyncIterator[trio.Nursery]:
-    """A nursery that raises the failure itself rather than an exception group."""
-    try:
-        async with trio.open_nursery() as nursery:
-            yield nursery
-    except BaseExceptionGroup as group:
-        raise _first(group) from None
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves: list[BaseException] = []
-
-    def walk(e: BaseException) -> None:
-        if isinstance(e, BaseExceptionGroup):
-            for inner in e.exceptions:
-                walk(inner)
-        else:
-            leaves.append(e)
-
-    walk(group)
-    for kind in (KeyboardInterrupt, ClientError, OSError, ValueError):
-        for leaf in leaves:
-            if isinstance(leaf, kind):
-                return leaf
-    real = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
-    return (real or leaves)[0]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from migrate.interfaces import Family, Interface, InterfaceAddress
+from migrate.addresses import Family
+from migrate.interfaces import Interface, InterfaceAddress
 from migrate.state.store import Store
 
 

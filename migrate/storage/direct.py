@@ -7,12 +7,7 @@ from __future__ import annotations
 import errno
 import os
 
-
-def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    """All of ``data`` written at ``offset`` of ``fd``."""
-    while data:
-        n = os.pwrite(fd, data, offset)
-        data, offset = data[n:], offset + n
+from vhd.file import pwrite_all
 
 
 class DirectWriter:

@@ -27,8 +27,9 @@ import uuid as uuidlib
 import numpy as np
 
 import vhd
-from migrate.storage.direct import DirectWriter, pwrite_all
+from migrate.storage.direct import DirectWriter
 from vhd import bitmap
+from vhd.file import pwrite_all
 from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR, UNALLOCATED
 from vhd.plan import ParentRef, VhdLayout, parent_name
 

@@ -1,0 +1,31 @@
+"""xapi's names as both ends of a connection use them: the HTTP endpoints, the disk formats,
+refs, the user, and the port ``xfer serve`` listens on when told none.
+
+Defined here once: the daemon, its RPC and transfers, and the command line all import them.
+"""
+
+from __future__ import annotations
+
+DEFAULT_PORT = 8080
+"""The port of ``xfer serve``, and of a host whose text names none."""
+DEFAULT_USER = "root"
+"""The one user a host knows, as in xapi."""
+
+XMLRPC_PATHS = ("/", "/RPC2", "/xmlrpc")
+"""Where XenAPI is served as XML-RPC."""
+JSONRPC_PATH = "/jsonrpc"
+"""Where XenAPI is served as JSON-RPC."""
+EXPORT_PATH = "/export_raw_vdi"
+IMPORT_PATH = "/import_raw_vdi"
+
+FORMATS = {"raw": "application/octet-stream", "vhd": "application/vhd"}
+"""The disk formats of a transfer (``format=``) and their content types, as xapi sends them."""
+
+REF_PREFIX = "OpaqueRef:"
+NULL_REF = "OpaqueRef:NULL"
+"""The ref that names nothing."""
+
+
+def ref(uuid: str) -> str:
+    """The ref of the record ``uuid`` (``OpaqueRef:<uuid>``)."""
+    return REF_PREFIX + uuid

@@ -26,6 +26,7 @@ lint: venv
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 	$(VENV)/bin/mypy vhd migrate
+	$(VENV)/bin/lint-imports
 
 test: venv deps lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

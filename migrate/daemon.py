@@ -1,52 +1,43 @@
-"""The host daemon behind ``xfer serve``: state at start-up, listeners, serving, clean shutdown.
+"""The host daemon behind ``xfer serve``: the one place that composes the parts.
 
-Start-up (in a worker thread, the database being plain synchronous code): the host record is
-created once and its address refreshed, the live interfaces mirrored into PIFs, the default SR
-created on first start and every SR reconciled, the ``root`` password set or generated. Then
-one listening socket per address (by default ``[::]:8080``, dual-stack), a ``listening on
-<URL>`` line for each on stdout, and HTTP served until SIGINT or SIGTERM. With a TLS
-certificate and key every accepted connection is wrapped in TLS
-(:class:`~migrate.http.tls.TLSStream`) before the HTTP server sees it, and the lines show
-``https://`` URLs.
+Start-up (in a worker thread, the database being plain synchronous code) brings the state up
+to date (:mod:`migrate.host.startup`). Then one listening socket per address (by default
+``[::]:8080``, dual-stack), a ``listening on <URL>`` line for each on stdout, and, until
+SIGINT or SIGTERM, the host's services with the RPC face and the disk transfers served over
+HTTP (or HTTPS, given a certificate and key) beside the interface watcher.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
-import secrets
+import resource
 import signal
 import socket
 import ssl
-import sys
-import uuid as uuidlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from migrate.addresses import Family, Host
+from migrate.formats.xapi import DEFAULT_PORT
+from migrate.host.identity import watch_interfaces
+from migrate.host.services import HostServices
+from migrate.host.startup import prepare_state
 from migrate.http.server import Limits, Router, client_address, serve, serve_connection
 from migrate.http.tls import TLSStream
-from migrate.interfaces import Interface, InterfaceError, read_interfaces
-from migrate.rpc.dispatch import Api, register_rpc
-from migrate.state.pifs import sync_interfaces
+from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
-from migrate.storage.sr import ensure_sr, reconcile
-from migrate.transfer.endpoints import register_transfers
+from migrate.transfer import export_raw_vdi, import_raw_vdi
 
 log = logging.getLogger("xfer.daemon")
 
-DEFAULT_PORT = 8080
 WILDCARD = Host("::", "IPv6", DEFAULT_PORT)
 """The default listener: every IPv6 address and, dual-stack, every IPv4 address."""
-USER = "root"
-"""The one user the daemon knows."""
 DATABASE = "xfer.db"
 INTERFACE_POLL = 5.0
 """Default seconds between two readings of the interfaces' addresses."""
-LOOPBACK: dict[Family, str] = {"IPv4": "127.0.0.1", "IPv6": "::1"}
 
 
 class ListenError(OSError):
@@ -78,112 +69,12 @@ class DaemonConfig:
     """Seconds between two readings of the interfaces' addresses."""
 
 
-async def watch_interfaces(
-    api: Api,
-    primary: Family,
-    interval: float,
-    *,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Keep the PIFs and the host's address true to the live interfaces while serving.
-
-    Reads the addresses every ``interval`` seconds (static, SLAAC and DHCPv6 changes alike);
-    when they changed, writes what differs under the RPC lock and wakes event watchers.
-    """
-    task_status.started()
-    last: list[Interface] | None = None
-    while True:
-        await trio.sleep(interval)
-        try:
-            interfaces = await trio.to_thread.run_sync(read_interfaces)
-        except InterfaceError as e:
-            log.warning("interfaces not mirrored: %s", e)
-            continue
-        if interfaces == last:
-            continue
-        last = interfaces
-        async with api.lock:
-            sync_interfaces(api.store, api.host_uuid, interfaces, primary)
-            _refresh_host(api.store, api.host_uuid, host_address(interfaces, primary), primary)
-        api.notify()
-
-
-def _refresh_host(store: Store, host_uuid: str, address: str, primary: Family) -> None:
-    """Record the host's current address and primary family, if they changed."""
-    fresh = {"address": address, "primary_address_type": primary}
-    current = store.get("host", host_uuid)
-    if any(current[name] != value for name, value in fresh.items()):
-        store.update("host", host_uuid, fresh)
-        log.info("host %s: address %s (%s)", host_uuid, address, primary)
-
-
 def default_state_dir() -> str:
     """``$XDG_DATA_HOME/xfer``, or ``~/.local/share/xfer`` when that is unset or relative."""
     base = os.environ.get("XDG_DATA_HOME", "")
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "xfer")
-
-
-def host_address(interfaces: Sequence[Interface], primary: Family) -> str:
-    """The ``primary``-family address of the first non-loopback interface that has one,
-    else the loopback address of that family."""
-    for interface in interfaces:
-        address = interface.address_for(primary)
-        if address is not None and not ipaddress.ip_address(address).is_loopback:
-            return address
-    return LOOPBACK[primary]
-
-
-def prepare_state(store: Store, config: DaemonConfig) -> str:
-    """Bring the state database up to date for this start; the host's uuid (synchronous)."""
-    primary = config.primary_address_type
-    try:
-        interfaces: list[Interface] | None = read_interfaces()
-    except InterfaceError as e:
-        log.warning("interfaces not mirrored: %s", e)
-        interfaces = None
-    address = host_address(interfaces or [], primary)
-    with store.change():
-        hosts = store.all("host")
-        if hosts:
-            host_uuid = str(hosts[0]["uuid"])
-            _refresh_host(store, host_uuid, address, primary)
-        else:
-            host_uuid = str(uuidlib.uuid4())
-            store.insert(
-                "host",
-                {
-                    "uuid": host_uuid,
-                    "name_label": socket.gethostname(),
-                    "address": address,
-                    "primary_address_type": primary,
-                },
-            )
-            log.info("created host %s", host_uuid)
-            sr_path = os.path.join(config.state_dir, "sr")
-            ensure_sr(store, sr_path, "Local storage", default=True)
-    log.info("host %s: address %s (%s)", host_uuid, address, primary)
-    if interfaces is not None:
-        sync_interfaces(store, host_uuid, interfaces, primary)
-    for path in config.srs:
-        real = os.path.realpath(path)
-        ensure_sr(store, real, f"Local storage at {real}")
-    for sr in store.all("SR"):
-        repairs = reconcile(store, sr["uuid"])
-        log.info("SR %s at %s: %d repair(s)", sr["uuid"], sr["path"], len(repairs))
-    _set_password(store, config.password)
-    return host_uuid
-
-
-def _set_password(store: Store, password: str | None) -> None:
-    if password is not None:
-        store.set_password(USER, password)
-        log.info("password for %s set", USER)
-    elif not store.has_password(USER):
-        generated = secrets.token_urlsafe(18)
-        store.set_password(USER, generated)
-        print(f"generated password for {USER}: {generated}", file=sys.stderr, flush=True)
 
 
 async def open_listeners(
@@ -301,6 +192,19 @@ async def serve_tls(
     await trio.serve_listeners(handle, listeners, task_status=task_status)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit of open descriptors to the hard limit (every connection holds one;
+    services often start with 1024); the limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("open files limit left at %d: %s", soft, e)
+            return soft
+    return hard
+
+
 async def run_daemon(
     config: DaemonConfig,
     *,
@@ -315,23 +219,36 @@ async def run_daemon(
             raise TlsError("TLS needs both a certificate and a key")
         context = server_ssl_context(config.tls_cert, config.tls_key)
     scheme = "http" if context is None else "https"
+    raise_fd_limit()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         listeners = await open_listeners(config.listen, ipv6_only=config.ipv6_only)
         try:
             os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
             store = Store.open(os.path.join(config.state_dir, DATABASE))
             try:
-                host_uuid = await trio.to_thread.run_sync(prepare_state, store, config)
-                api = Api(store, host_uuid)
+                host_uuid = await trio.to_thread.run_sync(
+                    prepare_state,
+                    store,
+                    config.state_dir,
+                    config.primary_address_type,
+                    config.password,
+                    config.srs,
+                )
+                host = HostServices.open(store, host_uuid)
                 router = Router()
-                register_rpc(router, api)  # XenAPI over XML-RPC and JSON-RPC
-                register_transfers(router, api)  # VDI export and import
-                for host, listener in zip(config.listen, listeners, strict=True):
-                    print(f"listening on {listener_url(host, listener, scheme)}", flush=True)
+                register_rpc(router, Dispatcher(host))  # XenAPI over XML-RPC and JSON-RPC
+                export_raw_vdi.register(router, host)
+                import_raw_vdi.register(router, host)
+                for where, listener in zip(config.listen, listeners, strict=True):
+                    print(f"listening on {listener_url(where, listener, scheme)}", flush=True)
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(api.serve_tasks)  # runs the Async.* calls
+                    await nursery.start(host.tasks.serve)  # runs the Async.* calls
                     await nursery.start(
-                        watch_interfaces, api, config.primary_address_type, config.interface_poll
+                        watch_interfaces,
+                        host.db,
+                        host_uuid,
+                        config.primary_address_type,
+                        config.interface_poll,
                     )
                     if context is None:
                         await nursery.start(serve, router, listeners, config.limits)

@@ -203,6 +203,18 @@ def host_store(
     return store
 
 
+async def wait_until(
+    condition: Callable[[], object], *, timeout: float = TIMEOUT, what: str = ""
+) -> None:
+    """Wait until ``condition()`` is true, looking every 10 ms; the test fails after
+    ``timeout`` seconds, naming ``what`` it waited for."""
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+        return
+    pytest.fail(f"gave up after {timeout} s waiting for {what or condition}")
+
+
 async def in_thread(fn: Callable[[], T]) -> T:
     """Run the synchronous SDK in a worker thread, bounded in time."""
     with trio.fail_after(TIMEOUT):

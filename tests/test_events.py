@@ -3,7 +3,9 @@ record, driven by the official XenAPI SDK over ``::1``; tasks and their cancella
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid as uuidlib
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -11,14 +13,17 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import XenAPI
 
+from migrate.host import tasks
+from migrate.host.errors import ApiError
+from migrate.host.services import HostServices
 from migrate.http.server import Router, serve
-from migrate.rpc.codec import ApiError
-from migrate.rpc.dispatch import Api, register_rpc
+from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store
-from support import HOST, TIMEOUT, close, failure, host_store, in_thread
+from support import HOST, TIMEOUT, close, failure, host_store, in_thread, wait_until
 
 MiB = 1 << 20
 
@@ -31,15 +36,15 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def api(store: Store) -> Api:
-    return Api(store, HOST)
+def api(store: Store) -> Dispatcher:
+    return Dispatcher(HostServices.open(store, HOST))
 
 
 @pytest.fixture
-async def url(nursery: trio.Nursery, api: Api) -> str:
+async def url(nursery: trio.Nursery, api: Dispatcher) -> str:
     router = Router()
     register_rpc(router, api)
-    await nursery.start(api.serve_tasks)
+    await nursery.start(api.host.tasks.serve)
     listeners = await trio.open_tcp_listeners(0, host="::1")
     await nursery.start(partial(serve, router, listeners))
     return f"http://[::1]:{listeners[0].socket.getsockname()[1]}"
@@ -69,17 +74,17 @@ def wait_task(x: Any, task: str) -> str:
     return str(status)
 
 
-async def test_pool(url: str, api: Api) -> None:
+async def test_pool(url: str, api: Dispatcher) -> None:
     def run() -> None:
         session = login(url)
         x = session.xenapi
         try:
             pools = x.pool.get_all()
-            ref = f"OpaqueRef:{pool_uuid(api)}"
+            ref = f"OpaqueRef:{pool_uuid(api.host)}"
             assert pools == [ref]
             assert x.pool.get_master(ref) == f"OpaqueRef:{HOST}"
-            assert x.pool.get_uuid(ref) == pool_uuid(api)
-            assert x.pool.get_by_uuid(pool_uuid(api)) == ref
+            assert x.pool.get_uuid(ref) == pool_uuid(api.host)
+            assert x.pool.get_by_uuid(pool_uuid(api.host)) == ref
             assert x.pool.get_name_label(ref) == ""
             record = x.pool.get_record(ref)
             assert record["master"] == f"OpaqueRef:{HOST}"
@@ -96,10 +101,10 @@ async def test_pool(url: str, api: Api) -> None:
             close(session)
 
     await in_thread(run)
-    assert pool_uuid(api) == pool_uuid(Api(api.store, HOST))  # stable
+    assert pool_uuid(api.host) == pool_uuid(HostServices.open(api.host.store, HOST))  # stable
 
 
-async def test_event_from(url: str, api: Api) -> None:
+async def test_event_from(url: str, api: Dispatcher) -> None:
     def run() -> None:
         session = login(url)
         x = session.xenapi
@@ -109,7 +114,7 @@ async def test_event_from(url: str, api: Api) -> None:
             added = {(e["class"], e["ref"]) for e in everything["events"]}
             assert {e["operation"] for e in everything["events"]} == {"add"}
             assert ("host", f"OpaqueRef:{HOST}") in added
-            assert ("pool", f"OpaqueRef:{pool_uuid(api)}") in added
+            assert ("pool", f"OpaqueRef:{pool_uuid(api.host)}") in added
             assert ("sr", x.SR.get_all()[0]) in added
             assert everything["valid_ref_counts"]["vdi"] == "0"
             token = everything["token"]
@@ -236,7 +241,7 @@ async def test_register_next_unregister(url: str) -> None:
     await in_thread(run)
 
 
-async def test_inject(url: str, api: Api) -> None:
+async def test_inject(url: str, api: Dispatcher) -> None:
     def run() -> None:
         session = login(url)
         x = session.xenapi
@@ -250,7 +255,7 @@ async def test_inject(url: str, api: Api) -> None:
             assert event["snapshot"]["name_label"] == "Local storage"
             assert event_from(x, ["sr"], injected, 0.0)["events"] == []
 
-            pool = f"OpaqueRef:{pool_uuid(api)}"
+            pool = f"OpaqueRef:{pool_uuid(api.host)}"
             again = x.event.inject("pool", pool)  # what Xen Orchestra does first
             [event] = event_from(x, ["pool"], injected, 0.0)["events"]
             assert (event["class"], event["ref"]) == ("pool", pool)
@@ -298,7 +303,7 @@ async def test_async_vdi_create_and_destroy(url: str) -> None:
     await in_thread(run)
 
 
-async def test_task_cancel(api: Api, store: Store, nursery: trio.Nursery) -> None:
+async def test_task_cancel(api: Dispatcher, store: Store, nursery: trio.Nursery) -> None:
     session = await api.run("session.login_with_password", ["root", "pw"])
     sr = f"OpaqueRef:{store.all('SR')[0]['uuid']}"
     args = {"SR": sr, "virtual_size": 4 * MiB, "name_label": "never"}
@@ -306,16 +311,32 @@ async def test_task_cancel(api: Api, store: Store, nursery: trio.Nursery) -> Non
         await api.run("Async.VDI.create", [session, args])
     assert info.value.code == "INTERNAL_ERROR"
 
-    await nursery.start(api.serve_tasks)
-    task = await api.run("Async.VDI.create", [session, args])
-    async with api.lock:  # the task cannot start its call before the cancel
-        api.call("task.cancel", [session, task])
-        assert api.call("task.get_status", [session, task]) == "cancelling"
+    await nursery.start(api.host.tasks.serve)
+    # an Async call cancelled while it waits for its turn never runs
+    release = threading.Event()
+    nursery.start_soon(api.host.db.call, release.wait)  # the database busy with a long call
+    await trio.testing.wait_all_tasks_blocked()
+    uuid = str(uuidlib.uuid4())
+    tasks.insert(store, uuid, session, "Async.VDI.create")  # (the database thread waits)
+    ran: list[str] = []
+    api.host.tasks.start(uuid, lambda: ran.append(uuid))
+    await trio.testing.wait_all_tasks_blocked()  # the task waits for its turn
     with trio.fail_after(TIMEOUT):
-        while await api.run("task.get_status", [session, task]) == "cancelling":
-            await trio.sleep(0.01)
-    assert await api.run("task.get_status", [session, task]) == "cancelled"
-    assert store.all("VDI") == []
+        async with trio.open_nursery() as cancelling:
+            cancelling.start_soon(api.host.tasks.cancel, uuid)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+    await wait_until(lambda: store.get("task", uuid)["status"] == "cancelled", what="cancelled")
+    assert ran == []
+    assert store.get("task", uuid)["progress"] == 1.0
+
+    # through the API: a task that already ran cannot be cancelled
+    task = await api.run("Async.VDI.create", [session, args])
+    uuid = task.removeprefix("OpaqueRef:")
+    await wait_until(lambda: store.get("task", uuid)["status"] != "pending", what="the task")
+    with pytest.raises(ApiError) as info:
+        await api.run("task.cancel", [session, task])
+    assert info.value.code == "OPERATION_NOT_ALLOWED"
 
     # a task a client made for itself stays cancelling: nobody runs it
     own = await api.run("task.create", [session, "mine", ""])
@@ -323,7 +344,7 @@ async def test_task_cancel(api: Api, store: Store, nursery: trio.Nursery) -> Non
     assert await api.run("task.get_status", [session, own]) == "cancelling"
 
 
-async def test_event_from_waits_without_the_lock(api: Api, store: Store) -> None:
+async def test_event_from_waits_without_the_lock(api: Dispatcher, store: Store) -> None:
     session = await api.run("session.login_with_password", ["root", "pw"])
     token = (await api.run("event.from", [session, ["task"], "", 0.0]))["token"]
     answers: list[dict[str, Any]] = []

@@ -18,11 +18,12 @@ import trio
 import XenAPI
 
 from migrate.addresses import parse_host
+from migrate.host.errors import ApiError
+from migrate.host.services import HostServices
 from migrate.http.server import Router, serve
 from migrate.interfaces import Interface, InterfaceAddress
 from migrate.rpc import host, network, pif, sr, task, vdi
-from migrate.rpc.codec import ApiError
-from migrate.rpc.dispatch import Api, register_rpc
+from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
 from migrate.storage.sr import create_vdi, vdi_path
 from support import HOST, TIMEOUT, close, failure, host_store, in_thread
@@ -50,8 +51,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def api(store: Store) -> Api:
-    return Api(store, HOST)
+def api(store: Store) -> Dispatcher:
+    return Dispatcher(HostServices.open(store, HOST))
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,12 @@ class Server:
 
 
 @pytest.fixture(params=["::1", "127.0.0.1"])
-async def server(request: pytest.FixtureRequest, nursery: trio.Nursery, api: Api) -> Server:
+async def server(request: pytest.FixtureRequest, nursery: trio.Nursery, api: Dispatcher) -> Server:
     router = Router()
     register_rpc(router, api)
     listeners = await trio.open_tcp_listeners(0, host=request.param)
     await nursery.start(partial(serve, router, listeners))
-    return Server(request.param, listeners[0].socket.getsockname()[1], api.store)
+    return Server(request.param, listeners[0].socket.getsockname()[1], api.host.store)
 
 
 def sdk_session(server: Server) -> Any:
@@ -352,7 +353,7 @@ async def test_jsonrpc(server: Server) -> None:
 # The dispatcher without HTTP
 
 
-def test_api_checks_before_calling(api: Api) -> None:
+async def test_api_checks_before_calling(api: Dispatcher) -> None:
     with pytest.raises(ApiError) as info:
         api.call("session.login_with_password", ["root"])
     assert info.value.description == [
@@ -370,7 +371,7 @@ def test_api_checks_before_calling(api: Api) -> None:
     with pytest.raises(ApiError) as info:
         api.call("host.get_all", [None])
     assert info.value.description == ["SESSION_INVALID", "None"]
-    session = api.call("session.login_with_password", ["root", "pw"])
+    session = await api.run("session.login_with_password", ["root", "pw"])
     with pytest.raises(ApiError) as info:
         api.call("host.get_record", [session, 42])
     assert info.value.description == ["HANDLE_INVALID", "host", "42"]
@@ -379,18 +380,18 @@ def test_api_checks_before_calling(api: Api) -> None:
     api.call("session.logout", [session])
 
 
-def test_idle_sessions_expire(api: Api, store: Store) -> None:
-    session = api.call("session.login_with_password", ["root", "pw"])
+async def test_idle_sessions_expire(api: Dispatcher, store: Store) -> None:
+    session = await api.run("session.login_with_password", ["root", "pw"])
     store.db.execute("UPDATE session SET last_active = last_active - 2 * 86400")
     with pytest.raises(ApiError) as info:
         api.call("SR.get_all", [session])
     assert info.value.description == ["SESSION_INVALID", session]
-    fresh = api.call("session.login_with_password", ["root", "pw"])
+    fresh = await api.run("session.login_with_password", ["root", "pw"])
     assert [row["ref"] for row in store.db.execute("SELECT ref FROM session")] == [fresh]
 
 
-def test_vdi_in_use_and_invisible_vdis(api: Api, store: Store) -> None:
-    session = api.call("session.login_with_password", ["root", "pw"])
+async def test_vdi_in_use_and_invisible_vdis(api: Dispatcher, store: Store) -> None:
+    session = await api.run("session.login_with_password", ["root", "pw"])
     sr = store.all("SR")[0]["uuid"]
     parent = create_vdi(store, sr, 2 * MiB, "parent")
     child = "7a1f3e0c-0000-4000-8000-000000000001"
@@ -418,8 +419,8 @@ def test_vdi_in_use_and_invisible_vdis(api: Api, store: Store) -> None:
     assert api.call("VDI.get_all", [session]) == []
 
 
-def test_tasks(api: Api, store: Store) -> None:
-    session = api.call("session.login_with_password", ["root", "pw"])
+async def test_tasks(api: Dispatcher, store: Store) -> None:
+    session = await api.run("session.login_with_password", ["root", "pw"])
     uuid = "7a1f3e0c-0000-4000-8000-0000000000aa"
     store.insert(
         "task",
@@ -451,10 +452,10 @@ def test_tasks(api: Api, store: Store) -> None:
     assert info.value.description == ["HANDLE_INVALID", "task", ref]
 
 
-def test_generated_accessors(api: Api, store: Store) -> None:
+async def test_generated_accessors(api: Dispatcher, store: Store) -> None:
     """Every class module's FIELDS are its record's keys, and a generated getter serves each
     field of one record of each class as the record has it (types included)."""
-    session = api.call("session.login_with_password", ["root", "pw"])
+    session = await api.run("session.login_with_password", ["root", "pw"])
     create_vdi(store, store.all("SR")[0]["uuid"], 2 * MiB, "disk")
     task_ref = api.call("task.create", [session, "work"])
     methods = set(api.methods())

@@ -8,10 +8,10 @@ from datetime import datetime
 
 import pytest
 
+from migrate.host.errors import ApiError
 from migrate.rpc.codec import (
     INVALID_REQUEST,
     PARSE_ERROR,
-    ApiError,
     ProtocolError,
     decode_jsonrpc,
     decode_xmlrpc,
@@ -78,6 +78,18 @@ def test_xmlrpc_dates() -> None:
             b"</value></param></params></methodCall>",
             PARSE_ERROR,
         ),
+        # a response or a fault sent as a request
+        (xmlrpc.client.dumps(("x",), methodresponse=True).encode(), INVALID_REQUEST),
+        (xmlrpc.client.dumps(xmlrpc.client.Fault(1, "no")).encode(), INVALID_REQUEST),
+        # an encoding the XML parser does not know
+        (b'<?xml version="1.0" encoding="x-martian"?><methodCall/>', PARSE_ERROR),
+        # an int of thousands of digits
+        (
+            b"<methodCall><methodName>x</methodName><params><param><value><int>"
+            + b"9" * 5000
+            + b"</int></value></param></params></methodCall>",
+            PARSE_ERROR,
+        ),
     ],
 )
 def test_malformed_xmlrpc_is_a_protocol_error(body: bytes, code: int) -> None:
@@ -121,14 +133,29 @@ def test_jsonrpc_round_trip() -> None:
         (b"[1, 2]", INVALID_REQUEST),
         (b'{"params": []}', INVALID_REQUEST),
         (b'{"method": "x", "params": {"a": 1}}', INVALID_REQUEST),
+        (b'{"method": "x", "id": {"an": "object"}}', INVALID_REQUEST),
+        (b'{"method": "x", "id": true}', INVALID_REQUEST),
+        # numbers JSON cannot carry back: thousands of digits, NaN, infinities
+        (b'{"method": "x", "id": ' + b"9" * 5000 + b"}", PARSE_ERROR),
+        (b'{"method": "x", "id": NaN}', PARSE_ERROR),
+        (b'{"method": "x", "id": -Infinity}', PARSE_ERROR),
+        (b'{"method": "x", "id": 1e400}', PARSE_ERROR),
+        (b'{"method": "x", "params": [1e400]}', PARSE_ERROR),
+        # nested thousands deep
+        (b'{"method": "x", "params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", PARSE_ERROR),
     ],
 )
 def test_malformed_jsonrpc_is_a_protocol_error(body: bytes, code: int) -> None:
     with pytest.raises(ProtocolError) as info:
         decode_jsonrpc(body)
     assert info.value.code == code
-    response = json.loads(encode_jsonrpc(None, error=info.value))
+    answer = encode_jsonrpc(None, error=info.value)
+    response = json.loads(answer, parse_constant=_refuse)  # strict JSON: no NaN, no Infinity
     assert response["error"]["code"] == code and response["id"] is None
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} in a JSON answer")
 
 
 def test_api_error_parameters_are_strings() -> None:

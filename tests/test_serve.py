@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from migrate.addresses import parse_host
-from migrate.daemon import host_address, listener_url, open_listeners
+from migrate.daemon import listener_url, open_listeners
+from migrate.host.identity import host_address
 from migrate.interfaces import Interface, InterfaceAddress, read_interfaces
+from migrate.state import credentials
 from migrate.state.store import Store
 from support import XFER
 
@@ -254,7 +256,7 @@ def test_restart_keeps_host_sr_and_password(tmp_path: Path) -> None:
         assert sr["path"] == os.path.realpath(tmp_path / "state" / "sr") and sr["is_default"]
         assert host["primary_address_type"] == "IPv6"
         assert store.all("PIF", host=host["uuid"]), "interfaces not mirrored"
-        assert store.check_password("root", generated[0])
+        assert credentials.verify(store.credential("root"), generated[0])
     finally:
         store.close()
     leftover = Path(sr["path"]) / f".{uuid.uuid4()}.vhd.part"
@@ -277,7 +279,7 @@ def test_restart_keeps_host_sr_and_password(tmp_path: Path) -> None:
         srs = {row["path"]: row for row in store.all("SR")}
         assert srs[sr["path"]]["uuid"] == sr["uuid"] and srs[sr["path"]]["is_default"]
         assert not srs[os.path.realpath(extra)]["is_default"]
-        assert store.check_password("root", generated[0])
+        assert credentials.verify(store.credential("root"), generated[0])
     finally:
         store.close()
 
@@ -286,8 +288,8 @@ def test_restart_keeps_host_sr_and_password(tmp_path: Path) -> None:
     assert "generated password" not in err.read_text()
     store = Store.open(db)
     try:
-        assert store.check_password("root", "new")
-        assert not store.check_password("root", generated[0])
+        assert credentials.verify(store.credential("root"), "new")
+        assert not credentials.verify(store.credential("root"), generated[0])
         assert [row["uuid"] for row in store.all("host")] == [host["uuid"]]
     finally:
         store.close()

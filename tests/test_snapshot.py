@@ -1,4 +1,4 @@
-"""VDI snapshots: migrate.storage.sr.snapshot_vdi, its crash recovery, and VDI.snapshot."""
+"""VDI snapshots: migrate.storage.snapshot, its crash recovery, and VDI.snapshot."""
 
 from __future__ import annotations
 
@@ -15,18 +15,19 @@ import trio
 import XenAPI
 
 import vhd
-from migrate.rpc.codec import ApiError
-from migrate.rpc.dispatch import Api
+from migrate.host.errors import ApiError
+from migrate.host.services import HostServices
+from migrate.rpc.dispatch import Dispatcher
 from migrate.state.schema import MIGRATIONS, VERSION
 from migrate.state.store import Store
-from migrate.storage import sr
+from migrate.storage import files, snapshot
+from migrate.storage.reconcile import reconcile
+from migrate.storage.snapshot import snapshot_vdi
 from migrate.storage.sr import (
     VdiInUse,
     create_vdi,
     destroy_vdi,
     ensure_sr,
-    reconcile,
-    snapshot_vdi,
     vdi_path,
 )
 from support import HOST, failure
@@ -193,7 +194,7 @@ def fail_on(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, nth: int) -
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         calls[0] += 1
         if calls[0] == nth:
-            if name.startswith("_fsync"):
+            if name.startswith("fsync"):
                 original(*args, **kwargs)
             raise Crash(name)
         return original(*args, **kwargs)
@@ -203,19 +204,19 @@ def fail_on(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, nth: int) -
 
 CRASH_POINTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
     # (1) rows B and S creating, no file yet
-    "after rows": lambda mp: fail_on(mp, sr.os, "link", 1),
+    "after rows": lambda mp: fail_on(mp, snapshot.os, "link", 1),
     # (2) B.vhd is a hard link of V.vhd
-    "after link": lambda mp: fail_on(mp, sr, "_fsync_dir", 1),
+    "after link": lambda mp: fail_on(mp, files, "fsync_dir", 1),
     # (3) V's new child written as a part file
-    "after V part": lambda mp: fail_on(mp, sr, "_fsync_file", 1),
+    "after V part": lambda mp: fail_on(mp, files, "fsync_file", 1),
     # (4) B ready and V's parent B committed, V.vhd still the old file
-    "after parent change": lambda mp: fail_on(mp, sr.os, "replace", 1),
+    "after parent change": lambda mp: fail_on(mp, snapshot.os, "replace", 1),
     # (5) V.vhd is B's child
-    "after V rename": lambda mp: fail_on(mp, sr, "_fsync_dir", 2),
+    "after V rename": lambda mp: fail_on(mp, files, "fsync_dir", 2),
     # (6) S's part written
-    "after S part": lambda mp: fail_on(mp, sr, "_fsync_file", 2),
+    "after S part": lambda mp: fail_on(mp, files, "fsync_file", 2),
     # (6) S's file in place, S still creating
-    "after S rename": lambda mp: fail_on(mp, sr, "_fsync_dir", 3),
+    "after S rename": lambda mp: fail_on(mp, files, "fsync_dir", 3),
 }
 
 
@@ -224,7 +225,7 @@ def crashed_snapshot(
 ) -> None:
     with monkeypatch.context() as mp:
         if not undo:
-            mp.setattr(sr, "_undo_snapshot", lambda *args: None)
+            mp.setattr(snapshot, "_undo_snapshot", lambda *args: None)
         CRASH_POINTS[point](mp)
         with pytest.raises(Crash):
             snapshot_vdi(store, vdi)
@@ -334,7 +335,7 @@ def test_an_error_at_any_step_is_undone(
 # The API
 
 
-def test_api_snapshot_records(store: Store, sr_uuid: str, vdi: str) -> None:
+async def test_api_snapshot_records(store: Store, sr_uuid: str, vdi: str) -> None:
     store.insert(
         "host",
         {
@@ -345,8 +346,8 @@ def test_api_snapshot_records(store: Store, sr_uuid: str, vdi: str) -> None:
         },
     )
     store.set_password("root", "pw")
-    api = Api(store, "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001")
-    session = api.call("session.login_with_password", ["root", "pw"])
+    api = Dispatcher(HostServices.open(store, "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"))
+    session = await api.run("session.login_with_password", ["root", "pw"])
     ref = f"OpaqueRef:{vdi}"
     snap = api.call("VDI.snapshot", [session, ref])
     snap2 = api.call("VDI.snapshot", [session, ref, {}])
@@ -391,8 +392,8 @@ async def test_sdk_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
     sr_dir = ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
     directory = sr_path(store, sr_dir)
     store.set_password("root", "pw")
-    api = Api(store, host)
-    await nursery.start(api.serve_tasks)
+    api = Dispatcher(HostServices.open(store, host))
+    await nursery.start(api.host.tasks.serve)
     router = Router()
     register_rpc(router, api)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import vhd
+from migrate.formats.chunked import END, ChunkError, chunk_header
 from migrate.state.store import Store
-from migrate.storage import direct, sr, staging
+from migrate.storage import direct, snapshot, sr, staging
 from migrate.storage.staging import StagedImage, StagingError
-from migrate.transfer.chunks import END, ChunkError, chunk_header
-from migrate.transfer.importer import ChunkedImporter, Importer, RawImporter, VhdImporter
+from migrate.transfer.decoders import ChunkedImporter, Importer, RawImporter, VhdImporter
 from support import BLOCK, SIZE, MiB, make_dynamic, materialise, pattern, qemu_raw, read_all
 from vhd import Image, StreamParser, VhdError
 from vhd.format import DIFFERENCING, DYNAMIC, UNALLOCATED
@@ -333,7 +333,7 @@ def test_overlay_on_a_snapshot_child_keeps_its_parent(store: Store, sr_uuid: str
     path = Path(sr.vdi_path(sr_dir, vdi))
     with Image.open(str(path), writable=True) as image:
         image.write(0, pattern(3 * BLOCK, 3))  # blocks 0-2, in what becomes the base
-    sr.snapshot_vdi(store, vdi)
+    snapshot.snapshot_vdi(store, vdi)
     with Image.open(str(path), writable=True) as image:
         image.write(BLOCK + 5000, pattern(3000, 4))  # a few sectors of the child
         image.write(3 * BLOCK + 100, pattern(700, 5))

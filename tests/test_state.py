@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from migrate.state import credentials
 from migrate.state.schema import VERSION, SchemaError, open_database
 from migrate.state.store import Change, NotFound, Store
 
@@ -157,7 +158,7 @@ def test_passwords_are_salted_hashes_checked_in_constant_time(store: Store) -> N
     rows = store.db.execute("SELECT user, salt, hash FROM credential ORDER BY user").fetchall()
     assert rows[0]["salt"] != rows[1]["salt"] and rows[0]["hash"] != rows[1]["hash"]
     assert all(b"secret" not in bytes(row["hash"]) for row in rows)
-    assert store.has_password("root") and not store.has_password("nobody")
-    assert store.check_password("root", "secret")
-    assert not store.check_password("root", "Secret")
-    assert not store.check_password("nobody", "secret")
+    assert store.credential("root") is not None and store.credential("nobody") is None
+    assert credentials.verify(store.credential("root"), "secret")
+    assert not credentials.verify(store.credential("root"), "Secret")
+    assert not credentials.verify(store.credential("nobody"), "secret")

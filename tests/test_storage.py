@@ -15,7 +15,8 @@ import pytest
 import vhd
 from migrate.state.store import NotFound, Store
 from migrate.storage import sr
-from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, ensure_sr, reconcile
+from migrate.storage.reconcile import reconcile
+from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, ensure_sr
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parent.parent

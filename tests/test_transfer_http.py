@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import XenAPI
 
-from migrate.transfer.chunks import END, chunk_header
+from migrate.formats.chunked import END, chunk_header
 from support import (
     PASSWORD,
+    SECTOR,
     SIZE,
     Daemon,
     MiB,
@@ -722,6 +723,50 @@ def test_destroy_and_snapshot_during_an_import(http: Http, xapi: Xapi, filled: V
     xapi.api.VDI.destroy(filled.ref)  # free again
 
 
+def test_a_snapshot_is_never_written(http: Http, xapi: Xapi, filled: Vdi) -> None:
+    """A snapshot is a point in time that delta backups rely on: an import into it is
+    refused (409, naming why), and it keeps its content."""
+    snapshot = xapi.vdi(xapi.api.VDI.snapshot(filled.ref))
+    before = xapi.tasks()
+    r = http.put(pattern(SIZE, 41), vdi=snapshot.uuid)
+    assert r.status == 409, r.body
+    assert "is a snapshot" in r.line() and "OPERATION_NOT_ALLOWED" in r.line(), r.line()
+    assert xapi.tasks() == before  # refused before any task was made
+    assert http.export(snapshot.uuid) == CONTENT
+    assert http.export(filled.uuid) == CONTENT
+
+
+def vhd_of_size(path: Path, size: int) -> bytes:
+    """A dynamic VHD whose footers declare a virtual ``size`` that is not a whole number of
+    sectors (as a careless tool may write), holding 0x11 in its first sector."""
+    make_dynamic(path, SECTOR * (-(-size // SECTOR)), [(0, b"\x11" * SECTOR)])
+    data = bytearray(path.read_bytes())
+    for at in (0, len(data) - SECTOR):
+        footer = bytearray(data[at : at + SECTOR])
+        footer[48:56] = size.to_bytes(8, "big")
+        footer[64:68] = bytes(4)
+        checksum = ~sum(footer) & 0xFFFFFFFF
+        footer[64:68] = checksum.to_bytes(4, "big")
+        data[at : at + SECTOR] = footer
+    return bytes(data)
+
+
+def test_recorded_size_is_what_the_file_holds(http6: Http, xapi: Xapi, tmp_path: Path) -> None:
+    """A new VDI from a VHD that declares a size of 1000 bytes records what its file reads
+    and exports: whole sectors, 1024 (``VDI.create`` refuses such a size outright)."""
+    path = tmp_path / "odd.vhd"
+    path.write_bytes(vhd_of_size(path, 1000))
+    r = http6.put(path, sr_id=xapi.api.SR.get_uuid(xapi.sr), format="vhd")
+    assert r.status == 200, r.body
+    vdi = xapi.vdi(r.body.decode().strip())
+    assert failure(lambda: xapi.create(1000))[:2] == ["INVALID_VALUE", "virtual_size"]
+    recorded = int(xapi.api.VDI.get_virtual_size(vdi.ref))
+    exported = http6.export(vdi.uuid)
+    assert recorded == len(exported) == 1024
+    assert read_all(Path(http6.daemon.sr_dir) / f"{vdi.uuid}.vhd")[:1] in (b"\0", b"\x11")
+    xapi.api.VDI.destroy(vdi.ref)
+
+
 @contextmanager
 def tmpfs(path: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted on the new directory ``path`` (skip if it cannot be)."""
@@ -845,7 +890,22 @@ def test_range(http: Http, filled: Vdi, spec: str, start: int, stop: int) -> Non
     assert r.body == CONTENT[start:stop]
 
 
-@pytest.mark.parametrize("spec", [f"{SIZE}-", f"{SIZE + 1000}-{SIZE + 2000}", "-0"])
+@pytest.mark.parametrize(
+    ("spec", "start"),
+    [("0-" + "9" * 5000, 0), ("-" + "9" * 5000, 0), ("100-" + "0" * 30 + "199", 100)],
+)
+def test_range_of_thousands_of_digits(http: Http, filled: Vdi, spec: str, start: int) -> None:
+    """Numbers in a range have no size limit (RFC 9110): ones past any offset mean the end
+    of the disk, never a 500."""
+    r = http.get("-H", f"Range: bytes={spec}", vdi=filled.uuid)
+    assert r.status == 206, r.line()
+    stop = 200 if start == 100 else SIZE
+    assert r.body == CONTENT[start:stop]
+
+
+@pytest.mark.parametrize(
+    "spec", [f"{SIZE}-", f"{SIZE + 1000}-{SIZE + 2000}", "-0", "9" * 5000 + "-"]
+)
 def test_range_past_the_end(http: Http, xapi: Xapi, filled: Vdi, spec: str) -> None:
     r = http.get("-H", f"Range: bytes={spec}", vdi=filled.uuid)
     assert r.status == 416, r.body[:200]

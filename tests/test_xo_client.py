@@ -17,11 +17,12 @@ import pytest
 import trio
 
 from migrate.daemon import serve_tls, server_ssl_context
+from migrate.host.services import HostServices
 from migrate.http.server import Limits, Router, serve
-from migrate.rpc.dispatch import Api, register_rpc
+from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store
-from migrate.transfer.endpoints import register_transfers
+from migrate.transfer import export_raw_vdi, import_raw_vdi
 from support import MiB, host_store, make_dynamic
 from test_tls import make_certificate
 
@@ -95,7 +96,7 @@ async def test_xen_orchestra_client(
     xen_api: str, store: Store, nursery: trio.Nursery, transport: str
 ) -> None:
     """``auto`` is the library's default: JSON-RPC on /jsonrpc; ``xml-rpc`` is /xmlrpc."""
-    api = Api(store, HOST)
+    api = Dispatcher(HostServices.open(store, HOST))
     calls: list[str] = []
     run = api.run
 
@@ -106,7 +107,7 @@ async def test_xen_orchestra_client(
     api.run = recording_run  # type: ignore[method-assign]
     router = Router()
     register_rpc(router, api)
-    await nursery.start(api.serve_tasks)
+    await nursery.start(api.host.tasks.serve)
     listeners = await trio.open_tcp_listeners(0, host="::1")
     await nursery.start(partial(serve, router, listeners))
     port = listeners[0].socket.getsockname()[1]
@@ -116,7 +117,7 @@ async def test_xen_orchestra_client(
     assert out["status"] == "connected"
     sr_uuid = store.all("SR")[0]["uuid"]
     assert out["pool"] == {
-        "ref": f"OpaqueRef:{pool_uuid(api)}",
+        "ref": f"OpaqueRef:{pool_uuid(api.host)}",
         "master": f"OpaqueRef:{HOST}",
         "default_SR": f"OpaqueRef:{sr_uuid}",
     }
@@ -166,11 +167,12 @@ async def test_xen_orchestra_moves_a_disk(
     for offset, data in writes:
         expected[offset : offset + len(data)] = data
 
-    api = Api(store, HOST)
+    host = HostServices.open(store, HOST)
     router = Router()
-    register_rpc(router, api)
-    register_transfers(router, api)
-    await nursery.start(api.serve_tasks)
+    register_rpc(router, Dispatcher(host))
+    export_raw_vdi.register(router, host)
+    import_raw_vdi.register(router, host)
+    await nursery.start(host.tasks.serve)
     listeners = await trio.open_tcp_listeners(0, host="::1")
     ca = None
     if scheme == "https":

@@ -6,6 +6,8 @@ Defined here once: the daemon, its RPC and transfers, and the command line all i
 
 from __future__ import annotations
 
+import uuid as uuidlib
+
 DEFAULT_PORT = 8080
 """The port of ``xfer serve``, and of a host whose text names none."""
 DEFAULT_USER = "root"
@@ -29,3 +31,15 @@ NULL_REF = "OpaqueRef:NULL"
 def ref(uuid: str) -> str:
     """The ref of the record ``uuid`` (``OpaqueRef:<uuid>``)."""
     return REF_PREFIX + uuid
+
+
+def ref_uuid(text: object) -> str | None:
+    """The uuid the ref ``text`` names (``OpaqueRef:<uuid>``, the uuid lower case and
+    hyphenated); None when ``text`` is no such ref."""
+    if not isinstance(text, str) or not text.startswith(REF_PREFIX):
+        return None
+    uuid = text[len(REF_PREFIX) :]
+    try:
+        return uuid if str(uuidlib.UUID(uuid)) == uuid else None
+    except ValueError:
+        return None

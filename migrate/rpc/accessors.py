@@ -2,24 +2,24 @@
 its datamodel.
 
 A class module declares ``CLASS`` (the XenAPI class), ``FIELDS`` (the keys of its records,
-separated by spaces, as namedtuple's ``field_names``) and ``record(api, row)``; :func:`methods`
+separated by spaces, as namedtuple's ``field_names``) and ``record(host, row)``; :func:`methods`
 gives ``<CLASS>.get_all``, ``.get_all_records``, ``.get_record``, ``.get_by_uuid`` and one
 ``.get_<field>`` per field (that field of the record), the module's own ``METHODS``, if any,
-overriding them. Only visible records are served (see :meth:`~migrate.rpc.dispatch.Api.rows`,
-:meth:`~migrate.rpc.dispatch.Api.row` and :meth:`~migrate.rpc.dispatch.Api.by_uuid`). Modules
-without ``CLASS`` serve their ``METHODS``.
+overriding them. Only visible records are served (:mod:`migrate.rpc.refs`). Modules without
+``CLASS`` serve their ``METHODS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
+from migrate.formats.xapi import ref
+from migrate.host.services import HostServices
+from migrate.rpc import refs
 
-Record = Callable[["Api", dict[str, Any]], dict[str, Any]]
+Record = Callable[[HostServices, dict[str, Any]], dict[str, Any]]
 
 
 def _named(function: Callable[..., Any], name: str, doc: str) -> Callable[..., Any]:
@@ -29,8 +29,8 @@ def _named(function: Callable[..., Any], name: str, doc: str) -> Callable[..., A
 
 
 def _getter(cls: str, record: Record, field: str) -> Callable[..., Any]:
-    def getter(api: Api, session: str, self: str) -> Any:
-        return record(api, api.row(cls, self))[field]
+    def getter(host: HostServices, session: str, self: str) -> Any:
+        return record(host, refs.row(host.store, cls, self))[field]
 
     return _named(getter, f"get_{field}", f"The {field} of a {cls}.")
 
@@ -43,17 +43,17 @@ def methods(module: ModuleType) -> dict[str, Callable[..., Any]]:
     cls: str = module.CLASS
     record: Record = module.record
 
-    def get_all(api: Api, session: str) -> list[str]:
-        return [api.ref(row["uuid"]) for row in api.rows(cls)]
+    def get_all(host: HostServices, session: str) -> list[str]:
+        return [ref(row["uuid"]) for row in host.store.all_visible(cls)]
 
-    def get_all_records(api: Api, session: str) -> dict[str, dict[str, Any]]:
-        return {api.ref(row["uuid"]): record(api, row) for row in api.rows(cls)}
+    def get_all_records(host: HostServices, session: str) -> dict[str, dict[str, Any]]:
+        return {ref(row["uuid"]): record(host, row) for row in host.store.all_visible(cls)}
 
-    def get_record(api: Api, session: str, self: str) -> dict[str, Any]:
-        return record(api, api.row(cls, self))
+    def get_record(host: HostServices, session: str, self: str) -> dict[str, Any]:
+        return record(host, refs.row(host.store, cls, self))
 
-    def get_by_uuid(api: Api, session: str, uuid: str) -> str:
-        return api.by_uuid(cls, uuid)
+    def get_by_uuid(host: HostServices, session: str, uuid: str) -> str:
+        return refs.by_uuid(host.store, cls, uuid)
 
     generated = {
         f"{cls}.get_all": _named(get_all, "get_all", f"Every {cls}'s ref."),

@@ -9,33 +9,20 @@ the protocol's own errors (-32700, -32600). Marshalling is the standard library'
 
 from __future__ import annotations
 
-import base64
 import json
+import math
 import xmlrpc.client
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
-from xml.parsers.expat import ExpatError
-from xml.sax.saxutils import escape
+
+from migrate.formats.xmlrpc import to_wire, value_xml
+from migrate.host.errors import ApiError
 
 Protocol = Literal["xmlrpc", "jsonrpc"]
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-
-
-class ApiError(Exception):
-    """A XenAPI failure: an error code and its string parameters (``ErrorDescription``)."""
-
-    def __init__(self, code: str, *params: object) -> None:
-        self.code = code
-        self.params = [str(p) for p in params]
-        super().__init__(code, *self.params)
-
-    @property
-    def description(self) -> list[str]:
-        """``[code, param, ...]`` as it travels."""
-        return [self.code, *self.params]
 
 
 class ProtocolError(Exception):
@@ -59,14 +46,23 @@ class Call:
 
 
 def decode_xmlrpc(body: bytes) -> Call:
-    """An XML-RPC ``methodCall``; ProtocolError when it is not one."""
+    """An XML-RPC ``methodCall``; ProtocolError when it is not one (a ``methodResponse`` or a
+    fault included, and whatever the XML parser refuses: an unknown encoding, a value it
+    cannot convert)."""
     try:
         params, method = xmlrpc.client.loads(body, use_builtin_types=True)
-    except (ExpatError, xmlrpc.client.ResponseError, ValueError, TypeError, IndexError) as e:
-        raise ProtocolError(PARSE_ERROR, f"malformed XML-RPC request: {e}") from None
+    except xmlrpc.client.Fault:
+        raise ProtocolError(INVALID_REQUEST, "an XML-RPC fault is not a call") from None
+    except Exception as e:  # expat, and the unmarshaller's own: any of them means malformed
+        raise ProtocolError(PARSE_ERROR, f"malformed XML-RPC request: {_one_line(e)}") from None
     if not method:
         raise ProtocolError(INVALID_REQUEST, "XML-RPC request without a methodName")
     return Call(method, list(params), "xmlrpc")
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
 
 
 def encode_xmlrpc(result: Any = None, error: ApiError | None = None) -> bytes:
@@ -74,36 +70,11 @@ def encode_xmlrpc(result: Any = None, error: ApiError | None = None) -> bytes:
     if error is not None:
         body: dict[str, Any] = {"Status": "Failure", "ErrorDescription": error.description}
     else:
-        body = {"Status": "Success", "Value": _to_xmlrpc(result)}
+        body = {"Status": "Success", "Value": to_wire(result)}
     return (
         '<?xml version="1.0"?><methodResponse><params><param>'
-        f"{_xml_value(body)}</param></params></methodResponse>"
+        f"{value_xml(body)}</param></params></methodResponse>"
     ).encode()
-
-
-def _xml_value(value: Any) -> str:
-    """One XML-RPC ``<value>`` as xapi writes it: no whitespace between elements (Xen
-    Orchestra's parser keeps it as text), strings without a ``<string>`` element."""
-    if isinstance(value, bool):
-        return f"<value><boolean>{int(value)}</boolean></value>"
-    if isinstance(value, str):
-        return f"<value>{escape(value)}</value>"
-    if isinstance(value, float):
-        return f"<value><double>{value!r}</double></value>"
-    if isinstance(value, bytes):
-        encoded = base64.b64encode(value).decode()
-        return f"<value><base64>{encoded}</base64></value>"
-    if isinstance(value, xmlrpc.client.DateTime):
-        return f"<value><dateTime.iso8601>{value.value}</dateTime.iso8601></value>"
-    if isinstance(value, dict):
-        members = "".join(
-            f"<member><name>{escape(str(k))}</name>{_xml_value(v)}</member>"
-            for k, v in value.items()
-        )
-        return f"<value><struct>{members}</struct></value>"
-    if isinstance(value, list):
-        return f"<value><array><data>{''.join(_xml_value(v) for v in value)}</data></array></value>"
-    raise TypeError(f"cannot put {type(value).__name__} on the XML-RPC wire")
 
 
 def encode_xmlrpc_protocol_error(error: ProtocolError) -> bytes:
@@ -112,29 +83,12 @@ def encode_xmlrpc_protocol_error(error: ProtocolError) -> bytes:
     return xmlrpc.client.dumps(fault, methodresponse=True, encoding="utf-8").encode()
 
 
-def _to_xmlrpc(value: Any) -> Any:
-    """API values as xapi puts them on the XML-RPC wire: ints as strings, void as ``""``."""
-    if value is None:
-        return ""
-    if isinstance(value, bool | float | str | bytes):
-        return value
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, datetime):
-        return xmlrpc.client.DateTime(value)
-    if isinstance(value, dict):
-        return {str(k): _to_xmlrpc(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_to_xmlrpc(v) for v in value]
-    raise TypeError(f"cannot put {type(value).__name__} on the XML-RPC wire")
-
-
 def decode_jsonrpc(body: bytes) -> Call:
     """A JSON-RPC request object; ProtocolError when it is not one."""
     try:
-        request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError(PARSE_ERROR, f"malformed JSON: {e}") from None
+        request = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)
+    except (ValueError, RecursionError) as e:  # decoding, syntax, int digits, NaN, nesting
+        raise ProtocolError(PARSE_ERROR, f"malformed JSON: {_one_line(e)}") from None
     if not isinstance(request, dict):
         raise ProtocolError(INVALID_REQUEST, "a JSON-RPC request is an object")
     method, params = request.get("method"), request.get("params", [])
@@ -142,7 +96,21 @@ def decode_jsonrpc(body: bytes) -> Call:
         raise ProtocolError(INVALID_REQUEST, "JSON-RPC request without a method")
     if not isinstance(params, list):
         raise ProtocolError(INVALID_REQUEST, "JSON-RPC params must be an array")
-    return Call(method, params, "jsonrpc", request.get("id"))
+    request_id = request.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, str | int | float | None):
+        raise ProtocolError(INVALID_REQUEST, "a JSON-RPC id is a string, a number or null")
+    return Call(method, params, "jsonrpc", request_id)
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} out of range")
+    return number
 
 
 def encode_jsonrpc(
@@ -156,7 +124,7 @@ def encode_jsonrpc(
         response["error"] = {"code": error.code, "message": error.message}
     else:
         response["result"] = _to_json(result)
-    return json.dumps(response, separators=(",", ":")).encode()
+    return json.dumps(response, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _to_json(value: Any) -> Any:
@@ -170,9 +138,3 @@ def _to_json(value: Any) -> Any:
     if isinstance(value, list | tuple | set | frozenset):
         return [_to_json(v) for v in value]
     return value
-
-
-def encode_value(value: Any) -> str:
-    """A value as the XML-RPC ``<value>`` text a task's ``result`` carries (``""`` for void);
-    a string as xapi writes it, ``<value>OpaqueRef:...</value>``."""
-    return "" if value is None else _xml_value(_to_xmlrpc(value))

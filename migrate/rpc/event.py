@@ -7,8 +7,10 @@ its timeout for one. ``event.register``/``event.next`` are the legacy interface:
 registered classes and the generation it has seen so far, kept in memory. ``event.inject``
 moves a record to a new generation so that it shows up as ``mod``.
 
-The waiting calls are coroutines: they hold :attr:`Api.lock` only to read the store and wait
-for :meth:`Api.wait_for_change` without it, so other calls go on meanwhile.
+The waiting calls are coroutines: they read the store in database calls and wait for the
+host's change feed (:mod:`migrate.host.changes`) holding nothing, so other calls go on
+meanwhile. Subscriptions (``event.register``) are the feed's, read and written only inside
+database calls.
 """
 
 from __future__ import annotations
@@ -16,24 +18,30 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import trio
 
-from migrate.rpc import host, network, pif, pool, sr, task, vdi
-from migrate.rpc.codec import ApiError
-from migrate.state.store import TABLES, NotFound
-
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
+from migrate.formats.xapi import ref
+from migrate.host.changes import Subscription
+from migrate.host.errors import (
+    EVENT_FROM_TOKEN_PARSE_FAILURE,
+    FIELD_TYPE_ERROR,
+    HANDLE_INVALID,
+    SESSION_NOT_REGISTERED,
+    ApiError,
+)
+from migrate.host.services import HostServices
+from migrate.rpc import host, network, pif, pool, refs, sr, task, vdi
+from migrate.state.store import NotFound
 
 MAX_TIMEOUT = 600.0
 """Longest wait of one ``event.from`` (seconds), whatever its timeout."""
 NEXT_WAIT = 30.0
 """Longest wait of one ``event.next``, after which it answers an empty list."""
 
-RECORDS: dict[str, Callable[[Api, dict[str, Any]], dict[str, Any]]] = {
+RECORDS: dict[str, Callable[[HostServices, dict[str, Any]], dict[str, Any]]] = {
     "host": host.record,
     "network": network.record,
     "PIF": pif.record,
@@ -44,24 +52,6 @@ RECORDS: dict[str, Callable[[Api, dict[str, Any]], dict[str, Any]]] = {
 """Stored classes and how their rows become records."""
 CLASSES = {name.lower(): name for name in (*RECORDS, "pool")}
 """Lower-case class name (as events carry it) -> XenAPI class."""
-
-
-@dataclass
-class Registration:
-    """A session's ``event.register`` classes and the generation ``event.next`` reached."""
-
-    classes: set[str]
-    generation: int
-
-
-@dataclass
-class EventState:
-    """What the event class keeps in memory: registrations and injections into the pool
-    (which has no row of its own)."""
-
-    registrations: dict[str, Registration] = field(default_factory=dict)
-    pool_generation: int = 0
-    """Generation of the last ``event.inject`` of the pool."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +66,7 @@ def _classes(classes: Any) -> set[str]:
     """The XenAPI classes a list of (any case) names or ``*`` asks for; unknown names are
     left out, as xapi does."""
     if not isinstance(classes, list):
-        raise ApiError("FIELD_TYPE_ERROR", "classes")
+        raise ApiError(FIELD_TYPE_ERROR, "classes")
     if "*" in classes:
         return set(CLASSES.values())
     return {CLASSES[c.lower()] for c in classes if isinstance(c, str) and c.lower() in CLASSES}
@@ -88,92 +78,94 @@ def _token(token: Any) -> int | None:
         return None
     if isinstance(token, str) and token.isascii() and token.isdigit():
         return int(token)
-    raise ApiError("EVENT_FROM_TOKEN_PARSE_FAILURE", token)
+    raise ApiError(EVENT_FROM_TOKEN_PARSE_FAILURE, token)
 
 
 def _timeout(timeout: Any) -> float:
     try:
         seconds = float(timeout)
     except (TypeError, ValueError):
-        raise ApiError("FIELD_TYPE_ERROR", "timeout") from None
+        raise ApiError(FIELD_TYPE_ERROR, "timeout") from None
     if math.isnan(seconds):
-        raise ApiError("FIELD_TYPE_ERROR", "timeout")
+        raise ApiError(FIELD_TYPE_ERROR, "timeout")
     return min(max(seconds, 0.0), MAX_TIMEOUT)
 
 
-def _event(api: Api, change: _Change, operation: str) -> dict[str, Any] | None:
+def _event(host: HostServices, change: _Change, operation: str) -> dict[str, Any] | None:
     """The event of one change; None for a VDI that is not ready (not visible)."""
     event: dict[str, Any] = {
         "id": change.generation,
         "timestamp": f"{time.time():.6f}",
         "class": change.cls.lower(),
         "operation": "del" if change.deleted else operation,
-        "ref": api.ref(change.uuid),
+        "ref": ref(change.uuid),
     }
     if change.deleted:
         return event
     if change.cls == "pool":
-        event["snapshot"] = pool.record(api)
+        event["snapshot"] = pool.record(host)
         return event
     try:
-        row = api.store.get(change.cls, change.uuid)
+        row = host.store.get_visible(change.cls, change.uuid)
     except NotFound:
         return None
-    if change.cls == "VDI" and row["state"] != "ready":
-        return None
-    event["snapshot"] = RECORDS[change.cls](api, row)
+    event["snapshot"] = RECORDS[change.cls](host, row)
     return event
 
 
-def _changes(api: Api, classes: set[str], since: int) -> list[dict[str, Any]]:
+def _pool_generation(host: HostServices) -> int:
+    return host.db.changes.rowless.get("pool", 0)
+
+
+def _changes(host: HostServices, classes: set[str], since: int) -> list[dict[str, Any]]:
     """The events of the records of ``classes`` changed after generation ``since``."""
     changes = [
         _Change(c.cls, c.uuid, c.generation, c.deleted)
-        for c in api.store.changes_since(since)
+        for c in host.store.changes_since(since)
         if c.cls in classes
     ]
-    if "pool" in classes and api.events.pool_generation > since:
-        changes.append(_Change("pool", pool.pool_uuid(api), api.events.pool_generation, False))
+    if "pool" in classes and _pool_generation(host) > since:
+        changes.append(_Change("pool", pool.pool_uuid(host), _pool_generation(host), False))
         changes.sort(key=lambda c: c.generation)
-    events = (_event(api, change, "mod") for change in changes)
+    events = (_event(host, change, "mod") for change in changes)
     return [e for e in events if e is not None]
 
 
-def _snapshot(api: Api, classes: set[str]) -> list[dict[str, Any]]:
+def _snapshot(host: HostServices, classes: set[str]) -> list[dict[str, Any]]:
     """An ``add`` event for every current record of ``classes``."""
     events: list[dict[str, Any]] = []
     for cls in sorted(classes):
         if cls == "pool":
             rows: list[dict[str, Any]] = [
-                {"uuid": pool.pool_uuid(api), "generation": api.events.pool_generation}
+                {"uuid": pool.pool_uuid(host), "generation": _pool_generation(host)}
             ]
         else:
-            rows = api.store.all(cls)
+            rows = host.store.all(cls)
         for row in rows:
-            event = _event(api, _Change(cls, row["uuid"], row["generation"], False), "add")
+            event = _event(host, _Change(cls, row["uuid"], row["generation"], False), "add")
             if event is not None:
                 events.append(event)
     return events
 
 
-def _counts(api: Api, classes: set[str]) -> dict[str, int]:
+def _counts(host: HostServices, classes: set[str]) -> dict[str, int]:
     """How many records of each class there are (``valid_ref_counts``)."""
-    counts = {}
-    for cls in classes:
-        if cls == "pool":
-            counts["pool"] = 1
-        else:
-            where = {"state": "ready"} if cls == "VDI" else {}
-            table = TABLES[cls]
-            clause = " AND ".join(f"{name} = ?" for name in where) or "1"
-            row = api.store.db.execute(
-                f"SELECT count(*) FROM {table} WHERE {clause}", list(where.values())
-            ).fetchone()
-            counts[cls.lower()] = int(row[0])
-    return counts
+    return {cls.lower(): 1 if cls == "pool" else host.store.count_visible(cls) for cls in classes}
 
 
-async def from_(api: Api, session: str, classes: Any, token: Any, timeout: Any) -> dict[str, Any]:
+def _read_from(
+    host: HostServices, wanted: set[str], since: int | None
+) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
+    """The generation, the events after ``since`` (every record for None) and the counts;
+    inside a database call."""
+    generation = host.store.generation()
+    events = _snapshot(host, wanted) if since is None else _changes(host, wanted, since)
+    return generation, events, _counts(host, wanted)
+
+
+async def from_(
+    host: HostServices, session: str, classes: Any, token: Any, timeout: Any
+) -> dict[str, Any]:
     """The changes of the records of ``classes`` after ``token`` (every record for the empty
     token), waiting up to ``timeout`` seconds for one: ``{"events", "valid_ref_counts",
     "token"}``. The answer's token is where the next call goes on from."""
@@ -181,81 +173,78 @@ async def from_(api: Api, session: str, classes: Any, token: Any, timeout: Any) 
     since = _token(token)
     deadline = trio.current_time() + _timeout(timeout)
     while True:
-        async with api.lock:
-            generation = api.store.generation()
-            events = _snapshot(api, wanted) if since is None else _changes(api, wanted, since)
-            if events or since is None or trio.current_time() >= deadline:
-                return {
-                    "events": events,
-                    "valid_ref_counts": _counts(api, wanted),
-                    "token": str(max(generation, since or 0)),
-                }
-        # nothing wanted changed up to ``generation``: wait (without the lock) for more
+        generation, events, counts = await host.db.call(_read_from, host, wanted, since)
+        if events or since is None or trio.current_time() >= deadline:
+            return {
+                "events": events,
+                "valid_ref_counts": counts,
+                "token": str(max(generation, since or 0)),
+            }
+        # nothing wanted changed up to ``generation``: wait (holding nothing) for more
         since = max(generation, since)
-        await api.wait_for_change(since, deadline)
+        await host.db.changes.wait(since, deadline)
 
 
-def register(api: Api, session: str, classes: Any) -> None:
+def register(host: HostServices, session: str, classes: Any) -> None:
     """Add ``classes`` to those whose changes ``event.next`` reports to this session, from
     now on."""
     wanted = _classes(classes)
-    registrations = api.events.registrations
-    for ref in list(registrations):  # forget the sessions that are gone
-        if api.store.db.execute("SELECT 1 FROM session WHERE ref = ?", (ref,)).fetchone() is None:
-            del registrations[ref]
-    registration = registrations.get(session)
-    if registration is None:
-        registrations[session] = Registration(wanted, api.store.generation())
+    subscriptions = host.db.changes.subscriptions
+    for other in list(subscriptions):  # forget the sessions that are gone
+        if host.store.session_activity(other) is None:
+            del subscriptions[other]
+    subscription = subscriptions.get(session)
+    if subscription is None:
+        subscriptions[session] = Subscription(wanted, host.store.generation())
     else:
-        registration.classes |= wanted
+        subscription.classes |= wanted
 
 
-def unregister(api: Api, session: str, classes: Any) -> None:
+def unregister(host: HostServices, session: str, classes: Any) -> None:
     """Stop reporting ``classes`` to this session."""
-    registration = api.events.registrations.get(session)
-    if registration is None:
+    subscriptions = host.db.changes.subscriptions
+    subscription = subscriptions.get(session)
+    if subscription is None:
         return
-    registration.classes -= _classes(classes)
-    if not registration.classes:
-        del api.events.registrations[session]
+    subscription.classes -= _classes(classes)
+    if not subscription.classes:
+        del subscriptions[session]
 
 
-async def next_(api: Api, session: str) -> list[dict[str, Any]]:
+def _read_next(host: HostServices, session: str) -> tuple[list[dict[str, Any]], int]:
+    """The subscription's events since it last read, moving it on; inside a database call."""
+    subscription = host.db.changes.subscriptions.get(session)
+    if subscription is None:
+        raise ApiError(SESSION_NOT_REGISTERED, session)
+    generation = host.store.generation()
+    events = _changes(host, subscription.classes, subscription.generation)
+    subscription.generation = max(generation, subscription.generation)
+    return events, subscription.generation
+
+
+async def next_(host: HostServices, session: str) -> list[dict[str, Any]]:
     """The changes of the registered classes since the last ``event.next`` (or the
     registration), waiting for one (an empty list after :data:`NEXT_WAIT` seconds)."""
     deadline = trio.current_time() + NEXT_WAIT
     while True:
-        async with api.lock:
-            registration = api.events.registrations.get(session)
-            if registration is None:
-                raise ApiError("SESSION_NOT_REGISTERED", session)
-            generation = api.store.generation()
-            events = _changes(api, registration.classes, registration.generation)
-            registration.generation = max(generation, registration.generation)
-            if events or trio.current_time() >= deadline:
-                return events
-            since = registration.generation
-        await api.wait_for_change(since, deadline)
+        events, since = await host.db.call(_read_next, host, session)
+        if events or trio.current_time() >= deadline:
+            return events
+        await host.db.changes.wait(since, deadline)
 
 
-def inject(api: Api, session: str, cls: Any, ref: Any) -> str:
-    """Make the record ``ref`` of ``cls`` change (a ``mod`` event); the token of the change."""
+def inject(host: HostServices, session: str, cls: Any, record: Any) -> str:
+    """Make the record ``record`` (a ref) of ``cls`` change (a ``mod`` event); the token of
+    the change."""
     name = CLASSES.get(cls.lower()) if isinstance(cls, str) else None
     if name is None:
-        raise ApiError("HANDLE_INVALID", cls, ref)
+        raise ApiError(HANDLE_INVALID, cls, record)
     if name == "pool":
-        pool.check(api, ref)
-        uuid = pool.pool_uuid(api)
-    else:
-        uuid = str(api.row(name, ref)["uuid"])
-    with api.store.change() as generation:
-        if name == "pool":
-            api.events.pool_generation = generation
-        else:
-            api.store.db.execute(
-                f"UPDATE {TABLES[name]} SET generation = ? WHERE uuid = ?", (generation, uuid)
-            )
-    return str(generation)
+        pool.check(host, record)
+        with host.store.change() as generation:
+            host.db.changes.rowless["pool"] = generation
+        return str(generation)
+    return str(host.store.touch(name, refs.row(host.store, name, record)["uuid"]))
 
 
 METHODS: dict[str, Callable[..., Any]] = {

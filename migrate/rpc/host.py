@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
+from migrate.formats.xapi import ref
+from migrate.host.services import HostServices
 
 CLASS = "host"
 FIELDS = (
@@ -16,7 +16,7 @@ API_VERSION_MAJOR = 2
 API_VERSION_MINOR = 21
 
 
-def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
+def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
     """The XenAPI record of a host row."""
     return {
         "uuid": row["uuid"],
@@ -25,7 +25,7 @@ def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
         "hostname": row["name_label"],
         "address": row["address"],
         "enabled": True,
-        "PIFs": [api.ref(p["uuid"]) for p in api.store.all("PIF", host=row["uuid"])],
+        "PIFs": [ref(p["uuid"]) for p in host.store.all("PIF", host=row["uuid"])],
         "PBDs": [],
         "resident_VMs": [],
         "API_version_major": API_VERSION_MAJOR,

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
+from migrate.formats.xapi import ref
+from migrate.host.services import HostServices
 
 CLASS = "network"
 FIELDS = "uuid name_label name_description bridge PIFs VIFs other_config"
 
 
-def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
+def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
     """The XenAPI record of a network row."""
     return {
         "uuid": row["uuid"],
         "name_label": row["name_label"],
         "name_description": "",
         "bridge": row["bridge"],
-        "PIFs": [api.ref(p["uuid"]) for p in api.store.all("PIF", network=row["uuid"])],
+        "PIFs": [ref(p["uuid"]) for p in host.store.all("PIF", network=row["uuid"])],
         "VIFs": [],
         "other_config": {},
     }

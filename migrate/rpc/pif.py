@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from migrate.addresses import AddressError, canonical
+from migrate.addresses import AddressError, Family, canonical
+from migrate.formats.xapi import ref
+from migrate.host.errors import INVALID_VALUE, ApiError
+from migrate.host.services import HostServices
 from migrate.interfaces import InterfaceAddress
-from migrate.rpc.codec import ApiError
+from migrate.rpc import refs
 from migrate.state.pifs import pif_addresses
-
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
 
 CLASS = "PIF"
 FIELDS = (
     "uuid device MAC network host IP netmask IPv6 primary_address_type management physical"
     " currently_attached other_config"
 )
-ADDRESS_TYPES = ("IPv4", "IPv6")
+ADDRESS_TYPES: tuple[Family, ...] = ("IPv4", "IPv6")
 
 
 def _ipv4(addresses: list[InterfaceAddress]) -> InterfaceAddress | None:
@@ -30,25 +30,25 @@ def _ipv6(addresses: list[InterfaceAddress]) -> list[str]:
     return [a.cidr for a in addresses if a.family == "IPv6" and not a.link_local]
 
 
-def _host_address(api: Api, host_uuid: str) -> str | None:
+def _host_address(host: HostServices, host_uuid: str) -> str | None:
     try:
-        return canonical(str(api.store.get("host", host_uuid)["address"]))
+        return canonical(str(host.store.get("host", host_uuid)["address"]))
     except (KeyError, AddressError):
         return None
 
 
-def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
+def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
     """The XenAPI record of a PIF row."""
-    addresses = pif_addresses(api.store, row["uuid"])
+    addresses = pif_addresses(host.store, row["uuid"])
     ipv4 = _ipv4(addresses)
     netmask = str(ipaddress.IPv4Network(f"0.0.0.0/{ipv4.prefix_length}").netmask) if ipv4 else ""
-    host_address = _host_address(api, row["host"])
+    host_address = _host_address(host, row["host"])
     return {
         "uuid": row["uuid"],
         "device": row["device"],
         "MAC": row["mac"],
-        "network": api.ref(row["network"]),
-        "host": api.ref(row["host"]),
+        "network": ref(row["network"]),
+        "host": ref(row["host"]),
         "IP": ipv4.address if ipv4 else "",
         "netmask": netmask,
         "IPv6": _ipv6(addresses),
@@ -60,12 +60,12 @@ def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def set_primary_address_type(api: Api, session: str, self: str, value: str) -> None:
+def set_primary_address_type(host: HostServices, session: str, self: str, value: str) -> None:
     """Choose a PIF's primary address family; INVALID_VALUE unless ``IPv4`` or ``IPv6``."""
-    row = api.row("PIF", self)
+    row = refs.row(host.store, "PIF", self)
     if value not in ADDRESS_TYPES:
-        raise ApiError("INVALID_VALUE", "primary_address_type", value)
-    api.store.update("PIF", row["uuid"], {"primary_address_type": value})
+        raise ApiError(INVALID_VALUE, "primary_address_type", value)
+    host.store.update("PIF", row["uuid"], {"primary_address_type": value})
 
 
 METHODS = {"PIF.set_primary_address_type": set_primary_address_type}

@@ -7,42 +7,41 @@ every start, and its record from the host and the default SR.
 from __future__ import annotations
 
 import uuid as uuidlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from migrate.rpc.codec import ApiError
-
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
+from migrate.formats.xapi import NULL_REF, ref
+from migrate.host.errors import HANDLE_INVALID, UUID_INVALID, ApiError
+from migrate.host.services import HostServices
 
 NAMESPACE = uuidlib.UUID("0b6c2f4e-7a55-4c52-9d0e-5f1d3c1a9e21")
 """Namespace of the pool uuids derived from host uuids."""
 
 
-def pool_uuid(api: Api) -> str:
+def pool_uuid(host: HostServices) -> str:
     """The uuid of this host's pool."""
-    return str(uuidlib.uuid5(NAMESPACE, api.host_uuid))
+    return str(uuidlib.uuid5(NAMESPACE, host.uuid))
 
 
-def pool_ref(api: Api) -> str:
+def pool_ref(host: HostServices) -> str:
     """The ref of this host's pool."""
-    return api.ref(pool_uuid(api))
+    return ref(pool_uuid(host))
 
 
-def check(api: Api, ref: Any) -> None:
-    """HANDLE_INVALID unless ``ref`` is this host's pool."""
-    if ref != pool_ref(api):
-        raise ApiError("HANDLE_INVALID", "pool", ref)
+def check(host: HostServices, value: Any) -> None:
+    """HANDLE_INVALID unless ``value`` is the ref of this host's pool."""
+    if value != pool_ref(host):
+        raise ApiError(HANDLE_INVALID, "pool", value)
 
 
-def record(api: Api) -> dict[str, Any]:
+def record(host: HostServices) -> dict[str, Any]:
     """The XenAPI record of the pool."""
-    defaults = api.store.all("SR", is_default=1)
-    default_sr = api.ref(defaults[0]["uuid"]) if defaults else "OpaqueRef:NULL"
+    defaults = host.store.all("SR", is_default=1)
+    default_sr = ref(defaults[0]["uuid"]) if defaults else NULL_REF
     return {
-        "uuid": pool_uuid(api),
+        "uuid": pool_uuid(host),
         "name_label": "",
         "name_description": "",
-        "master": api.ref(api.host_uuid),
+        "master": ref(host.uuid),
         "default_SR": default_sr,
         "suspend_image_SR": default_sr,
         "crash_dump_SR": default_sr,
@@ -61,62 +60,62 @@ def record(api: Api) -> dict[str, Any]:
     }
 
 
-def get_all(api: Api, session: str) -> list[str]:
+def get_all(host: HostServices, session: str) -> list[str]:
     """The one pool's ref."""
-    return [pool_ref(api)]
+    return [pool_ref(host)]
 
 
-def get_all_records(api: Api, session: str) -> dict[str, dict[str, Any]]:
+def get_all_records(host: HostServices, session: str) -> dict[str, dict[str, Any]]:
     """The one pool's record by ref."""
-    return {pool_ref(api): record(api)}
+    return {pool_ref(host): record(host)}
 
 
-def get_record(api: Api, session: str, self: str) -> dict[str, Any]:
+def get_record(host: HostServices, session: str, self: str) -> dict[str, Any]:
     """The pool's record."""
-    check(api, self)
-    return record(api)
+    check(host, self)
+    return record(host)
 
 
-def get_by_uuid(api: Api, session: str, uuid: str) -> str:
+def get_by_uuid(host: HostServices, session: str, uuid: str) -> str:
     """The ref of the pool ``uuid``."""
-    if uuid != pool_uuid(api):
-        raise ApiError("UUID_INVALID", "pool", uuid)
-    return pool_ref(api)
+    if uuid != pool_uuid(host):
+        raise ApiError(UUID_INVALID, "pool", uuid)
+    return pool_ref(host)
 
 
-def get_uuid(api: Api, session: str, self: str) -> str:
+def get_uuid(host: HostServices, session: str, self: str) -> str:
     """The pool's uuid."""
-    check(api, self)
-    return pool_uuid(api)
+    check(host, self)
+    return pool_uuid(host)
 
 
-def get_name_label(api: Api, session: str, self: str) -> str:
+def get_name_label(host: HostServices, session: str, self: str) -> str:
     """The pool's name (empty, as for a pool xapi forms on its own)."""
-    check(api, self)
-    return str(record(api)["name_label"])
+    check(host, self)
+    return str(record(host)["name_label"])
 
 
-def get_name_description(api: Api, session: str, self: str) -> str:
+def get_name_description(host: HostServices, session: str, self: str) -> str:
     """The pool's description."""
-    check(api, self)
-    return str(record(api)["name_description"])
+    check(host, self)
+    return str(record(host)["name_description"])
 
 
-def get_master(api: Api, session: str, self: str) -> str:
+def get_master(host: HostServices, session: str, self: str) -> str:
     """The pool's master: this host."""
-    check(api, self)
-    return api.ref(api.host_uuid)
+    check(host, self)
+    return ref(host.uuid)
 
 
-def get_default_SR(api: Api, session: str, self: str) -> str:
+def get_default_SR(host: HostServices, session: str, self: str) -> str:
     """The default SR (``OpaqueRef:NULL`` if there is none)."""
-    check(api, self)
-    return str(record(api)["default_SR"])
+    check(host, self)
+    return str(record(host)["default_SR"])
 
 
-def get_other_config(api: Api, session: str, self: str) -> dict[str, str]:
+def get_other_config(host: HostServices, session: str, self: str) -> dict[str, str]:
     """The pool's other_config (always empty)."""
-    check(api, self)
+    check(host, self)
     return {}
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from migrate.formats.xapi import ref
+from migrate.host.services import HostServices
 from migrate.storage.sr import ready_vdis
-
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
 
 CLASS = "SR"
 FIELDS = (
@@ -18,9 +17,9 @@ SR_TYPE = "ext"
 """What xapi calls a local SR of VHD files."""
 
 
-def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
+def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
     """The XenAPI record of an SR row."""
-    vdis = ready_vdis(api.store, row["uuid"])
+    vdis = ready_vdis(host.store, row["uuid"])
     return {
         "uuid": row["uuid"],
         "name_label": row["name_label"],
@@ -28,7 +27,7 @@ def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
         "type": SR_TYPE,
         "content_type": "",
         "shared": False,
-        "VDIs": [api.ref(v["uuid"]) for v in vdis],
+        "VDIs": [ref(v["uuid"]) for v in vdis],
         "PBDs": [],
         "virtual_allocation": sum(int(v["virtual_size"]) for v in vdis),
         "other_config": {},
@@ -36,11 +35,11 @@ def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def get_by_name_label(api: Api, session: str, label: str) -> list[str]:
+def get_by_name_label(host: HostServices, session: str, label: str) -> list[str]:
     """The refs of the SRs named ``label``."""
     if not isinstance(label, str):
         return []
-    return [api.ref(row["uuid"]) for row in api.store.all("SR", name_label=label)]
+    return [ref(row["uuid"]) for row in host.store.all("SR", name_label=label)]
 
 
 METHODS = {"SR.get_by_name_label": get_by_name_label}

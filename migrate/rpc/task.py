@@ -1,18 +1,22 @@
-"""XenAPI class ``task``: the progress and outcome of long-running operations."""
+"""XenAPI class ``task``: the progress and outcome of long-running operations.
+
+The rows and the running operations are the host's (:mod:`migrate.host.tasks`); this is how
+clients see and steer them. ``task.cancel`` reaches a running operation at once.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 import uuid as uuidlib
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from migrate.rpc.codec import ApiError, encode_value
-
-if TYPE_CHECKING:
-    from migrate.rpc.dispatch import Api
+from migrate.formats.xapi import ref
+from migrate.host import tasks
+from migrate.host.errors import FIELD_TYPE_ERROR, HANDLE_INVALID, ApiError
+from migrate.host.services import HostServices
+from migrate.rpc import refs
+from migrate.state.store import NotFound
 
 CLASS = "task"
 FIELDS = (
@@ -37,7 +41,7 @@ def _error_info(text: str) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [text]
 
 
-def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
+def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
     """The XenAPI record of a task row."""
     return {
         "uuid": row["uuid"],
@@ -49,105 +53,36 @@ def record(api: Api, row: dict[str, Any]) -> dict[str, Any]:
         "error_info": _error_info(row["error_info"]),
         "created": _time(row["created"]),
         "finished": _time(row["finished"]),
-        "resident_on": api.ref(api.host_uuid),
+        "resident_on": ref(host.uuid),
         "allowed_operations": [],
         "other_config": {},
     }
 
 
-def destroy(api: Api, session: str, self: str) -> None:
+def destroy(host: HostServices, session: str, self: str) -> None:
     """Forget a task."""
-    row = api.row("task", self)
-    api.store.delete("task", row["uuid"])
+    row = refs.row(host.store, "task", self)
+    host.store.delete("task", row["uuid"])
 
 
-def create(api: Api, session: str, label: Any, description: Any = "") -> str:
+def create(host: HostServices, session: str, label: Any, description: Any = "") -> str:
     """A new pending task (one a client reports its own work with); its ref."""
     if not isinstance(label, str):
-        raise ApiError("FIELD_TYPE_ERROR", "label")
-    return api.ref(start(api, session, label))
-
-
-def cancel(api: Api, session: str, self: str) -> None:
-    """Ask a pending task to stop: ``cancelling``, then ``cancelled`` once its work sees it
-    (an ``Async.`` call before it starts, a transfer within its next progress report);
-    OPERATION_NOT_ALLOWED for a task that is not pending."""
-    row = api.row("task", self)
-    if row["status"] == "cancelling":
-        return
-    if row["status"] != "pending":
-        raise ApiError("OPERATION_NOT_ALLOWED", f"task {row['uuid']} is {row['status']}")
-    api.store.update("task", row["uuid"], {"status": "cancelling"})
-
-
-# The life of the task of an ``Async.`` call
-
-
-def start(api: Api, session: str, name_label: str) -> str:
-    """Store a new pending task; its uuid."""
+        raise ApiError(FIELD_TYPE_ERROR, "label")
     uuid = str(uuidlib.uuid4())
-    api.store.insert(
-        "task",
-        {
-            "uuid": uuid,
-            "name_label": name_label,
-            "session": session,
-            "status": "pending",
-            "progress": 0.0,
-            "result": "",
-            "error_info": "",
-            "created": time.time(),
-            "finished": None,
-        },
-    )
-    return uuid
+    tasks.insert(host.store, uuid, session, label)
+    return ref(uuid)
 
 
-def begin(api: Api, uuid: str) -> bool:
-    """Whether the task's work may start: False (and the task ``cancelled``) once it is
-    being cancelled, False when it was destroyed meanwhile."""
+async def cancel(host: HostServices, session: str, self: str) -> None:
+    """Ask a pending task to stop: ``cancelling``, then ``cancelled`` once its work stopped
+    (at once for a running transfer or an ``Async.`` call not yet begun); a task a client
+    made stays ``cancelling`` for that client to end. OPERATION_NOT_ALLOWED for a task that
+    is not pending."""
     try:
-        status = api.store.get("task", uuid)["status"]
-    except KeyError:
-        return False
-    if status == "pending":
-        return True
-    if status == "cancelling":
-        finish_cancelled(api, uuid)
-    return False
-
-
-def finish(api: Api, uuid: str, result: Any = None, error: ApiError | None = None) -> None:
-    """Record the outcome of a task's call (the task may have been destroyed meanwhile); as
-    in xapi, a finished task's progress is 1.0 whatever the outcome."""
-    fields: dict[str, Any] = {"progress": 1.0, "finished": time.time()}
-    if error is not None:
-        fields.update(status="failure", error_info=json.dumps(error.description))
-    else:
-        fields.update(status="success", result=encode_value(result))
-    with contextlib.suppress(KeyError):  # destroyed meanwhile
-        api.store.update("task", uuid, fields)
-
-
-def finish_cancelled(api: Api, uuid: str) -> None:
-    """Record that a task's work stopped because the task was cancelled."""
-    with contextlib.suppress(KeyError):  # destroyed meanwhile
-        api.store.update(
-            "task",
-            uuid,
-            {"status": "cancelled", "progress": 1.0, "finished": time.time(), "error_info": "[]"},
-        )
-
-
-def set_progress(api: Api, uuid: str, progress: float) -> str | None:
-    """Record a pending task's progress (0..1); the task's status (None if destroyed)."""
-    try:
-        row = api.store.get("task", uuid)
-    except KeyError:
-        return None
-    if row["status"] == "pending" and abs(row["progress"] - progress) >= 0.001:
-        api.store.update("task", uuid, {"progress": progress})
-    return str(row["status"])
+        await host.tasks.cancel(refs.uuid_of("task", self))
+    except NotFound:
+        raise ApiError(HANDLE_INVALID, "task", self) from None
 
 
 METHODS = {

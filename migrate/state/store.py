@@ -1,4 +1,4 @@
-"""Queries on the state database: records by class, the event clock, credentials.
+"""Queries on the state database: records by class, the event clock, sessions, credentials.
 
 Every change happens in :meth:`Store.change`, one transaction that advances the event clock:
 each row it writes carries the new generation, each row it deletes leaves a tombstone, so
@@ -7,15 +7,14 @@ each row it writes carries the new generation, each row it deletes leaves a tomb
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from migrate.state import credentials
+from migrate.state.credentials import Credential
 from migrate.state.schema import open_database
 
 TABLES = {
@@ -28,8 +27,6 @@ TABLES = {
 }
 """XenAPI class name -> table. Tables without a generation column (sessions, credentials,
 PIF addresses) change no event-visible record by themselves."""
-
-PBKDF2_ITERATIONS = 200_000
 
 
 class NotFound(KeyError):
@@ -155,6 +152,34 @@ class Store:
         )
         return [dict(row) for row in rows]
 
+    def get_visible(self, cls: str, uuid: str) -> dict[str, Any]:
+        """One record clients may see (a VDI once ``ready``); NotFound otherwise."""
+        row = self.get(cls, uuid)
+        if cls == "VDI" and row["state"] != "ready":
+            raise NotFound(f"{cls} {uuid}")
+        return row
+
+    def all_visible(self, cls: str) -> list[dict[str, Any]]:
+        """Every record of ``cls`` clients may see, in uuid order."""
+        return self.all(cls, state="ready") if cls == "VDI" else self.all(cls)
+
+    def count_visible(self, cls: str) -> int:
+        """How many records of ``cls`` clients may see."""
+        where = " WHERE state = 'ready'" if cls == "VDI" else ""
+        row = self.db.execute(f"SELECT count(*) FROM {TABLES[cls]}{where}").fetchone()
+        return int(row[0])
+
+    def touch(self, cls: str, uuid: str) -> int:
+        """Move one record to a new generation, unchanged (it shows as modified); that
+        generation. NotFound if there is none."""
+        with self.change() as generation:
+            cursor = self.db.execute(
+                f"UPDATE {TABLES[cls]} SET generation = ? WHERE uuid = ?", (generation, uuid)
+            )
+            if cursor.rowcount == 0:
+                raise NotFound(f"{cls} {uuid}")
+        return generation
+
     def changes_since(self, generation: int) -> list[Change]:
         """Every record changed or deleted after ``generation``, oldest first."""
         parts = [
@@ -172,33 +197,49 @@ class Store:
             for row in self.db.execute(query, {"g": generation})
         ]
 
+    # Sessions (not records: no generation, no events)
+
+    def open_session(self, ref: str, uuid: str, user: str, originator: str, now: float) -> None:
+        """Record a new session, active as of ``now``."""
+        self.db.execute(
+            "INSERT INTO session (ref, uuid, user, originator, created, last_active) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (ref, uuid, user, originator, now, now),
+        )
+
+    def session_activity(self, ref: str) -> float | None:
+        """When the session ``ref`` was last active; None if there is no such session."""
+        row = self.db.execute("SELECT last_active FROM session WHERE ref = ?", (ref,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def touch_session(self, ref: str, now: float) -> None:
+        """Note that the session ``ref`` is active as of ``now``."""
+        self.db.execute("UPDATE session SET last_active = ? WHERE ref = ?", (now, ref))
+
+    def close_session(self, ref: str) -> None:
+        """Forget the session ``ref``."""
+        self.db.execute("DELETE FROM session WHERE ref = ?", (ref,))
+
+    def close_sessions_before(self, last_active: float) -> None:
+        """Forget every session inactive since before ``last_active``."""
+        self.db.execute("DELETE FROM session WHERE last_active < ?", (last_active,))
+
     # Credentials
 
-    def set_password(self, user: str, password: str) -> None:
-        """Store ``password`` for ``user`` as a salted PBKDF2-SHA256 hash, never in clear."""
-        salt = os.urandom(16)
-        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PBKDF2_ITERATIONS)
+    def set_credential(self, user: str, credential: Credential) -> None:
+        """Store ``user``'s credential (a hash, never the password)."""
         self.db.execute(
             "INSERT OR REPLACE INTO credential (user, salt, hash, iterations) VALUES (?, ?, ?, ?)",
-            (user, salt, digest, PBKDF2_ITERATIONS),
+            (user, credential.salt, credential.hash, credential.iterations),
         )
 
-    def has_password(self, user: str) -> bool:
-        """Whether ``user`` has a stored password."""
-        return (
-            self.db.execute("SELECT 1 FROM credential WHERE user = ?", (user,)).fetchone()
-            is not None
-        )
+    def set_password(self, user: str, password: str) -> None:
+        """Store the credential of ``password`` for ``user`` (hashed here: for start-up)."""
+        self.set_credential(user, credentials.new(password))
 
-    def check_password(self, user: str, password: str) -> bool:
-        """Whether ``password`` is ``user``'s, compared in constant time."""
+    def credential(self, user: str) -> Credential | None:
+        """``user``'s stored credential, None if there is none."""
         row = self.db.execute(
             "SELECT salt, hash, iterations FROM credential WHERE user = ?", (user,)
         ).fetchone()
-        salt, expected, iterations = (
-            (row["salt"], row["hash"], row["iterations"])
-            if row is not None
-            else (b"\0" * 16, b"\0" * 32, PBKDF2_ITERATIONS)  # same work for unknown users
-        )
-        digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-        return hmac.compare_digest(digest, expected) and row is not None
+        return None if row is None else Credential(row["salt"], row["hash"], row["iterations"])

@@ -1,4 +1,4 @@
-"""migrate.transfer.importer.receive_body: the receive/write pipeline of an import, with a
+"""migrate.transfer.receive.receive_body: the receive/write pipeline of an import, with a
 recording decoder and a body made up in memory (the HTTP tests run it over real sockets)."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import time
 import pytest
 import trio
 
-from migrate.transfer.importer import BUFFER_SIZE, BUFFERS, receive_body
+from migrate.transfer.receive import BUFFER_SIZE, BUFFERS, IDLE, receive_body
+from support import wait_until
 
 BODY = os.urandom(5 * BUFFER_SIZE + 12345)
 
@@ -68,23 +69,63 @@ class Body:
         return n
 
 
-async def run(body: Body, decoder: Recorder, first: int = BUFFER_SIZE) -> list[int]:
+async def run(
+    body: Body,
+    decoder: Recorder,
+    first: int = BUFFER_SIZE,
+    limiter: trio.CapacityLimiter | None = None,
+) -> list[int]:
     wrote: list[int] = []
+    limiter = limiter or trio.CapacityLimiter(4)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            await receive_body(nursery, body.fill, decoder, first, wrote.append)
+            await receive_body(nursery, body.fill, decoder, first, wrote.append, limiter)
     return wrote
 
 
 async def test_every_piece_written_in_order_from_its_own_buffer() -> None:
     """The writer is slower than the body: buffers are refilled only once written, so each
-    piece reaches the decoder as it was received, in order, in one worker thread."""
+    piece reaches the decoder as it was received, in order, in a worker thread."""
     body, decoder = Body(), Recorder()
     wrote = await run(body, decoder, first=65536)
     assert decoder.seen == body.sent
     assert decoder.fed == sum(wrote) == len(BODY)
     assert body.sizes[0] == 65536 and set(body.sizes[1:]) == {BUFFER_SIZE}
-    assert len(decoder.threads) == 1 and threading.get_ident() not in decoder.threads
+    assert threading.get_ident() not in decoder.threads
+
+
+async def test_a_client_sending_nothing_holds_no_thread() -> None:
+    """Once the pieces that came are written, the writer gives its thread back within
+    IDLE seconds; the next piece starts it again, and the body still arrives whole."""
+    limiter = trio.CapacityLimiter(1)
+    gate = trio.Event()
+
+    class Stalling(Body):
+        async def fill(self, buffer: memoryview) -> int:
+            if self.at >= 2 * BUFFER_SIZE and not gate.is_set():
+                await gate.wait()  # the client sends nothing for a while
+            return await super().fill(buffer)
+
+    body, decoder = Stalling(), Recorder()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run, body, decoder, BUFFER_SIZE, limiter)
+        await wait_until(lambda: decoder.fed == 2 * BUFFER_SIZE, what="the first pieces")
+        await wait_until(lambda: limiter.borrowed_tokens == 0, what="the thread given back")
+        assert IDLE < 1
+        gate.set()
+    assert decoder.seen == body.sent and decoder.fed == len(BODY)
+
+
+async def test_bodies_share_a_bounded_capacity() -> None:
+    """Eight bodies at once through one writer thread: each arrives whole, none waits on
+    another's thread for longer than its pieces take."""
+    limiter = trio.CapacityLimiter(1)
+    pairs = [(Body(), Recorder()) for _ in range(8)]
+    async with trio.open_nursery() as nursery:
+        for body, decoder in pairs:
+            nursery.start_soon(run, body, decoder, BUFFER_SIZE, limiter)
+    for body, decoder in pairs:
+        assert decoder.seen == body.sent and decoder.fed == len(BODY)
 
 
 async def test_decoder_done_stops_receiving() -> None:
@@ -120,5 +161,6 @@ async def test_cancelled_while_writing() -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             nursery.cancel_scope.deadline = trio.current_time() + 0.015
-            await receive_body(nursery, body.fill, decoder, BUFFER_SIZE, lambda n: None)
+            limiter = trio.CapacityLimiter(1)
+            await receive_body(nursery, body.fill, decoder, BUFFER_SIZE, lambda n: None, limiter)
     assert decoder.fed < len(BODY)

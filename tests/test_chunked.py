@@ -1,4 +1,4 @@
-"""migrate.transfer.chunks: xapi's chunked=true import framing, fed in arbitrary slicings."""
+"""migrate.formats.chunked: xapi's chunked=true import framing, fed in arbitrary slicings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrate.transfer.chunks import (
+from migrate.formats.chunked import (
     END,
     HEADER_SIZE,
     ChunkError,

@@ -1,0 +1,60 @@
+"""A transfer request's parameters, as xapi reads them: from the query or, failing that, a
+cookie (xapi lets every query parameter come as one); and the records they name.
+"""
+
+from __future__ import annotations
+
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+
+from migrate.formats.xapi import FORMATS, REF_PREFIX, ref_uuid
+from migrate.http.server import HTTPError, Request
+from migrate.state.store import NotFound, Store
+from migrate.storage.sr import vdi_path
+
+
+def cookies(request: Request) -> dict[str, str]:
+    """The request's cookies by name (malformed ones ignored)."""
+    jar: SimpleCookie = SimpleCookie()
+    for field, value in request.headers:
+        if field == "cookie":
+            try:
+                jar.load(value)
+            except CookieError:
+                continue
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def param(request: Request, name: str) -> str | None:
+    """Parameter ``name`` from the query, else from a cookie; HTTPError 400 if repeated."""
+    values = request.query.get(name)
+    if values:
+        if len(set(values)) > 1:
+            raise HTTPError(400, f"parameter {name} given {len(values)} times")
+        return values[0]
+    return cookies(request).get(name)
+
+
+def disk_format(request: Request) -> str:
+    """The ``format`` parameter (default raw); HTTPError 400 unless raw or vhd."""
+    fmt = param(request, "format") or "raw"
+    if fmt not in FORMATS:
+        raise HTTPError(400, f"format={fmt}: expected raw or vhd")
+    return fmt
+
+
+def lookup(store: Store, cls: str, name: str, value: str) -> dict[str, Any]:
+    """The visible record the parameter ``name`` names by uuid or ref; HTTPError 404 if there
+    is none. Inside a database call."""
+    uuid = ref_uuid(value) if value.startswith(REF_PREFIX) else value
+    try:
+        if uuid is None:
+            raise NotFound(value)
+        return store.get_visible(cls, uuid)
+    except NotFound:
+        raise HTTPError(404, f"{name}={value}: no such {cls}") from None
+
+
+def vdi_file(store: Store, row: dict[str, Any]) -> str:
+    """The file of the VDI ``row``."""
+    return vdi_path(store.get("SR", row["sr"])["path"], row["uuid"])

@@ -1,0 +1,174 @@
+"""A real ``xfer serve`` driven as hostile or broken clients would: what they hold, what the
+others still get, and what a crash leaves behind. Clients are raw trio sockets and httpx on
+loopback, many bound to their own 127.0.0.x address (the whole 127/8 is local on Linux)."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from support import PASSWORD, TIMEOUT, wait_until
+from test_serve import port_of, serving
+
+LIVENESS = 10.0
+"""Seconds an answer may take while the daemon is under attack before the test calls it
+stopped (before the fixes, these answers waited for the attackers' timeouts, 30 s and more)."""
+
+
+@dataclass
+class Host:
+    """A running daemon's port and the session ``login`` opened on it."""
+
+    port: int
+    session: str = ""
+
+    def url(self, path: str = "/jsonrpc") -> str:
+        return f"http://[::1]:{self.port}{path}"
+
+
+@contextmanager
+def daemon(tmp_path: Path, *args: str) -> Iterator[tuple[Host, Any]]:
+    with serving(tmp_path, "--listen", "[::]:0", "--password", PASSWORD, *args) as (proc, urls, _):
+        yield Host(port_of(urls[0].replace("[::]", "[::1]"))), proc
+
+
+async def call(host: Host, method: str, *params: Any, source: str | None = None) -> tuple[Any, Any]:
+    """One JSON-RPC call (from the local address ``source``); its result and its error."""
+    transport = httpx.AsyncHTTPTransport(local_address=source) if source else None
+    async with httpx.AsyncClient(transport=transport, timeout=LIVENESS) as client:
+        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+        address = f"http://{source}:{host.port}/jsonrpc" if source else host.url()
+        answer = (await client.post(address, json=body)).json()
+    return answer.get("result"), answer.get("error")
+
+
+async def login(host: Host, password: str = PASSWORD, source: str | None = None) -> Any:
+    result, error = await call(
+        host, "session.login_with_password", "root", password, "1.0", "t", source=source
+    )
+    return result if error is None else error
+
+
+async def connect(port: int, source: str = "::1") -> trio.SocketStream:
+    """A TCP connection to the daemon from the local address ``source``."""
+    family = trio.socket.AF_INET6 if ":" in source else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    await sock.bind((source, 0))
+    await sock.connect(("::1" if ":" in source else "127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+@asynccontextmanager
+async def trickling_uploads(
+    host: Host, sr: str, count: int, source: str = "127.0.0.2"
+) -> AsyncIterator[list[trio.SocketStream]]:
+    """``count`` authenticated imports into new VDIs that sent their head and 4 KiB of a
+    64 MiB body, then nothing."""
+    streams = []
+    try:
+        for _ in range(count):
+            stream = await connect(host.port, source)
+            streams.append(stream)
+            head = (
+                f"PUT /import_raw_vdi?sr_id={sr}&session_id={host.session} HTTP/1.1\r\n"
+                f"Host: xfer\r\nContent-Length: {64 << 20}\r\n\r\n"
+            )
+            await stream.send_all(head.encode() + bytes(range(256)) * 16)
+        yield streams
+    finally:
+        for stream in streams:
+            await trio.aclose_forcefully(stream)
+
+
+async def export_4k(host: Host, vdi: str) -> bytes:
+    async with httpx.AsyncClient(timeout=LIVENESS) as client:
+        answer = await client.get(
+            host.url(f"/export_raw_vdi?vdi={vdi}&format=raw"), auth=("root", PASSWORD)
+        )
+    assert answer.status_code == 200, answer.text
+    return answer.content
+
+
+async def small_vdi(host: Host) -> tuple[str, str]:
+    """The uuids of the default SR and of a new 4 KiB VDI in it."""
+    (sr,), _ = await call(host, "SR.get_all", host.session)
+    ref, error = await call(
+        host, "VDI.create", host.session, {"SR": sr, "virtual_size": 4096, "name_label": "4k"}
+    )
+    assert error is None, error
+    vdi, _ = await call(host, "VDI.get_uuid", host.session, ref)
+    sr_uuid, _ = await call(host, "SR.get_uuid", host.session, sr)
+    return sr_uuid, vdi
+
+
+async def test_trickling_uploads_hold_no_thread(tmp_path: Path) -> None:
+    """Sixty authenticated uploads that sent a little and then nothing: logins, RPC calls
+    and exports still answer. Each upload once held one of trio's 40 default worker threads
+    for its whole body, and store calls queued behind them."""
+    with daemon(tmp_path) as (host, _):
+        host.session = await login(host)
+        sr, vdi = await small_vdi(host)
+        async with trickling_uploads(host, sr, 60):
+            with trio.fail_after(LIVENESS):
+                await trio.sleep(0.5)  # the uploads have begun: staged, claimed, receiving
+                assert str(await login(host)).startswith("OpaqueRef:")
+                result, error = await call(host, "VDI.get_all", host.session)
+                assert error is None and len(result) >= 1
+                assert await export_4k(host, vdi) == bytes(4096)
+
+
+async def test_failed_logins_slow_their_sender_down(tmp_path: Path) -> None:
+    """One client guessing passwords as fast as it can gets a few answers at once, then
+    each one later than the one before; a client elsewhere logs in meanwhile."""
+    with daemon(tmp_path) as (host, _):
+        failures: list[float] = []
+
+        async def guess() -> None:
+            while True:
+                error = await login(host, "guess", source="127.0.0.3")
+                assert error["message"] == "SESSION_AUTHENTICATION_FAILED", error
+                failures.append(trio.current_time())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(guess)
+            await wait_until(lambda: len(failures) >= 5, timeout=LIVENESS * 3, what="failures")
+            assert str(await login(host)).startswith("OpaqueRef:")  # from ::1
+            nursery.cancel_scope.cancel()
+        gaps = [b - a for a, b in itertools.pairwise(failures)]
+        # the free failures, then waits of 0.5, 1, 2 s: each at least as long as the wait
+        assert gaps[2] >= 0.5 and gaps[3] >= 1.0, gaps
+
+
+async def test_a_crash_leaves_no_task_pending(tmp_path: Path) -> None:
+    """kill -9 during an import: after the restart the import's task has failed, saying
+    why, and cannot be cancelled; the new VDI it was writing is gone."""
+    with daemon(tmp_path) as (host, proc):
+        host.session = await login(host)
+        sr, _ = await small_vdi(host)
+        async with trickling_uploads(host, sr, 1):
+            with trio.fail_after(LIVENESS):
+                while not (tasks := (await call(host, "task.get_all_records", host.session))[0]):
+                    await trio.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=TIMEOUT)
+    (ref, record), *_ = tasks.items()
+    assert record["status"] == "pending" and record["name_label"].startswith("import_raw_vdi")
+    with daemon(tmp_path) as (host, _):
+        host.session = await login(host)
+        record, _ = await call(host, "task.get_record", host.session, ref)
+        assert record["status"] == "failure"
+        assert record["error_info"][0] == "INTERNAL_ERROR"
+        assert "stopped while the task ran" in record["error_info"][1]
+        assert record["progress"] == 1.0
+        _, error = await call(host, "task.cancel", host.session, ref)
+        assert error["message"] == "OPERATION_NOT_ALLOWED", error
+        vdis, _ = await call(host, "VDI.get_all_records", host.session)
+        assert [v["name_label"] for v in vdis.values()] == ["4k"]

@@ -38,7 +38,7 @@ from vhd.plan import (
     plan_raw,
     plan_vhd,
 )
-from vhd.transport import write_plan
+from vhd.transport import BufferSink, CopyRangeSink, FileSink, execute, write_plan
 
 
 def assert_coalesced(elements: list[Element]) -> None:
@@ -421,17 +421,56 @@ def test_write_plan_to_file_and_pipe(tmp_path: Path, source: str, plan_name: str
         assert piped == expected
 
 
-def test_write_plan_reports_progress(tmp_path: Path) -> None:
-    seen: list[int] = []
-    with open_source(tmp_path, "raw") as disk:
-        plan = plan_vhd(disk, allocated_blocks(disk))
-        fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            total = write_plan(plan, fd, seen.append)
-        finally:
-            os.close(fd)
-    assert total == plan.length == sum(seen)
-    assert all(n > 0 for n in seen)
+SINKS = ["file", "copy_file_range", "buffer"]
+
+
+def through_sink(plan: Plan, kind: str, path: Path) -> bytes:
+    """``plan`` executed by the sink ``kind`` after 100 bytes already there: what it wrote."""
+    if kind == "buffer":
+        buffer = bytearray(b"\xee" * (100 + plan.length))
+        sink: FileSink | BufferSink = BufferSink(memoryview(buffer)[100:])
+        assert execute(plan, sink) == plan.length
+        assert buffer[:100] == b"\xee" * 100
+        return bytes(buffer[100:])
+    path.write_bytes(b"\xee" * 100)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        sink = FileSink(fd, 100) if kind == "file" else CopyRangeSink(fd, 100)
+        assert execute(plan, sink) == plan.length
+        assert sink.position == 100 + plan.length
+        os.ftruncate(fd, 100 + plan.length)
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert data[:100] == b"\xee" * 100
+    return data[100:]
+
+
+@pytest.mark.parametrize("sink", SINKS)
+@pytest.mark.parametrize("plan_name", ["raw", "vhd"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_sinks_execute_a_plan_at_an_offset(
+    tmp_path: Path, source: str, plan_name: str, sink: str
+) -> None:
+    with open_source(tmp_path, source) as disk:
+        plan = PLANS[plan_name](disk)
+        assert through_sink(plan, sink, tmp_path / "out") == materialise(plan)
+
+
+@pytest.mark.parametrize("sink", [*SINKS, "pipe"])
+def test_a_copy_past_the_end_of_its_file_is_an_error(tmp_path: Path, sink: str) -> None:
+    src = tmp_path / "short.raw"
+    src.write_bytes(b"x" * 1000)
+    with closing(RawDisk.open(str(src))) as disk:
+        assert disk.file is not None
+        plan = Plan(2000, lambda: iter([Copy(disk.file, 0, 2000)]))
+        with pytest.raises(VhdError, match="ended early") as info:
+            if sink == "pipe":
+                write_to_pipe(plan)
+            else:
+                through_sink(plan, sink, tmp_path / "out")
+    assert info.value.path == str(src)
+    assert info.value.offset == 1000
 
 
 def test_write_plan_after_existing_bytes(tmp_path: Path) -> None:

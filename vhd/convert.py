@@ -21,7 +21,7 @@ from vhd.plan import (
     plan_raw,
     plan_vhd,
 )
-from vhd.transport import Progress, write_plan
+from vhd.transport import write_plan
 
 
 def sniff(path: str) -> str:
@@ -92,15 +92,15 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def write_output(plan: Plan, dst: str, progress: Progress | None = None) -> int:
+def write_output(plan: Plan, dst: str) -> int:
     """Execute ``plan`` into ``dst``: stdout for ``-``, an existing device or FIFO in place, and
     a regular file through a temporary file renamed over ``dst`` only once complete."""
     if dst == "-":
-        return write_plan(plan, 1, progress)
+        return write_plan(plan, 1)
     if os.path.exists(dst) and not os.path.isfile(dst):
         fd = os.open(dst, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            return write_plan(plan, fd, progress)
+            return write_plan(plan, fd)
         finally:
             os.close(fd)
     folder, name = os.path.split(os.path.abspath(dst))
@@ -109,7 +109,7 @@ def write_output(plan: Plan, dst: str, progress: Progress | None = None) -> int:
     except OSError as e:
         raise VhdError(f"cannot create a file in {folder}: {e.strerror}", path=dst) from None
     try:
-        written = write_plan(plan, fd, progress)
+        written = write_plan(plan, fd)
         os.fchmod(fd, 0o644)
         os.replace(tmp, dst)
         return written
@@ -127,7 +127,6 @@ def convert(
     *,
     base: str | None = None,
     src_format: str | None = None,
-    progress: Progress | None = None,
 ) -> int:
     """Convert ``src`` into ``dst`` (``-`` for stdout) as ``raw`` or ``vhd``; returns bytes written.
 
@@ -153,4 +152,4 @@ def convert(
                 base_image = stack.enter_context(Image.open(base))
             name = parent_name(dst, base) if base is not None and dst != "-" else None
             plan = vhd_export_plan(disk, base=base_image, name=name)
-        return write_output(plan, dst, progress)
+        return write_output(plan, dst)

@@ -32,6 +32,7 @@ from vhd import bitmap
 from vhd.file import pwrite_all
 from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR, UNALLOCATED
 from vhd.plan import ParentRef, VhdLayout, parent_name
+from vhd.transport import CopyRangeSink, execute
 
 BLOCK_SIZE = DEFAULT_BLOCK_SIZE
 DIRECT_ALIGNMENT = SECTOR
@@ -155,17 +156,8 @@ class StagedImage:
         assert self.old is not None
         start = b * BLOCK_SIZE
         length = max(0, min(BLOCK_SIZE, self.old.size - start))
-        dst = int(self._layout.slot_offset(b)) + self._data
-        for e in self.old.extents(start, length):
-            if isinstance(e, vhd.Copy):
-                src, src_off, left = e.file.fileno(), e.offset, e.length
-                while left:
-                    n = os.copy_file_range(src, self._fd, left, src_off, dst)
-                    if n == 0:
-                        raise vhd.VhdError("file ended early", offset=src_off, path=e.file.path)
-                    src_off, dst, left = src_off + n, dst + n, left - n
-            else:
-                dst += e.length
+        slot = int(self._layout.slot_offset(b)) + self._data
+        execute(self.old.extents(start, length), CopyRangeSink(self._fd, slot))
         self._stored[b] = True
 
     # Finishing

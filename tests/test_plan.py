@@ -32,8 +32,10 @@ from vhd.elements import Element
 from vhd.format import DIFFERENCING, DYNAMIC, FIXED, DynamicHeader, Footer
 from vhd.plan import (
     ParentRef,
+    VhdLayout,
     allocated_blocks,
     differing_blocks,
+    finish_vhd,
     plan_fixed,
     plan_raw,
     plan_vhd,
@@ -240,6 +242,47 @@ def test_plan_vhd_rejects_long_parent_names() -> None:
     ref = ParentRef(Footer.new(DYNAMIC, SIZE).uuid, 0, "x" * 257)
     with pytest.raises(VhdError):
         plan_vhd(RawDisk(None, SIZE), np.zeros(0, dtype=np.int64), parent=ref)
+
+
+# Finishing a file whose block data is in place
+
+
+def test_finish_vhd_completes_a_file_of_placed_blocks(tmp_path: Path) -> None:
+    """Block data written into chosen slots, then the writes finish_vhd plans: a clean image
+    reading as the data, whose file ends with its footer (the slot past it cut off)."""
+    layout = VhdLayout.new(SIZE)
+    blocks, slots = np.array([0, 2, 3]), np.array([5, 1, 2])
+    datas = [pattern(BLOCK, 20 + b) for b in blocks.tolist()]
+    out = tmp_path / "placed.vhd"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for slot, data in zip(slots.tolist(), datas, strict=True):
+            os.pwrite(fd, data, int(layout.slot_offset(slot)) + 512)
+        os.pwrite(fd, b"junk", int(layout.slot_offset(7)))  # a slot no block keeps
+        writes = finish_vhd(layout, blocks, slots)
+        sink = FileSink(fd, 0)
+        for offset, element in writes:
+            sink.position = offset
+            execute([element], sink)
+        os.ftruncate(fd, writes.length)
+    finally:
+        os.close(fd)
+    # the footer directly after the last slot's data
+    assert out.stat().st_size == writes.length == int(layout.slot_offset(5)) + 512 + BLOCK + 512
+    assert vhd.check(str(out)) == []
+    sectors = [int(layout.slot_offset(s)) // 512 for s in (5, 1, 2)]
+    with Image.open(str(out)) as image:
+        assert image.read(0, SIZE) == datas[0] + bytes(BLOCK) + datas[1] + datas[2]
+        assert image.bat.tolist() == [sectors[0], 0xFFFFFFFF, sectors[1], sectors[2]]
+
+
+@pytest.mark.parametrize(
+    ("blocks", "slots"),
+    [([0, 1], [0]), ([4], [0]), ([-1], [0]), ([0], [-1]), ([1, 1], [0, 1]), ([0, 1], [2, 2])],
+)
+def test_finish_vhd_rejects_bad_placements(blocks: list[int], slots: list[int]) -> None:
+    with pytest.raises(VhdError):
+        finish_vhd(VhdLayout.new(SIZE), np.array(blocks), np.array(slots))
 
 
 # Windows

@@ -28,11 +28,9 @@ import numpy as np
 
 import vhd
 from migrate.storage.direct import DirectWriter
-from vhd import bitmap
-from vhd.file import pwrite_all
-from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR, UNALLOCATED
-from vhd.plan import ParentRef, VhdLayout, parent_name
-from vhd.transport import CopyRangeSink, execute
+from vhd.format import DEFAULT_BLOCK_SIZE, MAX_VIRTUAL_SIZE, SECTOR
+from vhd.plan import ParentRef, VhdLayout, finish_vhd, parent_name
+from vhd.transport import CopyRangeSink, FileSink, execute
 
 BLOCK_SIZE = DEFAULT_BLOCK_SIZE
 DIRECT_ALIGNMENT = SECTOR
@@ -164,20 +162,17 @@ class StagedImage:
 
     def finish(self, size: int | None = None) -> int:
         """Complete the image: blocks of the old file the import did not touch copied, then
-        bitmaps, BAT, header, footers written and the file synced. ``size`` (for an image
-        whose size follows its data) defaults to what was written, rounded up to a sector.
-        Returns the virtual size."""
+        the metadata, bitmaps and footer vhd.plan places written, and the file synced.
+        ``size`` (for an image whose size follows its data) defaults to what was written.
+        Returns the virtual size the file holds: ``size`` rounded up to a whole sector."""
         if self.size is not None:
             size = self.size
         elif size is None:
-            size = max(SECTOR, -(-self.end // SECTOR) * SECTOR)
+            size = max(SECTOR, self.end)
         if size < self.end or size > self.limit:
             raise StagingError(f"virtual size {size} does not hold the {self.end} bytes written")
         for b in np.flatnonzero(self._old_top & ~self._written & ~self._stored).tolist():
             self._prefill(int(b))
-        entries = -(-size // BLOCK_SIZE)
-        allocated = (self._stored | (self._written & self._old_below))[:entries]
-        blocks = np.flatnonzero(allocated)
         layout = VhdLayout.new(
             size,
             parent=self._parent,
@@ -187,19 +182,16 @@ class StagedImage:
         )
         if layout.data_start != self._layout.data_start:
             raise AssertionError("staged layout moved")  # room_for keeps it fixed
-        slots = np.asarray(layout.slot_offset(blocks), dtype=np.int64)
-        full = bitmap.full(layout.header.bitmap_size)
-        for at in slots.tolist():
-            pwrite_all(self._fd, memoryview(full), at)
-        bat = np.full(layout.entries, UNALLOCATED, dtype=np.int64)
-        bat[blocks] = slots // SECTOR
-        footer = layout.footer()
-        footer_at = layout.footer_offset(int(blocks[-1]) if blocks.size else None)
-        os.ftruncate(self._fd, footer_at)
-        pwrite_all(self._fd, memoryview(layout.metadata(bat, footer)), 0)
-        pwrite_all(self._fd, memoryview(footer), footer_at)
+        allocated = (self._stored | (self._written & self._old_below))[: layout.entries]
+        blocks = np.flatnonzero(allocated)
+        writes = finish_vhd(layout, blocks, blocks)  # block b lies in slot b
+        sink = FileSink(self._fd, 0)
+        for offset, element in writes:
+            sink.position = offset
+            execute((element,), sink)
+        os.ftruncate(self._fd, writes.length)
         os.fsync(self._fd)
-        return size
+        return layout.size
 
     def sync_data(self) -> None:
         """Write what is written so far to disk (``fdatasync``): run while data still

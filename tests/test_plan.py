@@ -20,13 +20,17 @@ from support import (
     BLOCK,
     SIZE,
     MiB,
+    bat_of,
     disk_content,
     make_dynamic,
     materialise,
     pattern,
+    read_all,
     write_raw,
 )
 from vhd import Copy, Image, Plan, RawDisk, VhdError, Zeros
+from vhd.compare import differing_content
+from vhd.convert import delta_blocks, vhd_export_plan
 from vhd.disk import Disk
 from vhd.elements import Element
 from vhd.format import DIFFERENCING, DYNAMIC, FIXED, DynamicHeader, Footer
@@ -355,8 +359,6 @@ def test_allocated_blocks_of_raw_disks(tmp_path: Path) -> None:
     with closing(RawDisk.open(str(path))) as disk:
         assert allocated_blocks(disk).tolist() == [3]
         assert allocated_blocks(disk, MiB).tolist() == [6]
-    explicit = RawDisk(None, SIZE, [(0, 1), (BLOCK, BLOCK + 1)])
-    assert allocated_blocks(explicit).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("block_size", [BLOCK, MiB, 4 * MiB])
@@ -388,6 +390,63 @@ def test_differing_blocks_of_unrelated_disks(tmp_path: Path) -> None:
             image.write(offset, b"!")
     with Image.open(str(a)) as ia, Image.open(str(b)) as ib:
         assert differing_blocks(ia, ib).tolist() == [0, 3]
+
+
+def test_differing_content_against_zeros_and_a_disk(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    # block 0 data, block 1 explicit zeros, block 2 a hole, block 3 data
+    write_raw(raw, SIZE, [(10, b"a"), (BLOCK, bytes(4096)), (3 * BLOCK + 7, b"b")])
+    other = tmp_path / "other.vhd"
+    make_dynamic(other, SIZE, [(10, b"a"), (2 * BLOCK, b"c"), (3 * BLOCK + 7, b"B")])
+    with closing(RawDisk.open(str(raw))) as disk, Image.open(str(other)) as image:
+        assert allocated_blocks(disk).tolist() == [0, 1, 3]
+        assert differing_content(disk, None, allocated_blocks(disk)).tolist() == [0, 3]
+        assert differing_content(disk, image, np.arange(4)).tolist() == [2, 3]
+        assert differing_content(disk, image, np.array([0, 1])).size == 0
+        assert differing_content(disk, image, np.arange(8), MiB).tolist() == [4, 6]
+
+
+def test_delta_blocks_of_unrelated_disks_compare_content(tmp_path: Path) -> None:
+    """No chain member in common: only blocks whose bytes differ, whichever side holds them
+    (a hole against the base's data differs; explicit zeros over nothing do not)."""
+    base = tmp_path / "base.vhd"
+    make_dynamic(base, SIZE, [(b * BLOCK, pattern(BLOCK, b)) for b in range(3)])
+    content = bytearray(read_all(base))
+    content[BLOCK + 5] ^= 1  # block 1 changed
+    content[2 * BLOCK : 3 * BLOCK] = bytes(BLOCK)  # block 2 emptied
+    raw = tmp_path / "new.raw"
+    write_raw(raw, SIZE, [(0, bytes(content[: 2 * BLOCK])), (3 * BLOCK, bytes(BLOCK))])
+    copy = tmp_path / "new.vhd"
+    make_dynamic(copy, SIZE, [(0, bytes(content[: 2 * BLOCK]))])
+    with (
+        Image.open(str(base)) as b,
+        closing(RawDisk.open(str(raw))) as r,
+        Image.open(str(copy)) as c,
+    ):
+        assert differing_blocks(r, b).tolist() == [0, 1, 2, 3]  # what metadata alone says
+        assert delta_blocks(r, b).tolist() == [1, 2]
+        assert delta_blocks(c, b).tolist() == [1, 2]
+        assert delta_blocks(b, c).tolist() == [1, 2]
+        assert delta_blocks(b, b).size == 0
+
+
+def test_delta_blocks_of_a_shared_chain_are_metadata_only(tmp_path: Path) -> None:
+    """A VDI and its snapshot, children of one base: every block their own layers hold, even
+    one whose bytes are equal on both sides (nothing is read to find out)."""
+    base = tmp_path / "base.vhd"
+    make_dynamic(base, SIZE, [(0, b"base")])
+    vdi, snapshot = tmp_path / "vdi.vhd", tmp_path / "snapshot.vhd"
+    for child, blocks in ((vdi, [1, 2]), (snapshot, [2])):
+        vhd.create_differencing(str(child), str(base))
+        with Image.open(str(child), writable=True) as image:
+            for b in blocks:
+                image.write(b * BLOCK, b"same")
+    out = tmp_path / "delta.vhd"
+    with Image.open(str(vdi)) as v, Image.open(str(snapshot)) as s:
+        assert delta_blocks(v, s).tolist() == [1, 2]
+        out.write_bytes(materialise(vhd_export_plan(v, base=s)))
+    assert [b for b, entry in enumerate(bat_of(out)) if entry != 0xFFFFFFFF] == [1, 2]
+    assert read_all(out) == read_all(vdi)
 
 
 # Transport

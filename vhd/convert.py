@@ -7,6 +7,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
+import numpy as np
+
+from vhd.compare import differing_content
 from vhd.disk import Disk, RawDisk
 from vhd.errors import VhdError
 from vhd.file import File
@@ -45,44 +48,36 @@ def open_disk(path: str, fmt: str | None = None) -> Iterator[Disk]:
         disk.close()
 
 
-def nonzero_ranges(disk: RawDisk, block_size: int = DEFAULT_BLOCK_SIZE) -> list[tuple[int, int]]:
-    """The blocks of a raw disk that hold a non-zero byte, as byte ranges.
+def delta_blocks(disk: Disk, base: Disk, block_size: int = DEFAULT_BLOCK_SIZE) -> np.ndarray:
+    """The blocks a delta of ``disk`` over ``base`` must hold.
 
-    Only the file's data extents are read (SEEK_DATA), so the cost follows the data.
+    When the two share chain members (a VDI and its snapshot), metadata decides, as vhd-tool
+    does: every block allocated in a member only one side has (nothing is read). Otherwise
+    (a raw disk, an unrelated chain) nothing proves a block shared: the blocks allocated on
+    either side are read and only those whose content differs are kept.
     """
-    if disk.file is None:
-        return []
-    fd, size = disk.file.fileno(), disk.size
-    block = bytearray(block_size)
-    zero = bytes(block_size)
-    found: list[tuple[int, int]] = []
-    for b in allocated_blocks(disk, block_size).tolist():
-        start = b * block_size
-        n = os.preadv(fd, [block], start)
-        if n < block_size:
-            block[n:] = zero[n:]
-        if block != zero:
-            end = min(start + block_size, size)
-            if found and found[-1][1] == start:
-                found[-1] = (found[-1][0], end)
-            else:
-                found.append((start, end))
-    return found
+    mine, theirs = disk.layers(block_size), base.layers(block_size)
+    if {key for key, _ in mine} & {key for key, _ in theirs}:
+        return differing_blocks(disk, base, block_size)
+    candidates = np.union1d(allocated_blocks(disk, block_size), allocated_blocks(base, block_size))
+    return differing_content(disk, base, candidates, block_size)
 
 
 def vhd_export_plan(disk: Disk, *, base: Image | None = None, name: str | None = None) -> Plan:
-    """The one-pass VHD of ``disk``; relative to ``base``, a differencing VHD naming it ``name``.
+    """The one-pass VHD of ``disk``; relative to ``base``, a differencing VHD naming it ``name``
+    and holding the blocks :func:`delta_blocks` finds.
 
-    Raw disks are scanned first so that all-zero blocks are left out.
+    A raw disk's blocks are read first so that all-zero ones are left out.
     """
-    if isinstance(disk, RawDisk):
-        disk = RawDisk(disk.file, disk.size, nonzero_ranges(disk))
     if base is None:
-        return plan_vhd(disk, allocated_blocks(disk))
+        blocks = allocated_blocks(disk)
+        if isinstance(disk, RawDisk):
+            blocks = differing_content(disk, None, blocks)
+        return plan_vhd(disk, blocks)
     if base.size != disk.size:
         raise VhdError(f"base is {base.size} bytes, disk is {disk.size}: sizes must match")
     ref = ParentRef.of(base.footer, base.file.mtime, name or os.path.basename(base.path))
-    return plan_vhd(disk, differing_blocks(disk, base), parent=ref)
+    return plan_vhd(disk, delta_blocks(disk, base), parent=ref)
 
 
 def _same_file(a: str, b: str) -> bool:

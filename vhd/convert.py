@@ -13,7 +13,15 @@ from vhd.compare import differing_content
 from vhd.disk import Disk, RawDisk
 from vhd.errors import VhdError
 from vhd.file import File
-from vhd.format import DEFAULT_BLOCK_SIZE, FOOTER_COOKIE, FOOTER_SIZE, trailing_footer_offset
+from vhd.format import (
+    DEFAULT_BLOCK_SIZE,
+    FOOTER_COOKIE,
+    FOOTER_SIZE,
+    HEADER_COOKIE,
+    SECTOR,
+    Footer,
+    trailing_footer_offset,
+)
 from vhd.image import Image
 from vhd.plan import (
     ParentRef,
@@ -26,22 +34,70 @@ from vhd.plan import (
 )
 from vhd.transport import write_plan
 
+FORMATS = ("raw", "vhd")
 
-def sniff(path: str) -> str:
-    """``vhd`` if the file ends (or, when damaged, starts) with a VHD footer, else ``raw``."""
+
+def _vhd_signs(path: str) -> tuple[bool, VhdError | None]:
+    """Whether a valid VHD footer ends or starts the file at ``path``; if not, the first VHD
+    structure it still shows where a VHD has one (a footer cookie whose footer is damaged, a
+    dynamic header cookie at 512), as the error found there."""
     with File(path) as f:
-        if f.size >= FOOTER_SIZE:
-            for offset in (trailing_footer_offset(f.size), 0):
-                if f.pread(8, offset) == FOOTER_COOKIE:
-                    return "vhd"
-    return "raw"
+        places = dict.fromkeys([trailing_footer_offset(f.size), 0] if f.size >= FOOTER_SIZE else [])
+        footers = [(at, f.pread(FOOTER_SIZE, at)) for at in places]
+        if any(not Footer.problems(raw, at) for at, raw in footers):
+            return True, None
+        for at, raw in footers:
+            if raw[:8] == FOOTER_COOKIE:
+                return False, Footer.problems(raw, at)[0]
+        if f.size < FOOTER_SIZE and os.pread(f.fd, 8, 0) == FOOTER_COOKIE:
+            too_short = f"file of {f.size} bytes is too short for a footer"
+            return False, VhdError(too_short, field="footer", offset=0)
+        if os.pread(f.fd, 8, SECTOR) == HEADER_COOKIE:
+            return False, VhdError(
+                "a dynamic header but no valid footer", field="header.cookie", offset=SECTOR
+            )
+    return False, None
+
+
+def probe(path: str) -> str:
+    """The format of ``path`` by its content: ``vhd`` when a valid footer ends or starts it,
+    ``raw`` when nothing in it looks like a VHD.
+
+    A file that shows VHD structures without a valid footer is a VhdError, not a raw disk:
+    a guess must never read a damaged VHD as raw data (the risk qemu-img warns of when its
+    probing falls back to raw).
+    """
+    valid, sign = _vhd_signs(path)
+    if sign is not None:
+        raise VhdError(
+            f"looks like a damaged VHD ({sign.message}); "
+            "pass --from raw to read it as a raw disk anyway",
+            field=sign.field,
+            offset=sign.offset,
+            path=path,
+        )
+    return "vhd" if valid else "raw"
+
+
+def source_format(path: str, declared: str | None = None) -> str:
+    """How to read the source ``path``: as ``declared`` when given, as a VHD when its name
+    ends in ``.vhd``, else as :func:`probe` finds."""
+    if declared is not None:
+        if declared not in FORMATS:
+            raise VhdError(f"unknown source format {declared!r}: expected raw or vhd")
+        return declared
+    if path.lower().endswith(".vhd"):
+        return "vhd"
+    return probe(path)
 
 
 @contextmanager
 def open_disk(path: str, fmt: str | None = None) -> Iterator[Disk]:
-    """Open ``path`` as a disk: a VHD with its chain, or a raw file (``fmt`` sniffed if None)."""
-    fmt = fmt or sniff(path)
-    disk: Image | RawDisk = Image.open(path) if fmt == "vhd" else RawDisk.open(path)
+    """Open ``path`` as a disk: a VHD with its chain, or a raw file (``fmt`` None: as
+    :func:`source_format` decides)."""
+    disk: Image | RawDisk = (
+        Image.open(path) if source_format(path, fmt) == "vhd" else RawDisk.open(path)
+    )
     try:
         yield disk
     finally:
@@ -125,10 +181,11 @@ def convert(
 ) -> int:
     """Convert ``src`` into ``dst`` (``-`` for stdout) as ``raw`` or ``vhd``; returns bytes written.
 
-    With ``base`` (a VHD), ``dst`` is a differencing VHD of ``src`` whose parent is ``base``.
+    ``src`` is read as ``src_format`` (raw or vhd; None: :func:`source_format` decides). With
+    ``base`` (a VHD), ``dst`` is a differencing VHD of ``src`` whose parent is ``base``.
     ``dst`` is replaced only when the conversion succeeded.
     """
-    if to not in ("raw", "vhd"):
+    if to not in FORMATS:
         raise VhdError(f"unknown output format {to!r}: expected raw or vhd")
     if base is not None and to != "vhd":
         raise VhdError("--base needs a VHD output")
@@ -142,9 +199,9 @@ def convert(
         else:
             base_image = None
             if base is not None:
-                if sniff(base) != "vhd":
+                if _vhd_signs(base) == (False, None):  # nothing of a VHD in it
                     raise VhdError("the base of a differencing VHD must itself be a VHD", path=base)
-                base_image = stack.enter_context(Image.open(base))
+                base_image = stack.enter_context(Image.open(base))  # a damaged one says how
             name = parent_name(dst, base) if base is not None and dst != "-" else None
             plan = vhd_export_plan(disk, base=base_image, name=name)
         return write_output(plan, dst)

@@ -1,4 +1,5 @@
-"""Conversions between raw files and VHD images, sparse-aware, planned then executed."""
+"""Conversions between raw files and VHD images: the source's format decided (a damaged VHD is
+never taken for a raw disk), which blocks a VHD holds chosen, then planned and executed."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """Export plans: a stream described as elements before any byte of it is read or sent.
 
 An element is literal bytes, a copy of N bytes from a file at an offset, or N zero bytes. A
-plan knows its total length up front and yields its elements lazily, in constant memory; a
-transport executes it (sendfile or copy_file_range for copies, holes or skipped writes for
-zeros). Planning reads metadata (footers, tables, bitmaps) through the images, never data.
+plan knows its total length up front and yields its elements lazily, in constant memory;
+:mod:`vhd.transport` executes it. Planning reads metadata (footers, tables, bitmaps) through
+the images, never data. Which blocks a VHD holds: :func:`allocated_blocks`, or for a delta
+:func:`differing_blocks`; :func:`finish_vhd` places the metadata of a file whose blocks were
+written in place beforehand.
 """
 
 from __future__ import annotations

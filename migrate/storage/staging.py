@@ -6,15 +6,15 @@ whatever order blocks arrive in, so the file is sparse: blocks never written, an
 pieces, stay holes. What the import does not write keeps the VDI's old content, read through
 the old image's chain: a block touched only in part is first filled with its old content
 (``prefill``), and at :meth:`StagedImage.finish` the blocks the old file held that the
-import never touched are copied over. Only then are bitmaps, BAT, header and footers written
-and the file synced; the old file stays untouched throughout, so a failed import leaves the VDI
-exactly as it was and exports running meanwhile read the old content.
+import never touched are copied over. Only then are the metadata, bitmaps and footer that
+:func:`vhd.plan.finish_vhd` places written and the file synced; the old file stays untouched
+throughout, so a failed import leaves the VDI exactly as it was and exports running meanwhile
+read the old content.
 
 Block data goes straight to the disk (``O_DIRECT``) where the file system takes it and the
-write is sector-aligned (a raw body's whole buffers, a VHD's sectors): measured here, that is
-faster than the page cache once the data must be synced, and steadier (page-cache writes ran
-anywhere between 0.4 and 4 GB/s on this VM); the rest goes through the page cache.
-Plain synchronous file I/O, for the importer's worker thread.
+write is sector-aligned (a raw body's whole buffers, a VHD's sectors), since the data must be
+synced anyway; the rest goes through the page cache. Plain synchronous file I/O, for the
+importer's worker thread.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ class StagedImage:
             if self._stored[b] or array.any():
                 slot = int(self._layout.slot_offset(b))
                 if not self._stored[b]:
-                    # a block's first bytes: its slot allocated at once, as overwriting an
-                    # allocated range is several times faster than extending the file
+                    # a block's first bytes: its slot allocated at once, so that its writes
+                    # overwrite allocated space instead of extending the file piece by piece
                     os.posix_fallocate(self._fd, slot, self._layout.slot)
                 self._writer.write(piece, slot + self._data + inside, array.ctypes.data)
                 self._stored[b] = True

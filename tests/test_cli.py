@@ -355,7 +355,7 @@ def test_convert_format_from_extension(
     src, content = content_vhd
     dst = tmp_path / name
     ok(xfer("vhd", "convert", str(src), str(dst)))
-    assert vhd.sniff(str(dst)) == fmt
+    assert vhd.probe(str(dst)) == fmt
     if fmt == "raw":
         assert dst.read_bytes() == content
     else:
@@ -404,6 +404,105 @@ def test_convert_refuses_a_terminal(content_vhd: tuple[Path, bytes]) -> None:
     assert len(lines) == 1, lines
     assert lines[0].startswith("xfer: error: ")
     assert "terminal" in lines[0]
+
+
+# convert: the source's format
+
+
+def damaged(path: Path, *places: int) -> Path:
+    """``path`` with the checksum of the footers at ``places`` (byte offsets) zeroed."""
+    for at in places:
+        patch(path, at + 64, bytes(4))
+    return path
+
+
+def dynamic_image(path: Path) -> Path:
+    """A 4 MiB dynamic image at ``path`` with a few bytes in block 1."""
+    make_dynamic(path, 4 * MiB, [(BLOCK + 7, b"data")])
+    return path
+
+
+def footer_at_end(path: Path) -> int:
+    return path.stat().st_size - 512
+
+
+def test_probe_finds_vhds_and_raw_disks(tmp_path: Path) -> None:
+    image = dynamic_image(tmp_path / "image.img")
+    assert vhd.probe(str(image)) == "vhd"
+    trailing_broken = dynamic_image(tmp_path / "trailing.img")
+    damaged(trailing_broken, footer_at_end(trailing_broken))
+    assert vhd.probe(str(trailing_broken)) == "vhd"  # the copy at 0 is valid
+    copy_broken = dynamic_image(tmp_path / "copy.img")
+    assert vhd.probe(str(damaged(copy_broken, 0))) == "vhd"  # the footer at the end is valid
+    fixed = tmp_path / "fixed.img"
+    vhd.create(str(fixed), 4 * MiB, fixed=True)
+    assert vhd.probe(str(fixed)) == "vhd"
+    for name, data in [
+        ("random.img", random.Random(1).randbytes(3 * MiB + 17)),
+        ("text.img", b"the word conectix, not where a VHD has it\n" * 100),
+        ("tiny.img", b"x"),
+        ("empty.img", b""),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        assert vhd.probe(str(tmp_path / name)) == "raw", name
+
+
+def test_probe_refuses_what_looks_like_a_damaged_vhd(tmp_path: Path) -> None:
+    both = dynamic_image(tmp_path / "both.img")
+    end = footer_at_end(both)
+    fixed = tmp_path / "fixed.img"
+    vhd.create(str(fixed), 4 * MiB, fixed=True)
+    header_only = tmp_path / "header.img"
+    header_only.write_bytes(bytes(512) + b"cxsparse" + bytes(MiB))
+    short = tmp_path / "short.img"
+    short.write_bytes(b"conectix" + bytes(100))
+    cases = [
+        (damaged(both, 0, end), "footer.checksum", end + 64),
+        (damaged(fixed, footer_at_end(fixed)), "footer.checksum", footer_at_end(fixed) + 64),
+        (header_only, "header.cookie", 512),
+        (short, "footer", 0),
+    ]
+    for path, field, offset in cases:
+        with pytest.raises(vhd.VhdError) as info:
+            vhd.probe(str(path))
+        assert (info.value.field, info.value.offset, info.value.path) == (field, offset, str(path))
+        assert "damaged VHD" in str(info.value) and "--from raw" in str(info.value)
+
+
+def test_convert_never_reads_a_damaged_vhd_as_raw(tmp_path: Path, xfer: Xfer) -> None:
+    garbage = tmp_path / "garbage.vhd"
+    garbage.write_bytes(random.Random(2).randbytes(3 * MiB))
+    out = tmp_path / "out.raw"
+    error_line(xfer("vhd", "convert", str(garbage), str(out)), str(garbage), "footer.cookie")
+    broken = damaged(dynamic_image(tmp_path / "broken.img"), 0)
+    damaged(broken, footer_at_end(broken))
+    error_line(
+        xfer("vhd", "convert", str(broken), str(out)), str(broken), "damaged VHD", "--from raw"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["broken.img", "garbage.vhd"]
+    # --from raw reads either as the bytes it holds
+    for src in (garbage, broken):
+        ok(xfer("vhd", "convert", "--from", "raw", str(src), str(out)))
+        assert out.read_bytes() == src.read_bytes()
+
+
+def test_convert_from_overrides_name_and_content(
+    content_vhd: tuple[Path, bytes], xfer: Xfer, tmp_path: Path
+) -> None:
+    src, content = content_vhd
+    renamed = tmp_path / "disk.img"
+    renamed.write_bytes(src.read_bytes())
+    out = tmp_path / "out.raw"
+    ok(xfer("vhd", "convert", "--from", "vhd", str(renamed), str(out)))
+    assert out.read_bytes() == content
+    ok(xfer("vhd", "convert", "--from", "raw", str(src), str(out)))
+    assert out.read_bytes() == src.read_bytes()  # the image file itself, as a raw disk
+    raw = tmp_path / "plain.img"
+    raw.write_bytes(content)
+    error_line(xfer("vhd", "convert", "--from", "vhd", str(raw), str(out)), str(raw), "footer")
+    usage_error(xfer("vhd", "convert", "--from", "qcow2", str(raw), str(out)), "--from")
+    help_text = ok(xfer("vhd", "convert", "--help")).stdout.decode()
+    assert "--from" in help_text and "damaged VHD" in help_text
 
 
 # Errors: one line on stderr, never a traceback

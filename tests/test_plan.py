@@ -20,25 +20,31 @@ from support import (
     BLOCK,
     SIZE,
     MiB,
+    bat_of,
     disk_content,
     make_dynamic,
     materialise,
     pattern,
+    read_all,
     write_raw,
 )
 from vhd import Copy, Image, Plan, RawDisk, VhdError, Zeros
+from vhd.compare import differing_content
+from vhd.convert import delta_blocks, vhd_export_plan
 from vhd.disk import Disk
 from vhd.elements import Element
 from vhd.format import DIFFERENCING, DYNAMIC, FIXED, DynamicHeader, Footer
 from vhd.plan import (
     ParentRef,
+    VhdLayout,
     allocated_blocks,
     differing_blocks,
+    finish_vhd,
     plan_fixed,
     plan_raw,
     plan_vhd,
 )
-from vhd.transport import write_plan
+from vhd.transport import BufferSink, CopyRangeSink, FileSink, execute, write_plan
 
 
 def assert_coalesced(elements: list[Element]) -> None:
@@ -242,6 +248,47 @@ def test_plan_vhd_rejects_long_parent_names() -> None:
         plan_vhd(RawDisk(None, SIZE), np.zeros(0, dtype=np.int64), parent=ref)
 
 
+# Finishing a file whose block data is in place
+
+
+def test_finish_vhd_completes_a_file_of_placed_blocks(tmp_path: Path) -> None:
+    """Block data written into chosen slots, then the writes finish_vhd plans: a clean image
+    reading as the data, whose file ends with its footer (the slot past it cut off)."""
+    layout = VhdLayout.new(SIZE)
+    blocks, slots = np.array([0, 2, 3]), np.array([5, 1, 2])
+    datas = [pattern(BLOCK, 20 + b) for b in blocks.tolist()]
+    out = tmp_path / "placed.vhd"
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for slot, data in zip(slots.tolist(), datas, strict=True):
+            os.pwrite(fd, data, int(layout.slot_offset(slot)) + 512)
+        os.pwrite(fd, b"junk", int(layout.slot_offset(7)))  # a slot no block keeps
+        writes = finish_vhd(layout, blocks, slots)
+        sink = FileSink(fd, 0)
+        for offset, element in writes:
+            sink.position = offset
+            execute([element], sink)
+        os.ftruncate(fd, writes.length)
+    finally:
+        os.close(fd)
+    # the footer directly after the last slot's data
+    assert out.stat().st_size == writes.length == int(layout.slot_offset(5)) + 512 + BLOCK + 512
+    assert vhd.check(str(out)) == []
+    sectors = [int(layout.slot_offset(s)) // 512 for s in (5, 1, 2)]
+    with Image.open(str(out)) as image:
+        assert image.read(0, SIZE) == datas[0] + bytes(BLOCK) + datas[1] + datas[2]
+        assert image.bat.tolist() == [sectors[0], 0xFFFFFFFF, sectors[1], sectors[2]]
+
+
+@pytest.mark.parametrize(
+    ("blocks", "slots"),
+    [([0, 1], [0]), ([4], [0]), ([-1], [0]), ([0], [-1]), ([1, 1], [0, 1]), ([0, 1], [2, 2])],
+)
+def test_finish_vhd_rejects_bad_placements(blocks: list[int], slots: list[int]) -> None:
+    with pytest.raises(VhdError):
+        finish_vhd(VhdLayout.new(SIZE), np.array(blocks), np.array(slots))
+
+
 # Windows
 
 
@@ -312,8 +359,6 @@ def test_allocated_blocks_of_raw_disks(tmp_path: Path) -> None:
     with closing(RawDisk.open(str(path))) as disk:
         assert allocated_blocks(disk).tolist() == [3]
         assert allocated_blocks(disk, MiB).tolist() == [6]
-    explicit = RawDisk(None, SIZE, [(0, 1), (BLOCK, BLOCK + 1)])
-    assert allocated_blocks(explicit).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("block_size", [BLOCK, MiB, 4 * MiB])
@@ -345,6 +390,63 @@ def test_differing_blocks_of_unrelated_disks(tmp_path: Path) -> None:
             image.write(offset, b"!")
     with Image.open(str(a)) as ia, Image.open(str(b)) as ib:
         assert differing_blocks(ia, ib).tolist() == [0, 3]
+
+
+def test_differing_content_against_zeros_and_a_disk(tmp_path: Path) -> None:
+    raw = tmp_path / "disk.raw"
+    # block 0 data, block 1 explicit zeros, block 2 a hole, block 3 data
+    write_raw(raw, SIZE, [(10, b"a"), (BLOCK, bytes(4096)), (3 * BLOCK + 7, b"b")])
+    other = tmp_path / "other.vhd"
+    make_dynamic(other, SIZE, [(10, b"a"), (2 * BLOCK, b"c"), (3 * BLOCK + 7, b"B")])
+    with closing(RawDisk.open(str(raw))) as disk, Image.open(str(other)) as image:
+        assert allocated_blocks(disk).tolist() == [0, 1, 3]
+        assert differing_content(disk, None, allocated_blocks(disk)).tolist() == [0, 3]
+        assert differing_content(disk, image, np.arange(4)).tolist() == [2, 3]
+        assert differing_content(disk, image, np.array([0, 1])).size == 0
+        assert differing_content(disk, image, np.arange(8), MiB).tolist() == [4, 6]
+
+
+def test_delta_blocks_of_unrelated_disks_compare_content(tmp_path: Path) -> None:
+    """No chain member in common: only blocks whose bytes differ, whichever side holds them
+    (a hole against the base's data differs; explicit zeros over nothing do not)."""
+    base = tmp_path / "base.vhd"
+    make_dynamic(base, SIZE, [(b * BLOCK, pattern(BLOCK, b)) for b in range(3)])
+    content = bytearray(read_all(base))
+    content[BLOCK + 5] ^= 1  # block 1 changed
+    content[2 * BLOCK : 3 * BLOCK] = bytes(BLOCK)  # block 2 emptied
+    raw = tmp_path / "new.raw"
+    write_raw(raw, SIZE, [(0, bytes(content[: 2 * BLOCK])), (3 * BLOCK, bytes(BLOCK))])
+    copy = tmp_path / "new.vhd"
+    make_dynamic(copy, SIZE, [(0, bytes(content[: 2 * BLOCK]))])
+    with (
+        Image.open(str(base)) as b,
+        closing(RawDisk.open(str(raw))) as r,
+        Image.open(str(copy)) as c,
+    ):
+        assert differing_blocks(r, b).tolist() == [0, 1, 2, 3]  # what metadata alone says
+        assert delta_blocks(r, b).tolist() == [1, 2]
+        assert delta_blocks(c, b).tolist() == [1, 2]
+        assert delta_blocks(b, c).tolist() == [1, 2]
+        assert delta_blocks(b, b).size == 0
+
+
+def test_delta_blocks_of_a_shared_chain_are_metadata_only(tmp_path: Path) -> None:
+    """A VDI and its snapshot, children of one base: every block their own layers hold, even
+    one whose bytes are equal on both sides (nothing is read to find out)."""
+    base = tmp_path / "base.vhd"
+    make_dynamic(base, SIZE, [(0, b"base")])
+    vdi, snapshot = tmp_path / "vdi.vhd", tmp_path / "snapshot.vhd"
+    for child, blocks in ((vdi, [1, 2]), (snapshot, [2])):
+        vhd.create_differencing(str(child), str(base))
+        with Image.open(str(child), writable=True) as image:
+            for b in blocks:
+                image.write(b * BLOCK, b"same")
+    out = tmp_path / "delta.vhd"
+    with Image.open(str(vdi)) as v, Image.open(str(snapshot)) as s:
+        assert delta_blocks(v, s).tolist() == [1, 2]
+        out.write_bytes(materialise(vhd_export_plan(v, base=s)))
+    assert [b for b, entry in enumerate(bat_of(out)) if entry != 0xFFFFFFFF] == [1, 2]
+    assert read_all(out) == read_all(vdi)
 
 
 # Transport
@@ -421,17 +523,56 @@ def test_write_plan_to_file_and_pipe(tmp_path: Path, source: str, plan_name: str
         assert piped == expected
 
 
-def test_write_plan_reports_progress(tmp_path: Path) -> None:
-    seen: list[int] = []
-    with open_source(tmp_path, "raw") as disk:
-        plan = plan_vhd(disk, allocated_blocks(disk))
-        fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            total = write_plan(plan, fd, seen.append)
-        finally:
-            os.close(fd)
-    assert total == plan.length == sum(seen)
-    assert all(n > 0 for n in seen)
+SINKS = ["file", "copy_file_range", "buffer"]
+
+
+def through_sink(plan: Plan, kind: str, path: Path) -> bytes:
+    """``plan`` executed by the sink ``kind`` after 100 bytes already there: what it wrote."""
+    if kind == "buffer":
+        buffer = bytearray(b"\xee" * (100 + plan.length))
+        sink: FileSink | BufferSink = BufferSink(memoryview(buffer)[100:])
+        assert execute(plan, sink) == plan.length
+        assert buffer[:100] == b"\xee" * 100
+        return bytes(buffer[100:])
+    path.write_bytes(b"\xee" * 100)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        sink = FileSink(fd, 100) if kind == "file" else CopyRangeSink(fd, 100)
+        assert execute(plan, sink) == plan.length
+        assert sink.position == 100 + plan.length
+        os.ftruncate(fd, 100 + plan.length)
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert data[:100] == b"\xee" * 100
+    return data[100:]
+
+
+@pytest.mark.parametrize("sink", SINKS)
+@pytest.mark.parametrize("plan_name", ["raw", "vhd"])
+@pytest.mark.parametrize("source", SOURCES)
+def test_sinks_execute_a_plan_at_an_offset(
+    tmp_path: Path, source: str, plan_name: str, sink: str
+) -> None:
+    with open_source(tmp_path, source) as disk:
+        plan = PLANS[plan_name](disk)
+        assert through_sink(plan, sink, tmp_path / "out") == materialise(plan)
+
+
+@pytest.mark.parametrize("sink", [*SINKS, "pipe"])
+def test_a_copy_past_the_end_of_its_file_is_an_error(tmp_path: Path, sink: str) -> None:
+    src = tmp_path / "short.raw"
+    src.write_bytes(b"x" * 1000)
+    with closing(RawDisk.open(str(src))) as disk:
+        assert disk.file is not None
+        plan = Plan(2000, lambda: iter([Copy(disk.file, 0, 2000)]))
+        with pytest.raises(VhdError, match="ended early") as info:
+            if sink == "pipe":
+                write_to_pipe(plan)
+            else:
+                through_sink(plan, sink, tmp_path / "out")
+    assert info.value.path == str(src)
+    assert info.value.offset == 1000
 
 
 def test_write_plan_after_existing_bytes(tmp_path: Path) -> None:

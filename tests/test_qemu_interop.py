@@ -487,3 +487,53 @@ def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) 
     with vhd.Image.open(str(far)) as image:
         assert image.header is not None and image.header.parent_name == "../base.vhd"
         assert image.read(0, image.size) == expected
+
+
+def qemu_over(qemu_img: str, delta: Path, base: Path) -> bytes:
+    """The disk qemu-img reads for ``delta`` over ``base``: qemu ignores a differencing
+    image's parent, so each block ``qemu-img map`` shows allocated in ``delta`` is taken from
+    its conversion, every other block from the base's."""
+    mine = qemu_raw(qemu_img, delta, delta.with_suffix(".qemu.raw"))
+    over = bytearray(qemu_raw(qemu_img, base, base.with_suffix(".qemu.raw")))
+    for b in qemu_data_blocks(qemu_img, delta):
+        over[b * BLOCK : (b + 1) * BLOCK] = mine[b * BLOCK : (b + 1) * BLOCK]
+    return bytes(over)
+
+
+@pytest.mark.parametrize("source", ["raw", "unrelated-vhd"])
+def test_delta_of_an_unrelated_source_holds_only_the_changed_blocks(
+    tmp_path: Path, xfer: Xfer, qemu_img: str, source: str
+) -> None:
+    """A raw disk (or a VHD of it, unrelated to the base) that is the base's content with
+    192 KiB changed: the delta over the base holds the blocks the change touches, not every
+    allocated block, and reads back (in qemu-img and in xfer) as the new disk exactly."""
+    size = 10 * MiB
+    base = tmp_path / "base.vhd"
+    ok(xfer("vhd", "create", str(base), "--size", "10M"), quiet=False)
+    rng = random.Random(9)
+    with vhd.Image.open(str(base), writable=True) as image:
+        for b in range(5):  # every block holds data, the last one only in part
+            image.write(b * BLOCK + 4096, rng.randbytes(BLOCK - 8192 if b < 4 else 100 * KiB))
+    new = tmp_path / "new.raw"
+    ok(xfer("vhd", "convert", str(base), str(new)), quiet=False)
+    changes = [(BLOCK + 100 * KiB, 64 * KiB), (4 * BLOCK - 64 * KiB, 128 * KiB)]  # blocks 1, 3, 4
+    with open(new, "r+b") as f:
+        for offset, length in changes:
+            f.seek(offset)
+            f.write(rng.randbytes(length))
+    expected = new.read_bytes()
+    src = new
+    if source == "unrelated-vhd":
+        src = tmp_path / "new.vhd"
+        ok(xfer("vhd", "convert", str(new), str(src)), quiet=False)
+
+    delta = tmp_path / "delta.vhd"
+    ok(xfer("vhd", "convert", str(src), str(delta), "--base", str(base)), quiet=False)
+    assert vhd.check(str(delta)) == []
+    with vhd.Image.open(str(delta), parents=False) as image:
+        assert [b for b, e in enumerate(image.bat.tolist()) if e != 0xFFFFFFFF] == [1, 3, 4]
+    assert delta.stat().st_size < 3 * (BLOCK + 4 * KiB) + 8 * KiB
+    assert qemu_data_blocks(qemu_img, delta) == {1, 3, 4}
+    assert qemu_over(qemu_img, delta, base) == expected
+    assert read_all(delta) == expected
+    assert len(expected) == size

@@ -248,6 +248,24 @@ def test_raw_import_shorter_than_the_vdi(
     assert got[len(body) :] == sources.old_content[len(body) :]
 
 
+@pytest.mark.parametrize(
+    ("fixed", "given"), [(1000, None), (None, 1000), (None, None)], ids=["vdi", "given", "written"]
+)
+def test_finish_returns_the_size_the_file_holds(
+    tmp_path: Path, qemu_img: str, fixed: int | None, given: int | None
+) -> None:
+    """A size that is not a whole number of sectors is rounded up in the file: what finish
+    returns (and the caller records) is the file's size, whoever chose the size."""
+    part = tmp_path / "new.vhd"
+    with staged_on(part, None, size=fixed) as staged:
+        staged.write(990, aligned(b"0123456789"))
+        size = staged.finish(given)
+    assert size == 1024
+    with Image.open(str(part)) as image:
+        assert image.size == size
+    assert content(part, qemu_img) == bytes(990) + b"0123456789" + bytes(24)
+
+
 def direct_or_skip(staged: StagedImage) -> None:
     if staged._writer.direct_fd < 0:
         pytest.skip("the file system under the test's temporary directory refuses O_DIRECT")

@@ -6,7 +6,7 @@ planners in :mod:`vhd.plan` and the import parser :class:`StreamParser`.
 """
 
 from vhd.check import Problem, check
-from vhd.convert import convert, open_disk, sniff
+from vhd.convert import convert, open_disk, probe, source_format
 from vhd.create import create, create_differencing
 from vhd.disk import Disk, RawDisk
 from vhd.elements import Copy, Element, Literal, Zeros
@@ -39,5 +39,6 @@ __all__ = [
     "plan_fixed",
     "plan_raw",
     "plan_vhd",
-    "sniff",
+    "probe",
+    "source_format",
 ]

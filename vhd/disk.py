@@ -76,21 +76,18 @@ def data_ranges(file: File, size: int) -> list[tuple[int, int]]:
 
 
 class RawDisk:
-    """A raw disk image: virtual offset X is byte X of ``file``; outside ``ranges`` is zero.
+    """A raw disk image of ``size`` bytes: virtual offset X is byte X of ``file``.
 
-    ``ranges`` are ascending, disjoint (start, end) byte ranges that may hold data; by default
-    the file's allocated extents. ``file`` may be None for an all-zero disk.
+    The file's data extents are found once (:func:`data_ranges`); its holes read as zeros
+    without being read. ``file`` may be None for an all-zero disk.
     """
 
-    def __init__(
-        self, file: File | None, size: int, ranges: list[tuple[int, int]] | None = None
-    ) -> None:
+    def __init__(self, file: File | None, size: int) -> None:
         self.file = file
         self.size = size
-        if ranges is None:
-            ranges = data_ranges(file, size) if file is not None else []
-        self.ranges = ranges
-        self._starts = [s for s, _ in ranges]
+        self.ranges = data_ranges(file, size) if file is not None else []
+        """Ascending, disjoint (start, end) byte ranges that may hold data."""
+        self._starts = [s for s, _ in self.ranges]
 
     @classmethod
     def open(cls, path: str) -> RawDisk:

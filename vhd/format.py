@@ -44,8 +44,6 @@ CREATOR_APP = b"tap\0"
 CREATOR_VERSION = 0x00010001
 """Below blktap's 1.2, which would promise a batmap after the BAT."""
 CREATOR_OS = 0
-EXACT_SIZE_CREATORS = frozenset({b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\0"})
-"""Creator codes for which qemu-img 7.2 trusts current size rather than the CHS geometry."""
 
 VHD_EPOCH = 946684800
 """2000-01-01 00:00:00 UTC as a Unix timestamp: VHD timestamps count from here."""
@@ -319,11 +317,6 @@ class Footer:
         pos = FOOTER_OFFSETS["checksum"]
         raw[pos : pos + 4] = checksum(raw, pos).to_bytes(4, "big")
         return bytes(raw)
-
-    def chs_size(self) -> int:
-        """The size the CHS geometry describes (what qemu-img 7.2 reports for most creators)."""
-        cylinders, heads, spt = self.geometry
-        return cylinders * heads * spt * SECTOR
 
     def replace(self, **changes: Any) -> Footer:
         """A copy with ``changes`` applied."""

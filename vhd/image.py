@@ -33,6 +33,7 @@ from vhd.format import (
     block_position,
     trailing_footer_offset,
 )
+from vhd.transport import BufferSink, execute
 
 MAX_CHAIN_LENGTH = 128
 """Longest parent chain we follow (xapi itself stops at 30)."""
@@ -260,12 +261,8 @@ class Image:
 
     def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the virtual disk at ``offset`` (zeros past the end)."""
-        out = bytearray()
-        for e in self.extents(offset, length):
-            if isinstance(e, Copy):
-                out += e.file.pread(e.length, e.offset)
-            else:
-                out += bytes(e.length)
+        out = bytearray(length)
+        execute(self.extents(offset, length), BufferSink(out))
         return bytes(out)
 
     def layers(self, block_size: int) -> list[tuple[Hashable, np.ndarray]]:

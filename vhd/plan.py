@@ -1,9 +1,11 @@
 """Export plans: a stream described as elements before any byte of it is read or sent.
 
 An element is literal bytes, a copy of N bytes from a file at an offset, or N zero bytes. A
-plan knows its total length up front and yields its elements lazily, in constant memory; a
-transport executes it (sendfile or copy_file_range for copies, holes or skipped writes for
-zeros). Planning reads metadata (footers, tables, bitmaps) through the images, never data.
+plan knows its total length up front and yields its elements lazily, in constant memory;
+:mod:`vhd.transport` executes it. Planning reads metadata (footers, tables, bitmaps) through
+the images, never data. Which blocks a VHD holds: :func:`allocated_blocks`, or for a delta
+:func:`differing_blocks`; :func:`finish_vhd` places the metadata of a file whose blocks were
+written in place beforehand.
 """
 
 from __future__ import annotations
@@ -203,10 +205,57 @@ class VhdLayout:
         disk_type = DYNAMIC if self.header.parent_uuid.int == 0 else DIFFERENCING
         return Footer.new(disk_type, self.size, uuid=self.uuid, data_offset=SECTOR).build()
 
+    def table(self, blocks: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """The BAT: block ``blocks[i]`` in the file's slot ``slots[i]``, the others unallocated."""
+        bat = np.full(self.entries, UNALLOCATED, dtype=np.int64)
+        bat[blocks] = np.asarray(self.slot_offset(slots), dtype=np.int64) // SECTOR
+        return bat
+
     def metadata(self, bat: np.ndarray, footer: bytes) -> bytes:
         """Footer copy, header, BAT (``bat``: sector of each block's bitmap) and locators."""
         table = np.asarray(bat, dtype=">u4").tobytes().ljust(self.header.table_size, b"\xff")
         return footer + self.header.build() + table + self.locator_data
+
+
+@dataclass(frozen=True)
+class FileWrites:
+    """Elements to write at given offsets of a file, and the ``length`` the file then has."""
+
+    length: int
+    produce: Callable[[], Iterator[tuple[int, Element]]]
+
+    def __iter__(self) -> Iterator[tuple[int, Element]]:
+        return self.produce()
+
+
+def finish_vhd(layout: VhdLayout, blocks: np.ndarray, slots: np.ndarray) -> FileWrites:
+    """What completes a file laid out as ``layout`` whose data of block ``blocks[i]`` already
+    lies in slot ``slots[i]``: metadata at 0 (footer copy, header, BAT, locators), a full
+    bitmap before each block's data, the footer right after the last slot (or the metadata).
+
+    Blocks hold whole data, so every bitmap is full. The file must end with the footer:
+    anything past it is to be cut off (:attr:`FileWrites.length`).
+    """
+    blocks = np.asarray(blocks, dtype=np.int64)
+    slots = np.asarray(slots, dtype=np.int64)
+    if blocks.shape != slots.shape or (
+        blocks.size and (blocks.min() < 0 or blocks.max() >= layout.entries or slots.min() < 0)
+    ):
+        raise VhdError("blocks and slots must pair up, blocks inside the disk")
+    if np.unique(blocks).size != blocks.size or np.unique(slots).size != slots.size:
+        raise VhdError("a block or a slot is listed twice")
+    footer_at = layout.footer_offset(int(slots.max()) if slots.size else None)
+    bat = layout.table(blocks, slots)
+    footer = layout.footer()
+    full = Literal(bitmap.full(layout.header.bitmap_size))
+
+    def produce() -> Iterator[tuple[int, Element]]:
+        yield 0, Literal(layout.metadata(bat, footer))
+        for at in np.asarray(layout.slot_offset(slots), dtype=np.int64).tolist():
+            yield at, full
+        yield footer_at, Literal(footer)
+
+    return FileWrites(footer_at + FOOTER_SIZE, produce)
 
 
 def plan_vhd(
@@ -233,8 +282,7 @@ def plan_vhd(
     # The footer follows the last block (or the metadata) directly: qemu puts its next block
     # right after the last one, and would otherwise expose a footer left in padding as data.
     footer_at = layout.footer_offset(blocks.size - 1 if blocks.size else None)
-    bat = np.full(layout.entries, UNALLOCATED, dtype=np.int64)
-    bat[blocks] = layout.slot_offset(np.arange(blocks.size, dtype=np.int64)) // SECTOR
+    bat = layout.table(blocks, np.arange(blocks.size, dtype=np.int64))
     footer = layout.footer()
     bitmap_size = layout.header.bitmap_size
     padding = layout.slot - bitmap_size - block_size

@@ -1,89 +1,183 @@
-"""Executing plans into a file descriptor: a regular file, a pipe or a socket.
+"""Executing plans: one dispatch over elements, and sinks that say where their bytes land.
 
-Into a regular file, zeros become holes and copies go through one reused buffer with
-pread/pwrite (faster here than copy_file_range into a new file); into anything else, copies
-go through ``os.sendfile`` and zeros are written from a shared zero buffer.
+:func:`execute` hands each element to a sink as ``literal(data)``, ``copy(file, offset,
+length)`` or ``zeros(length)``. The sinks: a file written from an offset (copies through one
+reused buffer, zeros skipped so that a new file keeps holes), the same with copies by
+``os.copy_file_range``, a pipe or socket (copies by ``os.sendfile``, zeros written) and a memory
+buffer (copies read straight into it). :func:`write_plan` picks the sink a descriptor needs.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from typing import Protocol
 
-from vhd.elements import Copy, Element, Literal, Zeros
+from vhd.elements import Copy, Element, Literal
 from vhd.errors import VhdError
-from vhd.file import pwrite_all, write_all
+from vhd.file import File, pwrite_all, write_all
 
 BUFFER_SIZE = 4 << 20
-_ZEROS = bytes(1 << 20)
-
-Progress = Callable[[int], None]
-"""Called with the number of bytes just produced."""
+"""The buffer a file sink copies through."""
+_ZEROS = memoryview(bytes(1 << 20))
 
 
-def write_plan(elements: Iterable[Element], fd: int, progress: Progress | None = None) -> int:
-    """Write every element to ``fd`` from its current position; returns the bytes produced.
+class Sink(Protocol):
+    """Where executed elements go, each at the position the previous one ended."""
 
-    A regular file must have nothing past the current position (zeros are left as holes).
-    """
-    st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode):
-        base = os.lseek(fd, 0, os.SEEK_CUR)
-        if st.st_size > base:
-            raise VhdError("destination file already holds data past its position")
-        total = _to_file(elements, fd, base, progress)
-        os.ftruncate(fd, base + total)
-        os.lseek(fd, base + total, os.SEEK_SET)
-        return total
-    return _to_stream(elements, fd, progress)
+    def literal(self, data: bytes) -> None:
+        """The bytes ``data``."""
+        ...
 
+    def copy(self, file: File, offset: int, length: int) -> None:
+        """``length`` bytes of ``file`` from ``offset``."""
+        ...
 
-def _to_file(elements: Iterable[Element], fd: int, base: int, progress: Progress | None) -> int:
-    buffer = memoryview(bytearray(BUFFER_SIZE))
-    pos = base
-    for e in elements:
-        if isinstance(e, Literal):
-            pwrite_all(fd, e.data, pos)
-        elif isinstance(e, Copy):
-            src, done = e.file.fileno(), 0
-            while done < e.length:
-                n = os.preadv(src, [buffer[: min(BUFFER_SIZE, e.length - done)]], e.offset + done)
-                if n <= 0:
-                    raise VhdError(
-                        "source file ended early", offset=e.offset + done, path=e.file.path
-                    )
-                pwrite_all(fd, buffer[:n], pos + done)
-                done += n
-                if progress:
-                    progress(n)
-            pos += e.length
-            continue
-        pos += e.length
-        if progress:
-            progress(e.length)
-    return pos - base
+    def zeros(self, length: int) -> None:
+        """``length`` zero bytes."""
+        ...
 
 
-def _to_stream(elements: Iterable[Element], fd: int, progress: Progress | None) -> int:
+def execute(elements: Iterable[Element], sink: Sink) -> int:
+    """Hand every element to ``sink`` in order; returns the bytes they stand for."""
     total = 0
     for e in elements:
         if isinstance(e, Literal):
-            write_all(fd, e.data)
-        elif isinstance(e, Zeros):
-            left = e.length
-            while left:
-                n = min(left, len(_ZEROS))
-                write_all(fd, memoryview(_ZEROS)[:n])
-                left -= n
+            sink.literal(e.data)
+        elif isinstance(e, Copy):
+            sink.copy(e.file, e.offset, e.length)
         else:
-            src, offset, left = e.file.fileno(), e.offset, e.length
-            while left:
-                n = os.sendfile(fd, src, offset, min(left, 1 << 30))
-                if n == 0:
-                    raise VhdError("source file ended early", offset=offset, path=e.file.path)
-                offset, left = offset + n, left - n
+            sink.zeros(e.length)
         total += e.length
-        if progress:
-            progress(e.length)
+    return total
+
+
+def _ended(file: File, offset: int) -> VhdError:
+    return VhdError("source file ended early", offset=offset, path=file.path)
+
+
+class FileSink:
+    """Writes into the regular file ``fd`` from ``position`` on: literals by pwrite, copies
+    through one reused buffer (pread, pwrite), zeros skipped (a hole where nothing was
+    written, the old bytes elsewhere)."""
+
+    def __init__(self, fd: int, position: int) -> None:
+        self.fd = fd
+        self.position = position
+        """Where the next element goes."""
+        self._buffer: memoryview | None = None
+
+    def literal(self, data: bytes) -> None:
+        """Write ``data`` at the position."""
+        self.position = pwrite_all(self.fd, data, self.position)
+
+    def copy(self, file: File, offset: int, length: int) -> None:
+        """Copy through the buffer, a piece of at most :data:`BUFFER_SIZE` at a time."""
+        if self._buffer is None:
+            self._buffer = memoryview(bytearray(BUFFER_SIZE))
+        src, buffer, end = file.fileno(), self._buffer, offset + length
+        while offset < end:
+            n = os.preadv(src, [buffer[: min(BUFFER_SIZE, end - offset)]], offset)
+            if n <= 0:
+                raise _ended(file, offset)
+            self.position = pwrite_all(self.fd, buffer[:n], self.position)
+            offset += n
+
+    def zeros(self, length: int) -> None:
+        """Skip ``length`` bytes."""
+        self.position += length
+
+
+class CopyRangeSink(FileSink):
+    """A :class:`FileSink` whose copies the kernel makes (``os.copy_file_range``): no bytes
+    pass through this process, and file systems that can share extents do."""
+
+    def copy(self, file: File, offset: int, length: int) -> None:
+        """Copy with ``copy_file_range``."""
+        src, end = file.fileno(), offset + length
+        while offset < end:
+            n = os.copy_file_range(src, self.fd, end - offset, offset, self.position)
+            if n == 0:
+                raise _ended(file, offset)
+            offset += n
+            self.position += n
+
+
+class StreamSink:
+    """Writes to a pipe or socket ``fd`` at its position: copies by ``os.sendfile``, zeros
+    from a shared zero buffer."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def literal(self, data: bytes) -> None:
+        """Write ``data``."""
+        write_all(self.fd, data)
+
+    def copy(self, file: File, offset: int, length: int) -> None:
+        """Send with ``sendfile``."""
+        src, end = file.fileno(), offset + length
+        while offset < end:
+            n = os.sendfile(self.fd, src, offset, min(end - offset, 1 << 30))
+            if n == 0:
+                raise _ended(file, offset)
+            offset += n
+
+    def zeros(self, length: int) -> None:
+        """Write ``length`` zeros."""
+        while length:
+            n = min(length, len(_ZEROS))
+            write_all(self.fd, _ZEROS[:n])
+            length -= n
+
+
+class BufferSink:
+    """Fills the writable ``buffer`` from its start: copies read straight into it (preadv),
+    literals and zeros copied in."""
+
+    def __init__(self, buffer: bytearray | memoryview) -> None:
+        self.view = memoryview(buffer).cast("B")
+        self.position = 0
+        """Where the next element goes."""
+
+    def literal(self, data: bytes) -> None:
+        """Copy ``data`` in."""
+        self.view[self.position : self.position + len(data)] = data
+        self.position += len(data)
+
+    def copy(self, file: File, offset: int, length: int) -> None:
+        """Read into the buffer."""
+        src, end = file.fileno(), offset + length
+        while offset < end:
+            n = os.preadv(src, [self.view[self.position : self.position + end - offset]], offset)
+            if n <= 0:
+                raise _ended(file, offset)
+            offset += n
+            self.position += n
+
+    def zeros(self, length: int) -> None:
+        """Fill ``length`` bytes with zeros."""
+        while length:
+            n = min(length, len(_ZEROS))
+            self.view[self.position : self.position + n] = _ZEROS[:n]
+            self.position += n
+            length -= n
+
+
+def write_plan(elements: Iterable[Element], fd: int) -> int:
+    """Write every element to ``fd`` from its current position; returns the bytes produced.
+
+    A regular file must have nothing past the current position (zeros are left as holes);
+    anything else is written as a stream.
+    """
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        return execute(elements, StreamSink(fd))
+    start = os.lseek(fd, 0, os.SEEK_CUR)
+    if st.st_size > start:
+        raise VhdError("destination file already holds data past its position")
+    total = execute(elements, FileSink(fd, start))
+    os.ftruncate(fd, start + total)
+    os.lseek(fd, start + total, os.SEEK_SET)
     return total

@@ -37,9 +37,25 @@ def register(commands: Any) -> None:
     p.add_argument("--parent", help="create a differencing image over PARENT")
     p.set_defaults(run=create_command)
 
-    p = sub.add_parser("convert", help="convert between raw and VHD, or make a delta")
-    p.add_argument("src")
-    p.add_argument("dst", help="output file, or - for stdout")
+    p = sub.add_parser(
+        "convert",
+        help="convert between raw and VHD, or make a delta",
+        description="Convert SRC into DST. SRC is read as --from says; without it, a name "
+        "ending in .vhd is a VHD, and any other file is a VHD when a valid footer ends or "
+        "starts it, raw when nothing in it looks like a VHD. A file that shows VHD structures "
+        "without a valid footer (a damaged VHD) is refused rather than read as raw: pass "
+        "--from raw to read it as raw anyway. DST's format comes from --to or its extension "
+        "(.vhd; .raw, .img, .bin). With --base, DST is a differencing VHD over BASE holding "
+        "the blocks that differ from it.",
+    )
+    p.add_argument("src", metavar="SRC", help="input file: a raw disk or a VHD (with its parents)")
+    p.add_argument("dst", metavar="DST", help="output file, or - for stdout")
+    p.add_argument(
+        "--from",
+        dest="src_format",
+        choices=["raw", "vhd"],
+        help="read SRC as this format, whatever its name and content",
+    )
     p.add_argument("--to", choices=["raw", "vhd"], help="output format (default: DST's extension)")
     p.add_argument("--base", help="write a differencing VHD of SRC relative to the VHD BASE")
     p.set_defaults(run=convert_command)
@@ -137,12 +153,12 @@ def create_command(args: argparse.Namespace) -> int:
 
 
 def convert_command(args: argparse.Namespace) -> int:
-    """``xfer vhd convert SRC DST [--to raw|vhd] [--base BASE]``."""
+    """``xfer vhd convert SRC DST [--from raw|vhd] [--to raw|vhd] [--base BASE]``."""
     to = args.to or ("vhd" if args.base else _EXTENSIONS.get(os.path.splitext(args.dst)[1].lower()))
     if to is None:
         raise VhdError(f"cannot tell the output format from {args.dst!r}: pass --to raw or vhd")
     if args.dst == "-" and sys.stdout.isatty():
         raise VhdError("refusing to write a disk image to a terminal")
     sys.stdout.flush()
-    convert(args.src, args.dst, to, base=args.base)
+    convert(args.src, args.dst, to, base=args.base, src_format=args.src_format)
     return 0

@@ -34,7 +34,11 @@ test: venv deps lint
 demo: venv deps
 	$(PY) -m migrate.cli.demo
 
-bench: venv deps
+$(VENV)/.bench-stamp: $(VENV)/.stamp
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: venv deps $(VENV)/.bench-stamp
 	@missing=; \
 	command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || missing="$$missing nginx-light"; \
 	command -v iperf3 >/dev/null 2>&1 || missing="$$missing iperf3"; \

@@ -1,74 +1,55 @@
 """Benchmark: ``xfer vhd convert`` against ``qemu-img convert``, raw <-> VHD (dynamic).
 
-What it measures, mirroring the peer anchor ``/work/shared/anchors/qemu_img.sh``:
+Three raw disks (dense random data; sparse, 5% of its 2 MiB blocks holding data; wide, that
+data over 32 times the virtual size), each converted to VHD and back by both tools, timed whole
+with the peak RSS of each command, interleaved, after warm-up runs; then xfer's round trip and
+its VHD are checked against the source. The targets: xfer twice qemu-img's throughput on the
+dense disk, a cost that follows the data on the sparse and wide ones, a bounded RSS.
+bench/README.md gives each command and how to read the figures. From the repository root::
 
-* three raw disks in a fresh temporary directory: *dense* (``--size``, default 2 GiB, random
-  data throughout), *sparse* (the same size, a sparse file where 5% of the 2 MiB blocks, spread
-  evenly, hold random data) and *wide* (the sparse disk's data spread over 32 times the virtual
-  size: whether the cost follows the data or the virtual size);
-* for each disk, four commands, each run as a subprocess:
-
-  - raw -> vhd, xfer:     ``xfer vhd convert X.raw X.xfer.vhd``
-  - raw -> vhd, qemu-img: ``qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on
-    X.raw X.qemu.vhd``
-  - vhd -> raw, xfer:     ``xfer vhd convert X.xfer.vhd X.back.raw``
-  - vhd -> raw, qemu-img: ``qemu-img convert -f vpc -O raw X.qemu.vhd X.qback.raw``
-
-  Each is timed with ``time.perf_counter`` (the whole process: start-up included) and its
-  peak RSS read from ``os.wait4`` (``ru_maxrss``). Every measurement is repeated ``--repeat``
-  times (default 5; xfer and qemu-img runs interleaved) after ``--warmup`` untimed runs
-  (default 1); the best run is what the ratios and targets use (noise on a shared VM only
-  ever adds time: its page-cache writes vary several-fold from run to run) and the median is
-  printed beside it. Outputs are removed before each run and
-  ``os.sync()`` is called before each timed command, so earlier writeback does not bias it.
-  Nothing is dropped from the page cache: the command's input is read once before the timer
-  starts so that it is cached (as it would be right after being written, whatever reclaim did
-  meanwhile), and neither tool syncs its output, so these are page-cache throughputs;
-* xfer's start-up (``xfer --help``: interpreter and imports), which the sparse targets
-  subtract;
-* correctness, once per disk: xfer's round trip (raw -> vhd -> raw) equals the source, and
-  ``qemu-img compare -f vpc -F raw X.xfer.vhd X.raw`` succeeds.
-
-It prints the machine and command line, a table (throughput on the virtual size, the ratio
-xfer/qemu-img of throughputs, peak RSS, allocated size of each output) and the targets as
-PASS/FAIL. The exit status is 0 whatever the targets say (it is a report), 1 if a correctness
-check or a command fails.
-
-Run from the repository root::
-
-    .venv/bin/python bench/vhd_convert.py              # 2 GiB disks, 3 repeats: a couple of minutes
+    .venv/bin/python bench/vhd_convert.py              # 2 GiB disks, 5 runs: a few minutes
     .venv/bin/python bench/vhd_convert.py --quick      # 256 MiB disks: a fast smoke run
     .venv/bin/python bench/vhd_convert.py --size 4G --repeat 5 --dir /var/tmp
-
-The warm-up is there because the first write of a few GiB into fresh page cache can cost
-several times a later one (on a VM whose memory the host backs lazily); ``--warmup 0``
-keeps every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import cache, xfer_command
+from common import (
+    BLOCK,
+    CHUNK,
+    MIB,
+    BenchError,
+    Outcome,
+    Runs,
+    cache,
+    check_space,
+    find_tool,
+    load,
+    make_random,
+    make_sparse,
+    print_header,
+    print_noisy,
+    print_table,
+    print_targets,
+    progress,
+    run,
+    startup,
+    terminated_as_exit,
+    work_directory,
+    xfer_command,
+)
 
 from migrate.cli.units import parse_size
 
-MIB = 1 << 20
-BLOCK = 2 * MIB
-"""Granularity of the sparse disk's data: the VHD default block size."""
-CHUNK = 4 * MIB
-"""Write and compare buffer size."""
 SPARSE_FRACTION = 0.05
 QUICK_SIZE = 256 * MIB
 DEFAULT_SIZE = "2G"
@@ -81,37 +62,24 @@ WIDE = 32
 """The wide disk holds the sparse disk's data spread over this many times its virtual size."""
 WIDE_TARGET = 1.5
 """Time may grow at most this much from the sparse disk to the wide one: it follows the data."""
-NOISY = 1.25
-"""Timed runs of one command further apart than this ratio are listed after the table."""
 
 QEMU_TO_VHD = shlex.split("qemu-img convert -f raw -O vpc -o subformat=dynamic,force_size=on")
 """The peer's raw -> VHD command, as in the anchor; the source and output paths follow."""
 QEMU_TO_RAW = shlex.split("qemu-img convert -f vpc -O raw")
-ROOT = Path(__file__).resolve().parent.parent
 
 
-class BenchError(Exception):
-    """A command failed or a result is wrong: the run cannot be trusted."""
+@dataclass(kw_only=True)
+class Result(Runs):
+    """The timed runs of one command: their seconds and peak RSS, and the allocated size of
+    its output after the last one."""
 
+    rss_kib: list[int] = field(default_factory=list)
+    allocated: int = 0
 
-@dataclass(frozen=True)
-class Sample:
-    """One run of one command."""
-
-    seconds: float
-    rss_kib: int
-
-
-@dataclass(frozen=True)
-class Result:
-    """The best and median of the repeats of one command, and the allocated size of its output."""
-
-    seconds: float
-    """The best timed run: noise on a shared VM only ever adds time."""
-    median: float
-    rss_mib: float
-    allocated: int
-    samples: tuple[Sample, ...]
+    @property
+    def rss_mib(self) -> float:
+        """The median peak RSS of the runs."""
+        return statistics.median(self.rss_kib) / 1024
 
 
 @dataclass(frozen=True)
@@ -126,8 +94,8 @@ class Row:
 
     @property
     def ratio(self) -> float:
-        """xfer throughput over qemu-img throughput (> 1: xfer is faster)."""
-        return self.qemu.seconds / self.xfer.seconds
+        """xfer throughput over qemu-img throughput, best runs (> 1: xfer is faster)."""
+        return self.qemu.best / self.xfer.best
 
 
 def disk_size(text: str) -> int:
@@ -175,107 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- the machine ---------------------------------------------------------------------------
-
-
-def qemu_img_version() -> str:
-    """The first line of ``qemu-img --version``."""
-    out = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True, check=True)
-    return out.stdout.splitlines()[0].strip()
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or the machine type."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def file_system(path: Path) -> str:
-    """The type of the file system ``path`` lives on, from /proc/self/mounts."""
-    target, best, kind = str(path.resolve()), "", "?"
-    try:
-        with open("/proc/self/mounts") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 3:
-                    continue
-                mount = fields[1].replace("\\040", " ")
-                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) >= len(best):
-                    best, kind = mount, fields[2]
-    except OSError:
-        pass
-    return kind
-
-
-def print_header(args: argparse.Namespace, workdir: Path, xfer: list[str]) -> None:
-    """The machine, the versions and the command line."""
-    nproc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print("vhd_convert benchmark: xfer vhd convert vs qemu-img convert (raw <-> dynamic VHD)")
-    print(f"command:  {shlex.join([sys.executable, *sys.argv])}")
-    print(f"machine:  nproc {nproc}, {cpu_model()}, Linux {platform.release()}")
-    print(f"python:   {platform.python_version()} ({sys.executable})")
-    print(f"qemu-img: {qemu_img_version()}")
-    print(f"xfer:     {shlex.join(xfer)}")
-    print(f"dir:      {workdir} ({file_system(workdir)})")
-    print(f"load:     {load()} at the start (other work on the machine skews the timings)")
-    print(
-        f"runs:     {args.size // MIB} MiB disks; {args.warmup} warm-up + {args.repeat} timed "
-        "runs per command, best kept; before each: os.sync(), input read into the cache"
-    )
-    print(flush=True)
-
-
-def load() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def progress(text: str) -> None:
-    """A progress line on stderr, so stdout holds only the report."""
-    print(text, file=sys.stderr, flush=True)
-
-
 # --- the disks -----------------------------------------------------------------------------
-
-
-def make_dense(path: Path, size: int) -> None:
-    """A raw disk of ``size`` random bytes."""
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(CHUNK, left)
-            f.write(os.urandom(n))
-            left -= n
-
-
-def sparse_blocks(size: int, count: int) -> list[int]:
-    """``count`` 2 MiB blocks of a disk of ``size``, spread evenly: where the data goes."""
-    total = size // BLOCK
-    return [i * total // count for i in range(count)]
 
 
 def sparse_count(size: int) -> int:
     """How many blocks of the sparse disk hold data: ``SPARSE_FRACTION`` of them."""
     return max(1, round(size // BLOCK * SPARSE_FRACTION))
-
-
-def make_sparse(path: Path, size: int, count: int) -> float:
-    """A sparse raw disk of ``size`` with random data in ``count`` blocks spread evenly;
-    returns the fraction of the disk that holds data."""
-    blocks = sparse_blocks(size, count)
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for b in blocks:
-            f.seek(b * BLOCK)
-            f.write(os.urandom(BLOCK))
-    return len(blocks) * BLOCK / size
 
 
 def allocated(path: Path) -> int:
@@ -302,58 +175,32 @@ class Command:
     dst: Path
 
 
-def run_once(command: Command, log: Path) -> Sample:
-    """Run ``command`` once, timed: its output removed, everything synced, its input cached."""
-    remove(command.dst)
-    os.sync()
-    cache(command.src)
-    with open(log, "wb") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            command.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=ROOT
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
-    if proc.returncode != 0:
-        text = log.read_text(errors="replace").strip()
-        raise BenchError(f"{shlex.join(command.argv)} exited with {proc.returncode}: {text}")
-    return Sample(seconds, usage.ru_maxrss)  # ru_maxrss: KiB on Linux
-
-
 def measure_pair(
     label: str, commands: tuple[Command, Command], runs: tuple[int, int]
 ) -> tuple[Result, Result]:
     """Run the xfer and qemu-img commands, interleaved: ``runs`` = (warm-up, timed) per command.
-
-    Returns the medians of the timed runs. The outputs of the last runs are left in place for
-    the next step and the checks.
-    """
+    Before each run its output is removed, ``os.sync()`` called (earlier writeback must not
+    bias it) and its input read into the cache. The outputs of the last runs are left in place
+    for the next step and the checks."""
     warmup, repeat = runs
-    log = commands[0].dst.with_suffix(".log")
-    timed: tuple[list[Sample], list[Sample]] = ([], [])
+    results = (Result(), Result())
     for i in range(-warmup, repeat):
-        for command, samples in zip(commands, timed, strict=True):
-            s = run_once(command, log)
+        for command, result in zip(commands, results, strict=True):
+            remove(command.dst)
+            os.sync()
+            cache(command.src)
+            done = run(command.argv)
             if i >= 0:
-                samples.append(s)
+                result.seconds.append(done.seconds)
+                result.rss_kib.append(done.peak_rss_kib)
             which = f"run {i + 1}/{repeat}" if i >= 0 else "warm-up"
             progress(
-                f"  {label} {command.tool:<8} {which:>7}: {s.seconds:7.3f} s, "
-                f"peak RSS {s.rss_kib / 1024:6.1f} MiB"
+                f"  {label} {command.tool:<8} {which:>7}: {done.seconds:7.3f} s, "
+                f"peak RSS {done.peak_rss_kib / 1024:6.1f} MiB"
             )
-    remove(log)
-    results = tuple(
-        Result(
-            seconds=min(s.seconds for s in samples),
-            median=statistics.median(s.seconds for s in samples),
-            rss_mib=statistics.median(s.rss_kib for s in samples) / 1024,
-            allocated=allocated(command.dst),
-            samples=tuple(samples),
-        )
-        for command, samples in zip(commands, timed, strict=True)
-    )
-    return results[0], results[1]
+    for command, result in zip(commands, results, strict=True):
+        result.allocated = allocated(command.dst)
+    return results
 
 
 # --- checks --------------------------------------------------------------------------------
@@ -376,20 +223,25 @@ def same_bytes(a: Path, b: Path) -> str | None:
             offset += len(ca)
 
 
-def qemu_same(a: Path, b: Path) -> str | None:
-    """None if ``qemu-img compare`` finds the raw files identical (it skips holes)."""
-    out = subprocess.run(
-        ["qemu-img", "compare", "-f", "raw", "-F", "raw", str(a), str(b)],
-        capture_output=True,
-        text=True,
-    )
-    return None if out.returncode == 0 else (out.stdout + out.stderr).strip()
+def qemu_compare(*args: str) -> str | None:
+    """None if ``qemu-img compare ARGS`` finds the images identical (it skips holes), else
+    what it says."""
+    try:
+        run(["qemu-img", "compare", *args])
+    except BenchError as e:
+        return str(e)
+    return None
 
 
 def verify(disk: str, raw: Path, xfer_vhd: Path, back: Path, qback: Path) -> list[str]:
     """The correctness checks of one disk; returns the failures (empty when all pass)."""
     failures = []
-    same_contents = qemu_same if disk == "wide" else same_bytes
+
+    def same_contents(a: Path, b: Path) -> str | None:
+        if disk == "wide":
+            return qemu_compare("-f", "raw", "-F", "raw", str(a), str(b))
+        return same_bytes(a, b)
+
     problem = same_contents(raw, back)
     progress(f"  check {disk}: xfer round trip equals the source: {problem or 'yes'}")
     if problem:
@@ -398,12 +250,10 @@ def verify(disk: str, raw: Path, xfer_vhd: Path, back: Path, qback: Path) -> lis
     progress(f"  check {disk}: qemu-img round trip equals the source: {problem or 'yes'}")
     if problem:
         failures.append(f"{disk}: qemu-img round trip (raw -> vpc -> raw): {problem}")
-    cmd = ["qemu-img", "compare", "-f", "vpc", "-F", "raw", str(xfer_vhd), str(raw)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    text = (out.stdout + out.stderr).strip().replace("\n", "; ")
-    progress(f"  check {disk}: {shlex.join(cmd[:6])} ... -> {out.returncode}: {text}")
-    if out.returncode != 0:
-        failures.append(f"{disk}: qemu-img compare {xfer_vhd.name} {raw.name}: {text}")
+    problem = qemu_compare("-f", "vpc", "-F", "raw", str(xfer_vhd), str(raw))
+    progress(f"  check {disk}: qemu-img compare -f vpc -F raw xfer's VHD: {problem or 'same'}")
+    if problem:
+        failures.append(f"{disk}: qemu-img compare {xfer_vhd.name} {raw.name}: {problem}")
     return failures
 
 
@@ -446,7 +296,7 @@ def bench_disk(
 # --- the report ----------------------------------------------------------------------------
 
 
-def print_table(rows: list[Row]) -> None:
+def print_rows(rows: list[Row]) -> None:
     """The results, one line per disk and direction."""
     head = (
         "disk",
@@ -463,19 +313,19 @@ def print_table(rows: list[Row]) -> None:
         "xfer alloc MiB",
         "qemu alloc MiB",
     )
-    lines = [head]
+    lines = []
     for r in rows:
         mib = r.size / MIB
         lines.append(
             (
                 r.disk,
                 r.direction,
-                f"{r.xfer.seconds:.3f}",
-                f"{r.qemu.seconds:.3f}",
+                f"{r.xfer.best:.3f}",
+                f"{r.qemu.best:.3f}",
                 f"{r.xfer.median:.3f}",
                 f"{r.qemu.median:.3f}",
-                f"{mib / r.xfer.seconds:.0f}",
-                f"{mib / r.qemu.seconds:.0f}",
+                f"{mib / r.xfer.best:.0f}",
+                f"{mib / r.qemu.best:.0f}",
                 f"{r.ratio:.2f}",
                 f"{r.xfer.rss_mib:.1f}",
                 f"{r.qemu.rss_mib:.1f}",
@@ -483,96 +333,56 @@ def print_table(rows: list[Row]) -> None:
                 f"{r.qemu.allocated / MIB:.1f}",
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    for n, line in enumerate(lines):
-        cells = [
-            c.ljust(w) if i < 2 else c.rjust(w)
-            for i, (c, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        print("  ".join(cells).rstrip())
-        if n == 0:
-            print("  ".join("-" * w for w in widths))
-    print()
+    print_table(head, lines, left={0, 1})
 
 
-def print_spread(rows: list[Row], limit: float = NOISY) -> None:
-    """The measurements whose timed runs differ by more than ``limit`` (slowest / fastest)."""
-    noisy = [
-        f"{r.disk} {r.direction} {name}: "
-        + ", ".join(f"{s.seconds:.3f}" for s in result.samples)
-        + " s"
-        for r in rows
-        for name, result in (("xfer", r.xfer), ("qemu-img", r.qemu))
-        if max(s.seconds for s in result.samples) > limit * min(s.seconds for s in result.samples)
-    ]
-    if noisy:
-        print(f"noisy (slowest timed run > {limit:.2f} x fastest):")
-        for line in noisy:
-            print(f"  {line}")
-        print()
-
-
-def startup(xfer: list[str], repeat: int) -> float:
-    """Median seconds of ``xfer --help``: the interpreter and imports every xfer run pays."""
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        subprocess.run([*xfer, "--help"], stdout=subprocess.DEVNULL, check=True, cwd=ROOT)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def summary(rows: list[Row], fraction: float, started: float) -> list[tuple[str, bool, str]]:
-    """The targets of the issue: (target, met, measured value)."""
+def summary(rows: list[Row], fraction: float, started: float) -> list[Outcome]:
+    """The targets of the issue, judged on the best runs."""
     by = {(r.disk, r.direction): r for r in rows}
     out = []
     for direction in ("raw->vhd", "vhd->raw"):
         r = by[("dense", direction)]
         out.append(
-            (
+            Outcome(
                 f"dense {direction} ratio >= {RATIO_TARGET:.1f}",
                 r.ratio >= RATIO_TARGET,
-                f"{r.ratio:.2f} (xfer {r.xfer.seconds:.3f} s, qemu-img {r.qemu.seconds:.3f} s)",
+                f"{r.ratio:.2f} (xfer {r.xfer.best:.3f} s, qemu-img {r.qemu.best:.3f} s)",
             )
         )
     limit = SPARSE_OVERHEAD + fraction
     for direction in ("raw->vhd", "vhd->raw"):
         dense, sparse, wide = (by[(d, direction)] for d in ("dense", "sparse", "wide"))
-        share = (sparse.xfer.seconds - started) / (dense.xfer.seconds - started)
+        share = (sparse.xfer.best - started) / (dense.xfer.best - started)
         out.append(
-            (
+            Outcome(
                 f"sparse {direction}: xfer sparse/dense time net of start-up <= {limit:.2f} "
                 f"({SPARSE_OVERHEAD} + data fraction {fraction:.3f})",
                 share <= limit,
-                f"{share:.3f} ({sparse.xfer.seconds:.3f} s / {dense.xfer.seconds:.3f} s, "
+                f"{share:.3f} ({sparse.xfer.best:.3f} s / {dense.xfer.best:.3f} s, "
                 f"less {started:.3f} s each)",
             )
         )
-        growth = wide.xfer.seconds / sparse.xfer.seconds
+        growth = wide.xfer.best / sparse.xfer.best
         out.append(
-            (
+            Outcome(
                 f"sparse {direction}: same data, {WIDE}x the virtual size: xfer time "
                 f"<= {WIDE_TARGET:.1f}x",
                 growth <= WIDE_TARGET,
-                f"{growth:.2f}x ({wide.xfer.seconds:.3f} s / {sparse.xfer.seconds:.3f} s; "
-                f"qemu-img {wide.qemu.seconds / sparse.qemu.seconds:.2f}x)",
+                f"{growth:.2f}x ({wide.xfer.best:.3f} s / {sparse.xfer.best:.3f} s; "
+                f"qemu-img {wide.qemu.best / sparse.qemu.best:.2f}x)",
             )
         )
-    peak = max(s.rss_kib for r in rows for s in r.xfer.samples) / 1024
+    peak = max(kib for r in rows for kib in r.xfer.rss_kib) / 1024
     out.append(
-        (f"xfer peak RSS < {RSS_TARGET_MIB:.0f} MiB", peak < RSS_TARGET_MIB, f"{peak:.1f} MiB")
+        Outcome(
+            f"xfer peak RSS < {RSS_TARGET_MIB:.0f} MiB", peak < RSS_TARGET_MIB, f"{peak:.1f} MiB"
+        )
     )
     return out
 
 
-def print_summary(targets: list[tuple[str, bool, str]], failures: list[str], quick: bool) -> None:
-    """The targets as PASS/FAIL, then the correctness checks."""
-    print("targets:")
-    width = max(len(name) for name, _, _ in targets)
-    for name, met, value in targets:
-        print(f"  {'PASS' if met else 'FAIL'}  {name:<{width}}  measured {value}")
-    if quick:
-        print("  (--quick: start-up weighs heavily on small disks; judge targets on 2 GiB runs)")
+def print_failures(failures: list[str]) -> None:
+    """The correctness checks: each failure, or that all passed."""
     print()
     print("correctness:")
     if failures:
@@ -588,44 +398,52 @@ def print_summary(targets: list[tuple[str, bool, str]], failures: list[str], qui
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 whatever the targets say, 1 if a check or a command fails."""
     args = parse_args(argv)
-    if shutil.which("qemu-img") is None:
+    if find_tool("qemu-img") is None:
         print("vhd_convert: qemu-img not found (make deps installs it)", file=sys.stderr)
         return 1
-    parent = args.dir or Path("/tmp")
-    need = 5 * args.size + 64 * MIB  # dense: source, two VHDs and two raw copies at once
-    free = shutil.disk_usage(parent).free
-    if free < need:
-        print(
-            f"vhd_convert: {parent} has {free // MIB} MiB free, needs {need // MIB} MiB",
-            file=sys.stderr,
-        )
-        return 1
-    xfer = xfer_command()
-    workdir = Path(tempfile.mkdtemp(prefix="vhd-bench-", dir=parent))
-    rows: list[Row] = []
-    failures: list[str] = []
+    parent = args.dir or Path(tempfile.gettempdir())
     try:
-        print_header(args, workdir, xfer)
-        count = sparse_count(args.size)
-        fraction = count * BLOCK / args.size
-        wide = args.size * WIDE
-        for disk, size in (("dense", args.size), ("sparse", args.size), ("wide", wide)):
-            raw = workdir / f"{disk}.raw"
-            progress(f"making {disk} disk: {raw}")
-            if disk == "dense":
-                make_dense(raw, size)
-            else:
-                make_sparse(raw, size, count)
-            progress(f"  {allocated(raw) // MIB} MiB allocated of {size // MIB} MiB")
-            disk_rows, disk_failures = bench_disk(disk, raw, size, xfer, (args.warmup, args.repeat))
-            rows += disk_rows
-            failures += disk_failures
-        started = startup(xfer, args.repeat)
+        check_space(parent, 5 * args.size + 64 * MIB)  # dense: source, 2 VHDs, 2 raw copies
     except BenchError as e:
         print(f"vhd_convert: {e}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    xfer = xfer_command()
+    rows: list[Row] = []
+    failures: list[str] = []
+    count = sparse_count(args.size)
+    fraction = count * BLOCK / args.size
+    wide = args.size * WIDE
+    with terminated_as_exit(), work_directory(parent, "vhd-bench-") as workdir:
+        try:
+            print_header(
+                "vhd_convert benchmark: xfer vhd convert vs qemu-img convert (raw <-> dynamic VHD)",
+                xfer,
+                ("qemu-img",),
+                workdir,
+            )
+            print(
+                f"runs:     {args.size // MIB} MiB disks; {args.warmup} warm-up + {args.repeat} "
+                "timed runs per command, best kept; before each: os.sync(), input read into "
+                "the cache"
+            )
+            print(flush=True)
+            for disk, size in (("dense", args.size), ("sparse", args.size), ("wide", wide)):
+                raw = workdir / f"{disk}.raw"
+                progress(f"making {disk} disk: {raw}")
+                if disk == "dense":
+                    make_random(raw, size)
+                else:
+                    make_sparse(raw, size, count)
+                progress(f"  {allocated(raw) // MIB} MiB allocated of {size // MIB} MiB")
+                disk_rows, disk_failures = bench_disk(
+                    disk, raw, size, xfer, (args.warmup, args.repeat)
+                )
+                rows += disk_rows
+                failures += disk_failures
+            started = startup(xfer, args.repeat)
+        except BenchError as e:
+            print(f"vhd_convert: {e}", file=sys.stderr)
+            return 1
     print(f"load at the end: {load()}")
     print(
         f"sparse disk: {count} of {args.size // BLOCK} blocks of 2 MiB hold data "
@@ -637,9 +455,17 @@ def main(argv: list[str] | None = None) -> int:
     print("the best; xfer/qemu = xfer throughput / qemu-img throughput, best against best;")
     print("RSS is the median peak; alloc is the output's st_blocks * 512 after the last run")
     print()
-    print_table(rows)
-    print_spread(rows)
-    print_summary(summary(rows, fraction, started), failures, args.quick)
+    print_rows(rows)
+    print_noisy(
+        [
+            (f"{r.disk} {r.direction} {name}", result)
+            for r in rows
+            for name, result in (("xfer", r.xfer), ("qemu-img", r.qemu))
+        ]
+    )
+    note = "--quick: start-up weighs heavily on small disks; judge targets on 2 GiB runs"
+    print_targets(summary(rows, fraction, started), note if args.quick else None)
+    print_failures(failures)
     return 1 if failures else 0
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["IPv4", "IPv6"]
 """An address family as XenAPI names it (``primary_address_type``), and everywhere else."""
+FAMILIES: tuple[Family, ...] = ("IPv4", "IPv6")
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
@@ -66,9 +67,7 @@ class Host:
 
     def host_port(self, port: int | None = None) -> str:
         """``192.0.2.1:80``, ``[2001:db8::1]:443``, ``[fe80::1%eth0]:80``, ``name:80``."""
-        port = self.effective_port(port)
-        host = f"[{self.address}]" if self.family == "IPv6" else self.address
-        return f"{host}:{port}"
+        return _host_port(self.address, self.effective_port(port))
 
     def url(self, path: str = "/", *, scheme: str | None = None, port: int | None = None) -> str:
         """``http://[2001:db8::1]:8443/``: brackets for IPv6, ``%25`` before a zone (RFC 6874),
@@ -113,6 +112,31 @@ def parse_host(text: str, *, allow_port_zero: bool = False) -> Host:
         return _literal(raw, None, None, raw, allow_port_zero, in_brackets=False)
     host, sep, port = raw.partition(":")
     return _literal(host, port if sep else None, None, raw, allow_port_zero, in_brackets=False)
+
+
+def parse_url_host(text: str) -> Host:
+    """The host of a URL as HTTP libraries hand it over: without brackets, a zone still
+    ``%25``-encoded (``fe80::1%25eth0``), no port."""
+    return parse_host(f"[{text}]" if ":" in text and not text.startswith("[") else text)
+
+
+def sockaddr_host_port(sockaddr: tuple[Any, ...]) -> str:
+    """A socket address (as the ``socket`` module gives it) as ``host:port`` text:
+    ``192.0.2.1:80``, ``[2001:db8::1]:80``, ``[fe80::1%eth0]:80``. Not validated: it names
+    what a socket was given or reported."""
+    return _host_port(str(sockaddr[0]), int(sockaddr[1]))
+
+
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def parse_family(text: str) -> Family:
+    """``IPv4`` or ``IPv6``, from that text in any case; AddressError otherwise."""
+    for family in FAMILIES:
+        if text.strip().lower() == family.lower():
+            return family
+    raise AddressError(f"unknown address family {text!r}: expected IPv4 or IPv6")
 
 
 def _parse_url(raw: str, allow_port_zero: bool) -> Host:

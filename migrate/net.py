@@ -4,21 +4,29 @@ Resolution goes through trio's getaddrinfo with the bare host (never brackets, z
 link-local addresses); the results are ordered with the preferred family first and the
 families interleaved (RFC 8305 section 4), and connection attempts start one after another,
 ``delay`` apart or as soon as the previous one fails, the first to succeed winning and the
-others cancelled (RFC 8305 section 5).
+others cancelled (RFC 8305 section 5). The command line's connections come through here, and
+so will migration's.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
 import trio
 
-from migrate.addresses import Family, Host, parse_host
+from migrate.addresses import Family, Host, parse_host, sockaddr_host_port
+from migrate.nursery import open_nursery
 
-FAMILIES: dict[Family, socket.AddressFamily] = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
+SOCKET_FAMILIES: dict[Family, socket.AddressFamily] = {
+    "IPv4": socket.AF_INET,
+    "IPv6": socket.AF_INET6,
+}
 HAPPY_EYEBALLS_DELAY = 0.25
 """RFC 8305's recommended connection attempt delay, in seconds."""
+CONNECT_TIMEOUT = 30.0
+"""Seconds to resolve and connect, all attempts together, unless told otherwise."""
 
 Target = tuple[socket.AddressFamily, Any]
 """An address family and the socket address to connect to."""
@@ -28,9 +36,13 @@ class ConnectError(OSError):
     """No address of a host accepted a connection; the message lists each attempt's error."""
 
 
+class ConnectTimeout(ConnectError):
+    """No address of a host accepted a connection within the time allowed."""
+
+
 def order_targets(targets: list[Target], prefer: Family) -> list[Target]:
     """``targets`` deduplicated, the preferred family first, then the families alternating."""
-    first = FAMILIES[prefer]
+    first = SOCKET_FAMILIES[prefer]
     seen: set[tuple[int, Any]] = set()
     preferred: list[Target] = []
     others: list[Target] = []
@@ -55,7 +67,7 @@ async def resolve(host: Host | str, port: int, *, prefer: Family = "IPv6") -> li
     except socket.gaierror as e:
         raise ConnectError(f"cannot resolve {parsed.address}: {e.strerror}") from None
     targets = [(family, sockaddr) for family, _, _, _, sockaddr in infos]
-    return order_targets([t for t in targets if t[0] in FAMILIES.values()], prefer)
+    return order_targets([t for t in targets if t[0] in SOCKET_FAMILIES.values()], prefer)
 
 
 async def connect(
@@ -64,9 +76,11 @@ async def connect(
     *,
     prefer: Family = "IPv6",
     delay: float = HAPPY_EYEBALLS_DELAY,
-    timeout: float = 30.0,
+    timeout: float = CONNECT_TIMEOUT,
 ) -> trio.SocketStream:
-    """A TCP stream to ``host`` (any form :func:`parse_host` takes) on ``port`` or its own."""
+    """A TCP stream to ``host`` (any form :func:`parse_host` takes) on ``port`` or its own:
+    its addresses tried ``prefer`` family first, one every ``delay`` seconds, the first to
+    connect winning; ConnectTimeout after ``timeout`` seconds in all."""
     parsed = host if isinstance(host, Host) else parse_host(host)
     number = parsed.effective_port(port)
     with trio.move_on_after(timeout) as scope:
@@ -75,7 +89,7 @@ async def connect(
             raise ConnectError(f"{parsed.address} has no IPv4 or IPv6 address")
         return await _race(targets, delay)
     assert scope.cancelled_caught
-    raise ConnectError(f"connecting to {parsed.host_port(number)} timed out after {timeout} s")
+    raise ConnectTimeout(f"connecting to {parsed.host_port(number)} timed out after {timeout:g} s")
 
 
 async def _race(targets: list[Target], delay: float) -> trio.SocketStream:
@@ -91,7 +105,8 @@ async def _race(targets: list[Target], delay: float) -> trio.SocketStream:
             await sock.connect(sockaddr)
         except OSError as e:
             sock.close()
-            errors.append(f"{_show(target)}: {e.strerror or e}")
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            errors.append(f"{sockaddr_host_port(sockaddr)}: {reason}")
             failed.set()
             return
         except BaseException:
@@ -103,7 +118,7 @@ async def _race(targets: list[Target], delay: float) -> trio.SocketStream:
         winner = sock
         nursery.cancel_scope.cancel()
 
-    async with trio.open_nursery() as nursery:
+    async with open_nursery() as nursery:
         for target in targets:
             failed = trio.Event()
             nursery.start_soon(attempt, target, failed, nursery)
@@ -113,9 +128,3 @@ async def _race(targets: list[Target], delay: float) -> trio.SocketStream:
         raise ConnectError("; ".join(errors))
     winner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return trio.SocketStream(winner)
-
-
-def _show(target: Target) -> str:
-    family, sockaddr = target
-    host, port = sockaddr[0], sockaddr[1]
-    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"

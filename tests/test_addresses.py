@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import socket
+import urllib.parse
+
 import pytest
 
-from migrate.addresses import AddressError, Host, canonical, parse_host
+from migrate.addresses import (
+    AddressError,
+    Host,
+    canonical,
+    parse_family,
+    parse_host,
+    parse_url_host,
+    sockaddr_host_port,
+)
 
 # input, canonical address, family (None: a name), port, URL form, host:port form
 # (port 80 where none is given)
@@ -195,3 +206,45 @@ def test_url_options() -> None:
     with pytest.raises(AddressError, match="scheme"):
         host.url(scheme="ftp")
     assert Host("192.0.2.1", "IPv4").url() == "http://192.0.2.1/"
+
+
+@pytest.mark.parametrize(("text", "address", "family", "port", "url", "host_port"), TABLE)
+def test_the_host_of_each_url_as_http_libraries_give_it(
+    text: str, address: str, family: str | None, port: int | None, url: str, host_port: str
+) -> None:
+    """The URL's host without brackets, a zone still ``%25``-encoded, parses to the host."""
+    given = urllib.parse.urlsplit(url).hostname
+    assert given is not None
+    host = parse_url_host(given)
+    assert (host.address, host.family, host.port) == (address, family, None)
+
+
+def test_url_host_forms() -> None:
+    assert parse_url_host("fe80::1%25eth0").address == "fe80::1%eth0"
+    assert parse_url_host("fe80::1%25eth0").bare == "fe80::1"
+    assert parse_url_host("[fe80::1%25eth0]").address == "fe80::1%eth0"
+    assert parse_url_host("xen1.example").bare == "xen1.example"
+    with pytest.raises(AddressError, match="needs a zone"):
+        parse_url_host("fe80::1")
+
+
+def test_sockaddr_host_port() -> None:
+    assert sockaddr_host_port(("192.0.2.1", 80)) == "192.0.2.1:80"
+    assert sockaddr_host_port(("2001:db8::1", 443, 0, 0)) == "[2001:db8::1]:443"
+    assert sockaddr_host_port(("fe80::1%eth0", 8080, 0, 2)) == "[fe80::1%eth0]:8080"
+    # as getaddrinfo gives them
+    ((*_, v6),) = socket.getaddrinfo("::1", 9, socket.AF_INET6, socket.SOCK_STREAM)
+    assert sockaddr_host_port(v6) == "[::1]:9"
+
+
+@pytest.mark.parametrize(
+    ("text", "family"), [("IPv4", "IPv4"), ("ipv4", "IPv4"), ("IPV6", "IPv6"), (" ipv6 ", "IPv6")]
+)
+def test_family_names(text: str, family: str) -> None:
+    assert parse_family(text) == family
+
+
+@pytest.mark.parametrize("text", ["", "4", "inet6", "IPv5"])
+def test_unknown_family_is_a_clear_error(text: str) -> None:
+    with pytest.raises(AddressError, match="expected IPv4 or IPv6"):
+        parse_family(text)

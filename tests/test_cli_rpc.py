@@ -10,10 +10,10 @@ import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpcore
 import pytest
 
-from migrate.cli.rpc_client import Client, _ZoneBackend, endpoint
+from migrate.cli.http_client import host_of
+from migrate.formats.xapi import JSONRPC_PATH
 from support import XFER, xfer_env
 from test_serve import ROOT, _Transport, serving, stop
 
@@ -99,28 +99,7 @@ def auth(daemon: Daemon, host: str | None = None) -> tuple[str, ...]:
     ],
 )
 def test_endpoint(text: str, url: str) -> None:
-    assert endpoint(text)[1] == url
-
-
-def test_zone_is_decoded_for_the_socket(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[object] = []
-
-    def fake(address: object, *args: object, **kwargs: object) -> socket.socket:
-        seen.append(address)
-        raise OSError("stop here")
-
-    monkeypatch.setattr(socket, "create_connection", fake)
-    for host in ("fe80::1%25eth0", "fe80::1%eth0", "::1"):
-        with pytest.raises(httpcore.ConnectError):
-            _ZoneBackend().connect_tcp(host, 80, timeout=1)
-    assert seen == [("fe80::1%eth0", 80), ("fe80::1%eth0", 80), ("::1", 80)]
-
-
-def test_zoned_https_checks_the_bare_address() -> None:
-    with Client("https://[fe80::1%25eth0]:8443/jsonrpc") as client:
-        assert client._extensions == {"sni_hostname": "fe80::1"}
-    with Client("https://[::1]:8443/jsonrpc") as client:
-        assert client._extensions == {}
+    assert host_of(text).url(JSONRPC_PATH) == url
 
 
 # Against a daemon
@@ -226,6 +205,17 @@ def test_connection_refused_is_one_error_line() -> None:
 @pytest.mark.parametrize("text", ["[::1", "fe80::1", "http://::1/", "ftp://[::1]/"])
 def test_bad_host_is_one_error_line(text: str) -> None:
     one_error_line(xfer("host", "info", "--host", text, "--password", "x"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("missing.pem", "No such file or directory"), ("empty.pem", "no PEM")]
+)
+def test_unusable_ca_file_is_one_error_line(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / "empty.pem").write_text("")
+    ca = str(tmp_path / name)
+    proc = xfer("host", "info", "--host", "https://[::1]:9/", "--password", "x", "--ca", ca)
+    error = one_error_line(proc)
+    assert error.startswith(f"--ca {ca}: {text}"), error
 
 
 def test_https_without_a_trusted_certificate_fails(daemon: Daemon) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.cli import transfer
+from migrate.cli.import_client import PIECE
 from migrate.cli.main import main
 from support import (
     PASSWORD,
@@ -53,7 +53,7 @@ WRITES = [(0, pattern(5000, 1)), (3 * MiB - 7, pattern(MiB + 99, 2)), (SIZE - 51
 CONTENT = disk_content(SIZE, WRITES)
 ADDRESSES = pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
 
-DISK = pattern(3 * transfer.CHUNK + 25 * SECTOR, 7)
+DISK = pattern(3 * PIECE + 25 * SECTOR, 7)
 """Longer than three pieces and not a multiple of one (whole sectors: a VDI's size)."""
 
 
@@ -375,17 +375,6 @@ def test_connection_refused_is_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize("text", ["[::1", "fe80::1", "ftp://[::1]/"])
 def test_bad_host_is_one_line(text: str) -> None:
     one_error_line(xfer_run("export", "--host", text, "--password", "x", "--vdi", "v"))
-
-
-def test_zoned_host_urls() -> None:
-    from migrate.cli.rpc_client import _socket_host, endpoint, request_extensions
-
-    host, _ = endpoint("[fe80::1%25eth0]:8080")
-    url = host.url(transfer.EXPORT_PATH)
-    assert url == "http://[fe80::1%25eth0]:8080/export_raw_vdi"
-    assert request_extensions(url) == {"sni_hostname": "fe80::1"}
-    assert request_extensions("http://[::1]:8080/") == {}
-    assert _socket_host("fe80::1%25eth0") == "fe80::1%eth0"
 
 
 # Progress

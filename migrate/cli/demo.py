@@ -24,8 +24,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from migrate.cli.rpc_client import Client
+import trio
+
+from migrate.addresses import parse_host
+from migrate.cli.commands import TIMEOUT
+from migrate.cli.http_client import Target, open_client, ssl_context
+from migrate.cli.rpc_client import open_session
 from migrate.cli.units import format_size, parse_size
+from migrate.formats.xapi import DEFAULT_USER
 from vhd import Image
 
 BLOCK = 2 << 20
@@ -235,8 +241,9 @@ class Demo:
 
     def transfer_steps(self, url: str, password: str, expected: str) -> None:
         """Import base.raw with ``xfer import --sr`` and export it back with ``xfer export``."""
-        with Client(f"{url.rstrip('/')}/jsonrpc").login("root", password) as client:
-            sr = next(iter(client.call("SR.get_all_records").values()))["uuid"]
+        sr = trio.run(
+            first_sr, Target(parse_host(url), DEFAULT_USER, password, ssl_context(), TIMEOUT)
+        )
         auth = ["--host", url]
         env = {"XFER_PASSWORD": password}
 
@@ -277,6 +284,13 @@ class Demo:
         print()
         where = f"files kept in {self.dir}" if kept else "files removed; --dir DIR keeps them"
         print(f"demo {'FAILED' if self.failed else 'passed'} ({where})")
+
+
+async def first_sr(target: Target) -> str:
+    """The uuid of the first SR of ``target``'s host, over XenAPI."""
+    async with open_client(target) as client, open_session(client, target) as session:
+        records = await session.call("SR.get_all_records")
+    return str(next(iter(records.values()))["uuid"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

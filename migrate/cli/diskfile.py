@@ -7,10 +7,6 @@ skipped over (a sparse disk stays sparse), the others in one ``pwrite`` on a sec
 descriptor of the file opened ``O_DIRECT``. What is not aligned (the first bytes of a resumed
 file up to the next :data:`ALIGN` boundary, the last bytes of the stream) goes through the
 page cache, and so does everything on a file system that refuses ``O_DIRECT``.
-
-Measured here with 2 GiB written from memory and synced: through the page cache 1.8-4.8 s and
-the sync 0.9-1.1 s more (taking fresh page-cache memory costs much and varies on this VM),
-``O_DIRECT`` 1.0-1.25 s in all.
 """
 
 from __future__ import annotations

@@ -6,60 +6,12 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any
 
 import trio
 
 from migrate.addresses import parse_host
 from migrate.interfaces import InterfaceError
 from migrate.state.schema import SchemaError
-
-
-def register(commands: Any) -> None:
-    """Add ``serve`` to ``commands``."""
-    p = commands.add_parser("serve", help="run the host daemon (XenAPI over HTTP)")
-    p.add_argument(
-        "--listen",
-        action="append",
-        metavar="ADDR",
-        help="address to listen on: IPv4, IPv6 or zoned link-local, optionally with a port "
-        "(default port 8080, 0 picks a free one); repeatable (default: [::]:8080, dual-stack)",
-    )
-    p.add_argument(
-        "--ipv6-only", action="store_true", help="the IPv6 wildcard [::] refuses IPv4 clients"
-    )
-    p.add_argument(
-        "--primary-address-type",
-        choices=["ipv4", "ipv6"],
-        default="ipv6",
-        help="the address family this host advertises (default: ipv6)",
-    )
-    p.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        help="where the database and the default SR live "
-        "(default: $XDG_DATA_HOME/xfer or ~/.local/share/xfer)",
-    )
-    p.add_argument(
-        "--sr", action="append", default=[], metavar="DIR", help="add an SR directory; repeatable"
-    )
-    p.add_argument(
-        "--password",
-        help="root's password (default: $XFER_PASSWORD, else the stored one, else generated)",
-    )
-    p.add_argument(
-        "--tls-cert",
-        metavar="FILE",
-        help="serve HTTPS (TLS 1.2+) with this PEM certificate (chain); needs --tls-key",
-    )
-    p.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
-    p.add_argument(
-        "--interface-poll",
-        type=float,
-        metavar="SECONDS",
-        help="how often the interfaces' addresses are read again (default 5)",
-    )
-    p.set_defaults(run=serve_command)
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -84,7 +36,7 @@ def serve_command(args: argparse.Namespace) -> int:
         state_dir=os.path.abspath(args.state_dir or default_state_dir()),
         listen=tuple(listen) or (WILDCARD,),
         ipv6_only=args.ipv6_only,
-        primary_address_type="IPv4" if args.primary_address_type == "ipv4" else "IPv6",
+        primary_address_type=args.primary_address_type,
         password=password,
         srs=tuple(args.sr),
         tls_cert=args.tls_cert and os.path.abspath(args.tls_cert),

@@ -8,64 +8,12 @@ import os
 import sys
 from typing import Any
 
-from migrate.cli.units import format_size, parse_size
+from migrate.cli.units import format_size
 from vhd import Image, check, convert, create, create_differencing
 from vhd.errors import VhdError
 from vhd.format import DIFFERENCING, unix_time
 
 _EXTENSIONS = {".vhd": "vhd", ".raw": "raw", ".img": "raw", ".bin": "raw"}
-
-
-def register(commands: Any) -> None:
-    """Add ``vhd`` and its subcommands to ``commands``."""
-    group = commands.add_parser("vhd", help="inspect, check, create and convert VHD images")
-    sub = group.add_subparsers(dest="vhd_command", required=True, metavar="ACTION")
-
-    p = sub.add_parser("info", help="show an image's metadata")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=info)
-
-    p = sub.add_parser("check", help="validate an image's structure (exit 1 on problems)")
-    p.add_argument("file")
-    p.set_defaults(run=check_command)
-
-    p = sub.add_parser("create", help="create an empty dynamic, fixed or differencing image")
-    p.add_argument("file")
-    p.add_argument("--size", type=_size, help="virtual size: bytes or K/M/G/T (powers of 1024)")
-    p.add_argument("--fixed", action="store_true", help="fixed (preallocated layout) image")
-    p.add_argument("--parent", help="create a differencing image over PARENT")
-    p.set_defaults(run=create_command)
-
-    p = sub.add_parser(
-        "convert",
-        help="convert between raw and VHD, or make a delta",
-        description="Convert SRC into DST. SRC is read as --from says; without it, a name "
-        "ending in .vhd is a VHD, and any other file is a VHD when a valid footer ends or "
-        "starts it, raw when nothing in it looks like a VHD. A file that shows VHD structures "
-        "without a valid footer (a damaged VHD) is refused rather than read as raw: pass "
-        "--from raw to read it as raw anyway. DST's format comes from --to or its extension "
-        "(.vhd; .raw, .img, .bin). With --base, DST is a differencing VHD over BASE holding "
-        "the blocks that differ from it.",
-    )
-    p.add_argument("src", metavar="SRC", help="input file: a raw disk or a VHD (with its parents)")
-    p.add_argument("dst", metavar="DST", help="output file, or - for stdout")
-    p.add_argument(
-        "--from",
-        dest="src_format",
-        choices=["raw", "vhd"],
-        help="read SRC as this format, whatever its name and content",
-    )
-    p.add_argument("--to", choices=["raw", "vhd"], help="output format (default: DST's extension)")
-    p.add_argument("--base", help="write a differencing VHD of SRC relative to the VHD BASE")
-    p.set_defaults(run=convert_command)
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def describe(image: Image) -> dict[str, Any]:

@@ -1,0 +1,164 @@
+"""``xfer import``: a raw disk or a VHD, from a file or standard input, into a VDI through the
+host's ``PUT /import_raw_vdi`` (an existing VDI, or a new one in an SR).
+
+A regular file is sent with its length, a pipe chunked. The file is read and hashed in pieces
+of :data:`PIECE` in a worker thread, the next piece while the current one is being sent,
+through a few reused buffers. On success it prints ``vdi UUID``, then ``sha256 HEX  FILE`` of
+the bytes sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import stat
+import sys
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import httpx
+import trio
+
+from migrate.addresses import Host
+from migrate.cli.http_client import (
+    ClientError,
+    Target,
+    failure,
+    http_errors,
+    one_line,
+    run_client,
+)
+from migrate.cli.progress import progress_bar
+from migrate.formats.xapi import FORMATS, IMPORT_PATH, REF_PREFIX
+from migrate.nursery import open_nursery
+
+PIECE = 8 << 20
+"""Bytes read from the file, hashed and sent at a time."""
+_BUFFERS = 3
+"""Buffers the pieces rotate through: one being sent, one waiting, one being read."""
+_REF = re.compile(re.escape(REF_PREFIX) + r"([0-9a-fA-F-]{36})")
+
+
+def import_command(args: argparse.Namespace) -> int:
+    """``xfer import --host HOST (--vdi UUID | --sr UUID) [--format F] [--name N] FILE``."""
+
+    async def work(client: httpx.AsyncClient, target: Target) -> int:
+        return await import_(client, target.host, args)
+
+    return run_client(args, work, basic_auth=True)
+
+
+async def import_(client: httpx.AsyncClient, host: Host, args: argparse.Namespace) -> int:
+    """Import ``args.file`` into ``host`` as the options say; the exit status."""
+    url = host.url(IMPORT_PATH)
+    if args.name is not None and args.sr is None:
+        raise ValueError("--name needs --sr (it names the new VDI)")
+    params = {"format": args.format}
+    if args.vdi:
+        params["vdi"] = args.vdi
+    else:
+        params["sr_id"] = args.sr
+        if args.name is not None:
+            params["name_label"] = args.name
+    name: str = args.file
+    if name == "-":
+        fd = sys.stdin.fileno()
+        if os.isatty(fd):
+            raise ValueError("refusing to read a disk from a terminal: give FILE or redirect")
+    else:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        # a regular file goes with its length; a pipe (or stdin that is one) chunked
+        size = info.st_size - os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(info.st_mode) else None
+        headers = {"content-type": FORMATS[args.format]}
+        if size is not None:
+            headers["content-length"] = str(size)
+        hasher = hashlib.sha256()
+        send, receive = trio.open_memory_channel[memoryview](1)
+        with progress_bar(size, 0, args.quiet) as bar:
+            async with open_nursery(prefer=(KeyboardInterrupt, ClientError)) as nursery:
+                nursery.start_soon(_read_ahead, fd, name, size, hasher, send)
+                async with receive, http_errors(url):
+                    response = await client.put(
+                        url,
+                        params=params,
+                        headers=headers,
+                        # views of reused buffers: httpcore sends each before taking the next
+                        content=cast(AsyncIterator[bytes], _pieces(receive, bar)),
+                    )
+                # a reader still waiting on a pipe after the host answered early
+                nursery.cancel_scope.cancel()
+    finally:
+        if name != "-":
+            os.close(fd)
+    if response.status_code != 200:
+        raise failure(response)
+    match = _REF.fullmatch(response.text.strip())
+    if match:
+        uuid = match.group(1).lower()
+    elif args.vdi:
+        uuid = args.vdi
+    else:
+        raise ClientError(f"{url}: the answer names no VDI: {one_line(response.text)[:200]!r}")
+    print(f"vdi {uuid}")
+    print(f"sha256 {hasher.hexdigest()}  {name}")
+    return 0
+
+
+async def _read_ahead(
+    fd: int,
+    name: str,
+    size: int | None,
+    hasher: Any,
+    send: trio.MemorySendChannel[memoryview],
+) -> None:
+    """Read ``fd`` (``size`` bytes, or to its end) in pieces, each read and hashed in a worker
+    thread while the one before is being sent; stops quietly when the request is over.
+
+    The pieces rotate through :data:`_BUFFERS` reused buffers (no fresh memory to fault in for
+    every piece): a buffer is filled again only once the piece it held has been sent, as the
+    channel holds one piece and the request takes the next only after sending the last."""
+    buffers = [memoryview(bytearray(PIECE)) for _ in range(_BUFFERS)]
+    async with send:
+        left = size
+        turn = 0
+        while left is None or left > 0:
+            buffer = buffers[turn % _BUFFERS][: PIECE if left is None else min(PIECE, left)]
+            turn += 1
+            n = await trio.to_thread.run_sync(
+                _read_piece, fd, buffer, hasher, abandon_on_cancel=True
+            )
+            if not n:
+                if left:
+                    raise ValueError(f"{name}: the file became shorter while it was being sent")
+                return
+            if left is not None:
+                left -= n
+            try:
+                await send.send(buffer[:n])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the request ended (the host answered early, or failed)
+
+
+def _read_piece(fd: int, buffer: memoryview, hasher: Any) -> int:
+    """Fill ``buffer`` from ``fd`` (less only at the end: pipes are read until it is full)
+    and hash what was read; how many bytes."""
+    have = 0
+    while have < len(buffer):
+        n = os.readv(fd, [buffer[have:]])
+        if not n:
+            break
+        have += n
+    hasher.update(buffer[:have])
+    return have
+
+
+async def _pieces(
+    receive: trio.MemoryReceiveChannel[memoryview], bar: Any
+) -> AsyncIterator[memoryview]:
+    async for data in receive:
+        bar.update(len(data))
+        yield data

@@ -239,6 +239,12 @@ def _check_port(port: int, raw: str, allow_zero: bool = False) -> int:
     return port
 
 
+def unzoned_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The IP address ``text`` names, its zone dropped: an address as an interface or a socket
+    reports it, link-local ones without their zone included. ValueError if it is none."""
+    return ipaddress.ip_address(text.partition("%")[0])
+
+
 def canonical(text: str) -> str:
     """The canonical bare form of an address or host name (no port, no brackets)."""
     return parse_host(text).address

@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import signal
-import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from migrate.host.services import HostServices
 from migrate.host.startup import prepare_state
 from migrate.http.server import Limits, Router, client_address, serve, serve_connection
 from migrate.http.tls import TLSStream
+from migrate.net import listener_url, open_listeners
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
 from migrate.transfer import export_raw_vdi, import_raw_vdi
@@ -38,10 +38,6 @@ WILDCARD = Host("::", "IPv6", DEFAULT_PORT)
 DATABASE = "xfer.db"
 INTERFACE_POLL = 5.0
 """Default seconds between two readings of the interfaces' addresses."""
-
-
-class ListenError(OSError):
-    """A listening socket could not be set up; the message names the address and why."""
 
 
 @dataclass(frozen=True)
@@ -75,70 +71,6 @@ def default_state_dir() -> str:
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "xfer")
-
-
-async def open_listeners(
-    hosts: Sequence[Host], *, ipv6_only: bool = False, backlog: int = 128
-) -> list[trio.SocketListener]:
-    """A bound, listening socket for each of ``hosts`` (IPv4 or IPv6 addresses, a link-local
-    one bound with its zone's scope id). The IPv6 wildcard ``::`` is dual-stack unless
-    ``ipv6_only``; other IPv6 addresses are IPv6 only. ListenError if any cannot be opened
-    (those already opened are closed)."""
-    listeners: list[trio.SocketListener] = []
-    try:
-        for host in hosts:
-            listeners.append(await _listen(host, ipv6_only=ipv6_only, backlog=backlog))
-    except BaseException:
-        for listener in listeners:
-            listener.socket.close()
-        raise
-    return listeners
-
-
-async def _listen(host: Host, *, ipv6_only: bool, backlog: int) -> trio.SocketListener:
-    port = DEFAULT_PORT if host.port is None else host.port
-    where = host.host_port(port)
-    if host.family is None:
-        raise ListenError(f"cannot listen on {where}: an IP address is needed, not a name")
-    bare = host.address.partition("%")[0]
-    sockaddr: tuple[str, int] | tuple[str, int, int, int]
-    if host.family == "IPv6":
-        family = socket.AF_INET6
-        sockaddr = (bare, port, 0, _scope_id(host.zone, where) if host.zone else 0)
-    else:
-        family = socket.AF_INET
-        sockaddr = (bare, port)
-    sock = trio.socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            v6only = ipv6_only or bare != "::"
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
-        await sock.bind(sockaddr)
-        sock.listen(backlog)
-    except OSError as e:
-        sock.close()
-        raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketListener(sock)
-
-
-def _scope_id(zone: str, where: str) -> int:
-    if zone.isdigit():
-        return int(zone)
-    try:
-        return socket.if_nametoindex(zone)
-    except OSError:
-        raise ListenError(f"cannot listen on {where}: no interface {zone!r}") from None
-
-
-def listener_url(host: Host, listener: trio.SocketListener, scheme: str = "http") -> str:
-    """The ``http://`` (or ``scheme``) URL of ``listener``, bound for ``host``, with the port
-    it really has."""
-    port = listener.socket.getsockname()[1]
-    return Host(host.address, host.family).url(scheme=scheme, port=port)
 
 
 class TlsError(ValueError):

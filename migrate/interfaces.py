@@ -7,12 +7,11 @@ Addresses are kept in canonical form (:mod:`migrate.addresses`), link-local ones
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import subprocess
 from dataclasses import dataclass
 
-from migrate.addresses import Family
+from migrate.addresses import Family, unzoned_ip
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def parse_ip_json(text: str) -> list[Interface]:
             family = {"inet": "IPv4", "inet6": "IPv6"}.get(info.get("family", ""))
             if family is None or "local" not in info:
                 continue
-            ip = ipaddress.ip_address(info["local"].partition("%")[0])
+            ip = unzoned_ip(info["local"])
             addresses.append(
                 InterfaceAddress(
                     str(ip),

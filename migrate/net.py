@@ -5,18 +5,21 @@ link-local addresses); the results are ordered with the preferred family first a
 families interleaved (RFC 8305 section 4), and connection attempts start one after another,
 ``delay`` apart or as soon as the previous one fails, the first to succeed winning and the
 others cancelled (RFC 8305 section 5). The command line's connections come through here, and
-so will migration's.
+so will migration's. Listening sockets are made here too: one dual-stack ``[::]`` socket by
+default, explicit (and zoned link-local) addresses, IPv6 only when asked.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import trio
 
 from migrate.addresses import Family, Host, parse_host, sockaddr_host_port
+from migrate.formats.xapi import DEFAULT_PORT
 from migrate.nursery import open_nursery
 
 SOCKET_FAMILIES: dict[Family, socket.AddressFamily] = {
@@ -128,3 +131,71 @@ async def _race(targets: list[Target], delay: float) -> trio.SocketStream:
         raise ConnectError("; ".join(errors))
     winner.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return trio.SocketStream(winner)
+
+
+class ListenError(OSError):
+    """A listening socket could not be set up; the message names the address and why."""
+
+
+async def open_listeners(
+    hosts: Sequence[Host], *, ipv6_only: bool = False, backlog: int = 128
+) -> list[trio.SocketListener]:
+    """A bound, listening socket for each of ``hosts`` (IPv4 or IPv6 addresses, a link-local
+    one bound with its zone's scope id). The IPv6 wildcard ``::`` is dual-stack unless
+    ``ipv6_only``; other IPv6 addresses are IPv6 only. ListenError if any cannot be opened
+    (those already opened are closed)."""
+    listeners: list[trio.SocketListener] = []
+    try:
+        for host in hosts:
+            listeners.append(await _listen(host, ipv6_only=ipv6_only, backlog=backlog))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
+
+async def _listen(host: Host, *, ipv6_only: bool, backlog: int) -> trio.SocketListener:
+    port = DEFAULT_PORT if host.port is None else host.port
+    where = host.host_port(port)
+    if host.family is None:
+        raise ListenError(f"cannot listen on {where}: an IP address is needed, not a name")
+    bare = host.bare
+    sockaddr: tuple[str, int] | tuple[str, int, int, int]
+    if host.family == "IPv6":
+        family = socket.AF_INET6
+        sockaddr = (bare, port, 0, _scope_id(host.zone, where) if host.zone else 0)
+    else:
+        family = socket.AF_INET
+        sockaddr = (bare, port)
+    sock = trio.socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            v6only = ipv6_only or bare != "::"
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        await sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise ListenError(f"cannot listen on {where}: {e.strerror or e}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+def _scope_id(zone: str, where: str) -> int:
+    if zone.isdigit():
+        return int(zone)
+    try:
+        return socket.if_nametoindex(zone)
+    except OSError:
+        raise ListenError(f"cannot listen on {where}: no interface {zone!r}") from None
+
+
+def listener_url(host: Host, listener: trio.SocketListener, scheme: str = "http") -> str:
+    """The ``http://`` (or ``scheme``) URL of ``listener``, bound for ``host``, with the port
+    it really has."""
+    port = listener.socket.getsockname()[1]
+    return Host(host.address, host.family).url(scheme=scheme, port=port)

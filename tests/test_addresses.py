@@ -7,6 +7,7 @@ import urllib.parse
 
 import pytest
 
+from migrate import addresses
 from migrate.addresses import (
     AddressError,
     Host,
@@ -248,3 +249,12 @@ def test_family_names(text: str, family: str) -> None:
 def test_unknown_family_is_a_clear_error(text: str) -> None:
     with pytest.raises(AddressError, match="expected IPv4 or IPv6"):
         parse_family(text)
+
+
+def test_unzoned_ip() -> None:
+    """An address as interfaces and sockets report it, zone dropped, link-local kept."""
+    assert str(addresses.unzoned_ip("fe80::1%eth0")) == "fe80::1"
+    assert str(addresses.unzoned_ip("2001:DB8::1")) == "2001:db8::1"
+    assert str(addresses.unzoned_ip("192.0.2.1")) == "192.0.2.1"
+    with pytest.raises(ValueError):
+        addresses.unzoned_ip("host.example")

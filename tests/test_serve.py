@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from migrate.addresses import parse_host
-from migrate.daemon import listener_url, open_listeners
 from migrate.host.identity import host_address
 from migrate.interfaces import Interface, InterfaceAddress, read_interfaces
+from migrate.net import listener_url, open_listeners
 from migrate.state import credentials
 from migrate.state.store import Store
 from support import XFER

@@ -1,6 +1,6 @@
 """Executing plans: one dispatch over elements, and sinks that say where their bytes land.
 
-:func:`execute` hands each element to a sink as ``literal(data)``, ``copy(file, offset,
+:func:`dispatch` hands each element to a sink as ``literal(data)``, ``copy(file, offset,
 length)`` or ``zeros(length)``. The sinks: a file written from an offset (copies through one
 reused buffer, zeros skipped so that a new file keeps holes), the same with copies by
 ``os.copy_file_range``, a pipe or socket (copies by ``os.sendfile``, zeros written) and a memory
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol, TypeVar
 
 from vhd.elements import Copy, Element, Literal
 from vhd.errors import VhdError
@@ -20,37 +20,43 @@ from vhd.file import File, pwrite_all, write_all
 
 BUFFER_SIZE = 4 << 20
 """The buffer a file sink copies through."""
-_ZEROS = memoryview(bytes(1 << 20))
+ZEROS = memoryview(bytes(1 << 20))
+"""A shared megabyte of zeros, for sinks that must write them."""
+T_co = TypeVar("T_co", covariant=True)
 
 
-class Sink(Protocol):
-    """Where executed elements go, each at the position the previous one ended."""
+class Sink(Protocol[T_co]):
+    """Where executed elements go, each at the position the previous one ended; its methods
+    return nothing (``Sink[None]``), or what the caller awaits."""
 
-    def literal(self, data: bytes) -> None:
+    def literal(self, data: bytes) -> T_co:
         """The bytes ``data``."""
         ...
 
-    def copy(self, file: File, offset: int, length: int) -> None:
+    def copy(self, file: File, offset: int, length: int) -> T_co:
         """``length`` bytes of ``file`` from ``offset``."""
         ...
 
-    def zeros(self, length: int) -> None:
+    def zeros(self, length: int) -> T_co:
         """``length`` zero bytes."""
         ...
 
 
-def execute(elements: Iterable[Element], sink: Sink) -> int:
-    """Hand every element to ``sink`` in order; returns the bytes they stand for."""
-    total = 0
+def dispatch(elements: Iterable[Element], sink: Sink[T_co]) -> Iterator[tuple[int, T_co]]:
+    """Each element handed to ``sink`` in order, as the length it stands for and what the
+    sink's method returned."""
     for e in elements:
         if isinstance(e, Literal):
-            sink.literal(e.data)
+            yield e.length, sink.literal(e.data)
         elif isinstance(e, Copy):
-            sink.copy(e.file, e.offset, e.length)
+            yield e.length, sink.copy(e.file, e.offset, e.length)
         else:
-            sink.zeros(e.length)
-        total += e.length
-    return total
+            yield e.length, sink.zeros(e.length)
+
+
+def execute(elements: Iterable[Element], sink: Sink[None]) -> int:
+    """Hand every element to ``sink`` in order; returns the bytes they stand for."""
+    return sum(length for length, _ in dispatch(elements, sink))
 
 
 def _ended(file: File, offset: int) -> VhdError:
@@ -127,8 +133,8 @@ class StreamSink:
     def zeros(self, length: int) -> None:
         """Write ``length`` zeros."""
         while length:
-            n = min(length, len(_ZEROS))
-            write_all(self.fd, _ZEROS[:n])
+            n = min(length, len(ZEROS))
+            write_all(self.fd, ZEROS[:n])
             length -= n
 
 
@@ -159,8 +165,8 @@ class BufferSink:
     def zeros(self, length: int) -> None:
         """Fill ``length`` bytes with zeros."""
         while length:
-            n = min(length, len(_ZEROS))
-            self.view[self.position : self.position + n] = _ZEROS[:n]
+            n = min(length, len(ZEROS))
+            self.view[self.position : self.position + n] = ZEROS[:n]
             self.position += n
             length -= n
 

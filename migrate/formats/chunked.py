@@ -1,29 +1,11 @@
 """xapi's own body framing for ``PUT /import_raw_vdi?...&chunked=true``, sans-I/O.
 
-The wire format, as xapi defines it (repository ``xapi-project/xen-api``):
-
-- ``ocaml/vhd-tool/src/chunked.ml`` declares the chunk header as a cstruct
-  ``{offset: uint64_t; len: uint32_t}`` with ``[@@little_endian]``: 12 bytes, the disk offset
-  as an unsigned 64-bit little-endian integer first, then the data length as an unsigned
-  32-bit little-endian integer, with no padding; ``len`` data bytes follow the header.
-  ``is_last_chunk`` is ``offset = 0 && len = 0``: the end marker is a header with *both*
-  fields zero, not merely a zero length.
-- ``ocaml/vhd-tool/src/impl.ml``: ``stream_chunked`` (the sender) writes a header and the data
-  for each run of sectors, then ``Chunked.end_of_stream`` (offset 0, length 0);
-  ``serve_chunked_to_raw`` (the receiver) reads a header, stops at the end marker, otherwise
-  writes ``len`` bytes at ``offset`` and loops. A zero-length chunk at a non-zero offset is
-  therefore an ordinary chunk that writes nothing, and chunks may come in any order.
-- ``ocaml/xapi/import_raw_vdi.ml``: with ``chunked`` in the query (or cookie) xapi hands the
-  body to vhd-tool as source protocol ``chunked`` and accepts it for ``format=raw`` only.
-
-The receiver reads ``len`` through OCaml's signed ``int32``, so lengths of 2 GiB and more do
-not work against xapi; senders keep chunks small (vhd-tool's are at most a 2 MiB block). This
-parser accepts the full unsigned range the header declares; the disk size bounds it anyway.
-
-:class:`ChunkParser` works like :class:`vhd.StreamParser`: feed it any slicing of the body and
-it returns events, :class:`Data` being views of the fed buffers (never copies) and :class:`End`
-the end marker. Memory is constant (at most one split 12-byte header is buffered) and the work
-per feed is proportional to the number of chunks it touches, not to its bytes.
+Each chunk is a 12-byte header, the disk offset (u64) then the data length (u32), both
+little-endian, followed by that many data bytes; a header with both fields zero ends the body
+(vhd-tool's ``chunked.ml``). Chunks come in any order; a zero-length chunk elsewhere writes
+nothing. :class:`ChunkParser` takes any slicing of the body and returns events: :class:`Data`,
+views of the fed buffers (never copies), and :class:`End`. Memory is constant and the work per
+feed follows the chunks it touches, not its bytes.
 """
 
 from __future__ import annotations

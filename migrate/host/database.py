@@ -1,8 +1,8 @@
 """The state database as trio code uses it: one call at a time, each in a worker thread of
 its own, the change feed told after every call.
 
-A commit waits for the disk (``synchronous=FULL``): 0.5 ms idle, 120 ms behind other
-writeback, time no connection may lose, so no call runs in the event loop. The store is one
+A commit waits for the disk (``synchronous=FULL``), up to a tenth of a second behind other
+writeback: time no connection may lose, so no call runs in the event loop. The store is one
 SQLite connection: calls run one at a time, in arrival order, on a capacity of their own
 that no other kind of work can take (:mod:`migrate.host.threads`), so that a burst of bulk
 I/O never delays a login or an RPC call. A call is atomic with respect to every other use of

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from migrate.addresses import unzoned_ip
 from migrate.formats.xapi import ref
 from migrate.host.database import Database
 from migrate.host.errors import SESSION_AUTHENTICATION_FAILED, SESSION_INVALID, ApiError
@@ -116,7 +117,7 @@ def client_key(address: str | None) -> str:
     if address is None:
         return "?"
     try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
+        ip = unzoned_ip(address)
     except ValueError:
         return address
     if ip.version == 6:

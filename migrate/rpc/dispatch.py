@@ -42,7 +42,7 @@ MAX_BODY = 16 << 20
 """Largest request body accepted (bytes)."""
 PARSE_INLINE = 64 << 10
 """Bodies up to this size are decoded in the event loop; larger ones in a parsing thread (a
-16 MiB body took 2 s to decode, a stall of every connection)."""
+large body takes seconds to decode: a stall of every connection in the event loop)."""
 ASYNC_PREFIX = "Async."
 LOGIN = "session.login_with_password"
 LIST_METHODS = "system.listMethods"

@@ -27,8 +27,9 @@ from migrate.transfer import auth
 from migrate.transfer.params import disk_format, lookup, param, vdi_file
 from migrate.transfer.task import TransferTask
 from vhd.convert import vhd_export_plan
+from vhd.file import File
+from vhd.transport import ZEROS, dispatch
 
-_ZEROS = memoryview(bytes(1 << 20))
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _DIGITS = 19
 """Significant digits of the largest position taken as a number; larger ones are past any
@@ -90,23 +91,37 @@ def _position(digits: str, total: int) -> int:
     return total if len(significant) > _DIGITS else min(total, int(significant or "0"))
 
 
+class ResponseSink:
+    """The body of ``conn``'s started response as a sink of plan elements
+    (:func:`vhd.transport.dispatch`): copies by ``send_file``, literals and zeros through h11."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def literal(self, data: bytes) -> None:
+        """Send ``data``."""
+        await self.conn.send(data)
+
+    async def copy(self, file: File, offset: int, length: int) -> None:
+        """Send the file's bytes (``sendfile`` on a plain socket)."""
+        await self.conn.send_file(file.fileno(), offset, length)
+
+    async def zeros(self, length: int) -> None:
+        """Send ``length`` zeros from the shared zero buffer."""
+        while length:
+            n = min(length, len(ZEROS))
+            await self.conn.send(ZEROS[:n])
+            length -= n
+
+
 async def send_elements(
     conn: Connection, elements: Iterable[vhd.Element], progress: Callable[[int], None]
 ) -> None:
     """Send ``elements`` as the body of ``conn``'s started response; ``progress`` gets each
     element's length once sent."""
-    for e in elements:
-        if isinstance(e, vhd.Copy):
-            await conn.send_file(e.file.fileno(), e.offset, e.length)
-        elif isinstance(e, vhd.Literal):
-            await conn.send(e.data)
-        else:
-            left = e.length
-            while left:
-                n = min(left, len(_ZEROS))
-                await conn.send(_ZEROS[:n])
-                left -= n
-        progress(e.length)
+    for length, sent in dispatch(elements, ResponseSink(conn)):
+        await sent
+        progress(length)
 
 
 async def export_vdi(host: HostServices, request: Request, conn: Connection) -> None:

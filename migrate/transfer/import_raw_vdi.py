@@ -291,7 +291,7 @@ async def _import(
             received - started,
             finished - received,
         )
-        # the old file's last reference goes: freeing its blocks takes a while (0.5 s for
+        # the old file's last reference goes: freeing its blocks takes a while (a second for
         # 2 GiB here), in a worker thread so that other requests go on meanwhile
         await trio.to_thread.run_sync(stack.close, limiter=host.threads.bulk)
 

@@ -5,6 +5,7 @@ loopback, many bound to their own 127.0.0.x address (the whole 127/8 is local on
 from __future__ import annotations
 
 import itertools
+import resource
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+import pytest
 import trio
 
 from support import PASSWORD, TIMEOUT, wait_until
@@ -172,3 +175,60 @@ async def test_a_crash_leaves_no_task_pending(tmp_path: Path) -> None:
         assert error["message"] == "OPERATION_NOT_ALLOWED", error
         vdis, _ = await call(host, "VDI.get_all_records", host.session)
         assert [v["name_label"] for v in vdis.values()] == ["4k"]
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if max(soft, hard) < needed:
+        pytest.skip(f"{needed} descriptors needed, the hard limit is {hard}")
+
+
+@pytest.mark.slow
+async def test_targets_under_attack(tmp_path: Path) -> None:
+    """200 slow authenticated uploads, 1000 idle unauthenticated connections and 16 clients
+    guessing passwords, all at once (each kind from addresses of its own, within the
+    per-client cap): a login, an RPC call and a 4 KiB export each answer within 1 s, and the
+    daemon stays under 300 MiB."""
+    _raise_fd_limit(2000)
+    with daemon(tmp_path) as (host, proc):
+        host.session = await login(host)
+        sr, vdi = await small_vdi(host)
+        answered: list[str] = []
+        idle: list[trio.SocketStream] = []
+        async with trio.open_nursery() as attack:
+
+            async def guess(source: str) -> None:
+                while True:
+                    await login(host, "guess", source=source)
+                    answered.append(source)
+
+            async def upload(source: str) -> None:
+                async with trickling_uploads(host, sr, 1, source) as (stream,):
+                    while True:  # 4 KiB a second, above the minimum body rate
+                        await trio.sleep(1)
+                        await stream.send_all(bytes(4096))
+
+            for i in range(16):
+                attack.start_soon(guess, f"127.0.0.{30 + i}")
+            for i in range(200):
+                attack.start_soon(upload, f"127.0.0.{20 + i % 2}")
+            try:
+                for i in range(1000):
+                    idle.append(await connect(host.port, f"127.0.0.{10 + i % 5}"))
+                # the guessers met their delays, the uploads are under way
+                await wait_until(lambda: len(answered) >= 48, timeout=60, what="guesses")
+                for _ in range(3):
+                    with trio.fail_after(1.0):
+                        assert str(await login(host)).startswith("OpaqueRef:")
+                    with trio.fail_after(1.0):
+                        assert (await call(host, "VDI.get_all", host.session))[1] is None
+                    with trio.fail_after(1.0):
+                        assert await export_4k(host, vdi) == bytes(4096)
+                rss = psutil.Process(proc.pid).memory_info().rss
+                assert rss < 300 << 20, f"the daemon holds {rss >> 20} MiB"
+            finally:
+                for stream in idle:
+                    await trio.aclose_forcefully(stream)
+                attack.cancel_scope.cancel()

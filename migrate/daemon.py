@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 import trio
 
 from migrate.addresses import Family, Host
-from migrate.http.server import Limits, Router, client_address, serve, serve_connection
+from migrate.http.limits import Limits
+from migrate.http.routing import Router, client_address
+from migrate.http.server import serve, serve_connection
 from migrate.http.tls import TLSStream
 from migrate.interfaces import Interface, InterfaceError, read_interfaces
 from migrate.rpc.dispatch import Api, register_rpc

@@ -13,7 +13,8 @@ import pytest
 import trio
 import XenAPI
 
-from migrate.http.server import Router, serve
+from migrate.http.routing import Router
+from migrate.http.server import serve
 from migrate.rpc.codec import ApiError
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.rpc.pool import pool_uuid

@@ -1,4 +1,4 @@
-"""migrate.http.server: curl, httpx and raw sockets against the server on ::1 and 127.0.0.1."""
+"""The HTTP server (migrate.http): curl, httpx and raw sockets against it on ::1 and 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,16 +17,11 @@ import pytest
 import trio
 
 from migrate.addresses import parse_host
-from migrate.http.server import (
-    Connection,
-    HTTPError,
-    Limits,
-    Request,
-    Router,
-    client_address,
-    serve,
-    split_target,
-)
+from migrate.http.errors import HTTPError
+from migrate.http.exchange import Connection
+from migrate.http.limits import Limits
+from migrate.http.routing import Request, Router, client_address, split_target
+from migrate.http.server import serve
 
 LIMITS = Limits(header_timeout=0.5, idle_timeout=5.0, body_timeout=0.5, max_body=8 << 20)
 BIG = 4 << 20

@@ -18,7 +18,8 @@ import trio
 import XenAPI
 
 from migrate.addresses import parse_host
-from migrate.http.server import Router, serve
+from migrate.http.routing import Router
+from migrate.http.server import serve
 from migrate.interfaces import Interface, InterfaceAddress
 from migrate.rpc import host, network, pif, sr, task, vdi
 from migrate.rpc.codec import ApiError

@@ -17,7 +17,9 @@ import pytest
 import trio
 
 from migrate.daemon import serve_tls, server_ssl_context
-from migrate.http.server import Limits, Router, serve
+from migrate.http.limits import Limits
+from migrate.http.routing import Router
+from migrate.http.server import serve
 from migrate.rpc.dispatch import Api, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from migrate.http.server import Connection, Request, Router
+from migrate.http.exchange import Connection
+from migrate.http.routing import Request, Router
 from migrate.rpc import accessors, codec, event, host, network, pif, pool, session, sr, task, vdi
 from migrate.rpc.codec import ApiError, ProtocolError
 from migrate.state.store import NotFound, Store

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from migrate.http.server import HTTPError, Request
+from migrate.http.errors import HTTPError
+from migrate.http.routing import Request
 from migrate.rpc import session as sessions
 from migrate.rpc.codec import ApiError
 

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 import vhd
-from migrate.http.server import Connection, HTTPError, Request, Router
+from migrate.http.errors import HTTPError
+from migrate.http.exchange import Connection
+from migrate.http.routing import Request, Router
 from migrate.rpc.codec import ApiError
 from migrate.storage import sr as storage
 from migrate.storage.staging import StagedImage, StagingError, disk_full

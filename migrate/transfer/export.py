@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 import vhd
-from migrate.http.server import Connection
+from migrate.http.exchange import Connection
 from vhd.convert import vhd_export_plan
 
 FORMATS = {"raw": "application/octet-stream", "vhd": "application/vhd"}

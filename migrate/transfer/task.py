@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from migrate.http.server import HTTPError
+from migrate.http.errors import HTTPError
 from migrate.rpc import task as tasks
 from migrate.rpc.codec import ApiError
 

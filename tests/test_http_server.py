@@ -380,15 +380,30 @@ async def test_bad_chunked_body_is_400(server: Server) -> None:
         (b"GET /in\x00fo HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         (b"GET /info HTTP/2.0\r\nHost: x\r\n\r\n", 505),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\xaa" * 64 + b"\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"0" * 5000 + b"1\r\n\r\na", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 2\r\n\r\nab", 400),
+        (b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 501),
+        (
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 5000,
+            408,
+        ),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", 400),
+        (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab", 408),
+        (b"GET /info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 200),
+        (b"GET /info HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na", 200),
     ],
 )
 async def test_bad_input_is_answered_and_the_server_carries_on(
     server: Server, request_bytes: bytes, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     response = await exchange(server, request_bytes)
     assert response.status == status
     assert response.headers["connection"] == "close"
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
     again = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert again.status == 200
 
@@ -483,3 +498,22 @@ async def test_ipv4_mapped_peer_is_recorded_as_ipv4(nursery: trio.Nursery) -> No
     server = Server("127.0.0.1", sock.getsockname()[1])
     response = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert json.loads(response.body)["client"] == "127.0.0.1"
+
+
+# framing
+
+
+async def test_content_length_with_transfer_encoding_is_400_and_closes(server: Server) -> None:
+    """RFC 9112 section 6.1: a proxy reading the Content-Length would take what follows it as
+    the next request; so the request is refused and nothing after it is served."""
+    smuggled = b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n"
+    chunked = b"3\r\nabc\r\n0\r\n\r\n"
+    response = await exchange(
+        server,
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n%s%s" % (len(chunked), chunked, smuggled),
+    )
+    assert response.status == 400
+    assert response.headers["connection"] == "close"
+    message = b"400 Bad Request: both Content-Length and Transfer-Encoding given\n"
+    assert response.body == message  # and no second response after it

@@ -4,9 +4,11 @@ h11 does the protocol (parsing, framing, keep-alive, HTTP/1.0, ``Expect: 100-con
 bookkeeping). Each connection runs :class:`_Session`, which reads request heads, runs the
 :class:`~migrate.http.routing.Router`'s handler with a :class:`~migrate.http.exchange.
 Connection` and keeps the connection alive while the requests allow it, within
-:class:`~migrate.http.limits.Limits`. Errors are answered: 400 for a malformed request, 431
-for an oversized head, 408 for a head or body too slow, 404/405 from routing, 500 (logged on
-``xfer.http``, one line to the client) for a handler that raises. :func:`serve` and
+:class:`~migrate.http.limits.Limits`. Errors are answered: 400 for a malformed request (one
+with both Content-Length and Transfer-Encoding too, and its connection closed: a proxy that
+framed it the other way would see the next request elsewhere), 431 for an oversized head, 408
+for a head or body too slow, 404/405 from routing, 500 (logged on ``xfer.http``, one line to
+the client) for a handler that raises. :func:`serve` and
 :func:`serve_tls` accept connections, each its own task: no client can block another.
 """
 
@@ -116,9 +118,13 @@ class _Session:
     async def _handle(self, request: Request) -> Connection | None:
         """Run the request's handler; its Connection, None when the connection must close."""
         length = request.header("content-length")
-        chunked = request.header("transfer-encoding") is not None
-        content_length = int(length) if length is not None and not chunked else None
-        if not chunked and not content_length:
+        if length is not None and request.header("transfer-encoding") is not None:
+            # RFC 9112 section 6.1: such a request may be smuggling another one
+            await self._answer_head_error(400, "both Content-Length and Transfer-Encoding given")
+            return None
+        # (h11 0.16 on lets 1 to 20 digits through: int() never sees thousands)
+        content_length = None if length is None else int(length)
+        if request.header("transfer-encoding") is None and not content_length:
             self.h11.next_event()  # the EndOfMessage of an empty body
         conn = Connection(self.stream, self.h11, request, self.limits, content_length)
         if not request.http_version.startswith("1."):

@@ -74,6 +74,18 @@ async def teapot(request: Request, conn: Connection) -> None:
     raise HTTPError(418, "short and stout")
 
 
+async def pausing(request: Request, conn: Connection) -> None:
+    """Reads the body 1 KiB at a time with ``receive_into``, pausing ``pause`` seconds after
+    each piece (as an import does while it writes what it received)."""
+    pause = float(request.query["pause"][0])
+    buffer = memoryview(bytearray(1024))
+    total = 0
+    while n := await conn.receive_into(buffer):
+        total += n
+        await trio.sleep(pause)
+    await conn.respond(200, body=str(total).encode())
+
+
 def make_router() -> Router:
     router = Router()
     router.add("POST", "/echo", echo)
@@ -83,6 +95,7 @@ def make_router() -> Router:
     router.add("GET", "/big", big)
     router.add("GET", "/boom", boom)
     router.add("GET", "/teapot", teapot)
+    router.add("PUT", "/pausing", pausing)
     return router
 
 
@@ -392,6 +405,7 @@ async def test_bad_chunked_body_is_400(server: Server) -> None:
         ),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", 400),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab", 408),
+        (b"PUT /pausing?pause=x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na", 500),
         (b"GET /info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 200),
         (b"GET /info HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na", 200),
     ],
@@ -403,7 +417,8 @@ async def test_bad_input_is_answered_and_the_server_carries_on(
     response = await exchange(server, request_bytes)
     assert response.status == status
     assert response.headers["connection"] == "close"
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    if status != 500:  # (a handler that raises is logged with its traceback)
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
     again = await exchange(server, b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert again.status == 200
 
@@ -517,3 +532,53 @@ async def test_content_length_with_transfer_encoding_is_400_and_closes(server: S
     assert response.headers["connection"] == "close"
     message = b"400 Bad Request: both Content-Length and Transfer-Encoding given\n"
     assert response.body == message  # and no second response after it
+
+
+# slow bodies
+
+
+async def trickle(server: Server, head: bytes, piece: bytes, most: int) -> tuple[Response, int]:
+    """Send ``head``, then ``piece`` every 0.1 s (``most`` times) until the server answers;
+    the answer and how many pieces went before it."""
+    sent = 0
+    with trio.fail_after(10):
+        async with await server.connect() as s:
+            await s.send_all(head)
+
+            async def feed() -> None:
+                nonlocal sent
+                for _ in range(most):
+                    await trio.sleep(0.1)
+                    await s.send_all(piece)
+                    sent += 1
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                response = await read_response(s, bytearray())
+                nursery.cancel_scope.cancel()
+    return response, sent
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_trickling_body_is_cut(server: Server, chunked: bool) -> None:
+    """A byte every 0.1 s restarted the body timeout (0.5 s) each time: never cut. Under the
+    minimum rate (500 bytes/s, each byte earning 2 ms) it is cut within about 0.5 s."""
+    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 1000"
+    head = b"POST /echo HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing
+    piece = b"1\r\na\r\n" if chunked else b"a"
+    response, sent = await trickle(server, head, piece, most=40)
+    assert response.status == 408
+    assert response.body == b"408 Request Timeout: request body slower than 500 bytes/s\n"
+    assert sent < 20
+
+
+async def test_time_a_handler_takes_between_reads_is_not_the_clients(server: Server) -> None:
+    """The handler waits 0.3 s after each KiB, 1.2 s in all: more than the body timeout, but
+    the client was never waited for."""
+    body = os.urandom(4096)
+    response = await exchange(
+        server,
+        b"PUT /pausing?pause=0.3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    assert (response.status, response.body) == (200, b"4096")

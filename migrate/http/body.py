@@ -5,7 +5,8 @@ straight off the socket (``recv_into``, or :meth:`TLSStream.receive_into`) into 
 buffer, bulk bytes never copied through h11; the connection then goes on with a fresh h11
 connection fed what came after the body. A chunked body is read through h11. The reader is in
 exactly one state (:data:`BodyState`): not started, through h11, past h11 with N bytes left,
-ended, failed. A wait for the client longer than ``body_timeout`` is a 408.
+ended, failed. Every wait for the client counts against a :class:`BodyClock`, which cuts bodies
+that stall or trickle (408).
 """
 
 from __future__ import annotations
@@ -68,6 +69,33 @@ class Failed:
 BodyState = NotStarted | ThroughH11 | PastH11 | Ended | Failed
 
 
+class BodyClock:
+    """How long reading a body may still wait for the client, as Apache mod_reqtimeout's
+    ``body=N,MinRate=R``: N seconds at first, each R bytes received earn one second more,
+    never more than N seconds ahead. Only time spent waiting for the client counts, not
+    the time a handler takes between two reads (writing what it received, say)."""
+
+    def __init__(self, timeout: float, min_rate: float) -> None:
+        self.timeout = timeout
+        self.min_rate = min_rate
+        self.left = timeout
+        """Seconds the reader may still wait."""
+
+    async def wait_for(self, receive: Callable[[], Awaitable[T]], size: Callable[[T], int]) -> T:
+        """``await receive()``, its wait counted and its ``size`` bytes credited; HTTPError
+        408 when the time left runs out first."""
+        start = trio.current_time()
+        with trio.move_on_after(self.left):
+            received = await receive()
+            n = size(received)
+            earned = n / self.min_rate if self.min_rate > 0 else (self.timeout if n else 0.0)
+            self.left = min(self.left - (trio.current_time() - start) + earned, self.timeout)
+            return received
+        if self.left >= self.timeout:
+            raise HTTPError(408, f"no request body bytes for {self.timeout:g} s")
+        raise HTTPError(408, f"request body slower than {self.min_rate:g} bytes/s")
+
+
 class BodyReader:
     """The body of one request on ``stream``, whose head ``h11_conn`` parsed; ``length`` is
     its Content-Length, None for a chunked body."""
@@ -82,7 +110,7 @@ class BodyReader:
         self._stream = stream
         self._h11 = h11_conn
         self._length = length
-        self._timeout = limits.body_timeout
+        self._clock = BodyClock(limits.body_timeout, limits.min_body_rate)
         self.state: BodyState = (
             NotStarted() if h11_conn.their_state is h11.SEND_BODY else Ended(after=None)
         )
@@ -94,7 +122,7 @@ class BodyReader:
 
     async def receive_into(self, buffer: memoryview) -> int:
         """Fill ``buffer`` with the next body bytes; how many (fewer at the end of the body, 0
-        after it). HTTPError 408 when no byte comes for ``body_timeout``, 400 when it
+        after it). HTTPError 408 when the client is too slow (:class:`BodyClock`), 400 when it
         closes early or sends a malformed chunk; bytes received before such an error are
         returned first, the next call raises it."""
         filled = 0
@@ -147,7 +175,7 @@ class BodyReader:
             view[:n] = state.buffered[:n]
             state.buffered = state.buffered[n:]
         else:
-            n = await self._within_timeout(lambda: self._recv_into(view[:want]))
+            n = await self._clock.wait_for(lambda: self._recv_into(view[:want]), int)
             if n == 0:
                 done = cast(int, self._length) - state.left
                 raise HTTPError(400, f"request body ended after {done} of {self._length} bytes")
@@ -155,12 +183,6 @@ class BodyReader:
         if not state.left:
             self.state = Ended(state.after)
         return n
-
-    async def _within_timeout(self, receive: Callable[[], Awaitable[T]]) -> T:
-        """``await receive()``; HTTPError 408 when it takes longer than ``body_timeout``."""
-        with trio.move_on_after(self._timeout):
-            return await receive()
-        raise HTTPError(408, f"no request body bytes for {self._timeout:g} s")
 
     async def _recv_into(self, view: memoryview) -> int:
         """Body bytes straight off the stream into ``view``; a broken stream is HTTPError 400
@@ -196,7 +218,7 @@ class BodyReader:
             except h11.RemoteProtocolError as e:  # a bad chunk, or the connection closed early
                 raise HTTPError(400, f"request body incomplete: {e}") from None
             if event is h11.NEED_DATA:
-                data = await self._within_timeout(self._receive_some)
+                data = await self._clock.wait_for(self._receive_some, len)
                 self._h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
             elif isinstance(event, h11.Data):
                 if event.data:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
-    """Limits of the server; sizes in bytes, timeouts in seconds."""
+    """Limits of the server; sizes in bytes, timeouts in seconds, rates in bytes per second."""
 
     max_head: int = 16 * 1024
     """Largest request head (h11's ``max_incomplete_event_size``); a larger one gets 431."""
@@ -18,6 +18,11 @@ class Limits:
     idle_timeout: float = 60.0
     """Time a kept-alive connection waits for the first byte of the next request."""
     body_timeout: float = 30.0
-    """Longest wait for the next body bytes while a body is being read (408)."""
+    """How long reading a request body may wait for the client: at first, and at most ever
+    ahead (Apache mod_reqtimeout's ``body=N``); 408 once it has waited that long."""
+    min_body_rate: float = 500.0
+    """Each this many body bytes received earn one more second of :attr:`body_timeout`
+    (mod_reqtimeout's ``MinRate``, the same default), so that a body trickling in is cut too;
+    0 lets every byte restore the whole timeout."""
     max_body: int = 1 << 20
     """Default bound of :meth:`~migrate.http.exchange.Connection.read_body`."""

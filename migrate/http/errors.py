@@ -8,6 +8,8 @@ from http import HTTPStatus
 
 HeaderPairs = Iterable[tuple[str | bytes, str | bytes]]
 """Response headers as handlers give them: (name, value) pairs, text or bytes."""
+RETRY_AFTER = 1
+"""Seconds a client is told to wait (``Retry-After``) when the server is too busy for it."""
 
 
 class HTTPError(Exception):

@@ -1,5 +1,5 @@
-"""What the server allows a client: :class:`Limits`, so that a slow, idle or oversized
-request cannot hold a connection."""
+"""What the server allows a client: :class:`Limits`, so that slow, idle, numerous or oversized
+clients can neither hold the daemon's descriptors nor stop it serving others."""
 
 from __future__ import annotations
 
@@ -26,3 +26,7 @@ class Limits:
     0 lets every byte restore the whole timeout."""
     max_body: int = 1 << 20
     """Default bound of :meth:`~migrate.http.exchange.Connection.read_body`."""
+    max_connections: int = 2048
+    """Connections served at once; one more is refused at once (503 and closed)."""
+    max_client_connections: int = 256
+    """Connections served at once for one client address; one more is refused at once."""

@@ -8,8 +8,8 @@ Connection` and keeps the connection alive while the requests allow it, within
 with both Content-Length and Transfer-Encoding too, and its connection closed: a proxy that
 framed it the other way would see the next request elsewhere), 431 for an oversized head, 408
 for a head or body too slow, 404/405 from routing, 500 (logged on ``xfer.http``, one line to
-the client) for a handler that raises. :func:`serve` and
-:func:`serve_tls` accept connections, each its own task: no client can block another.
+the client) for a handler that raises. :func:`serve` and :func:`serve_tls` accept connections
+(:mod:`migrate.http.accept`), each its own task: no client can block another.
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ from typing import cast
 import h11
 import trio
 
+from migrate.http.accept import accept_connections
 from migrate.http.body import Ended
-from migrate.http.errors import HeaderPairs, HTTPError, error_body, error_headers, phrase
+from migrate.http.errors import (
+    RETRY_AFTER,
+    HeaderPairs,
+    HTTPError,
+    error_body,
+    error_headers,
+    phrase,
+)
 from migrate.http.exchange import Connection, encode_headers
 from migrate.http.limits import Limits
 from migrate.http.routing import Request, Router, client_address
@@ -233,6 +241,17 @@ async def serve_connection(
         await trio.aclose_forcefully(stream)
 
 
+def _refusal(why: str) -> bytes:
+    """The answer of a connection refused for a cap: 503, then closed."""
+    body = error_body(503, f"too many connections: {why}")
+    head = (
+        f"HTTP/1.1 503 {phrase(503)}\r\n"
+        f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
+        f"retry-after: {RETRY_AFTER}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 async def serve(
     router: Router,
     listeners: list[trio.SocketListener],
@@ -242,11 +261,12 @@ async def serve(
 ) -> None:
     """Accept on every listener, each connection in its own task, until cancelled;
     ``task_status.started`` gets the listeners."""
+    limits = limits or Limits()
 
-    async def handle(stream: trio.SocketStream) -> None:
-        await serve_connection(stream, router, limits)
+    async def handle(stream: trio.SocketStream, client: str | None) -> None:
+        await serve_connection(stream, router, limits, client=client)
 
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
+    await accept_connections(listeners, limits, handle, _refusal, task_status=task_status)
 
 
 async def serve_tls(
@@ -259,14 +279,10 @@ async def serve_tls(
 ) -> None:
     """:func:`serve`, each accepted connection wrapped in TLS (server side). A handshake that
     fails or takes longer than ``limits.header_timeout`` closes the connection; the others
-    are not affected."""
+    are not affected. A refused connection is closed without an answer (it would not be TLS)."""
     limits = limits or Limits()
 
-    async def handle(stream: trio.SocketStream) -> None:
-        try:
-            client = client_address(stream.socket.getpeername())
-        except OSError:
-            client = None
+    async def handle(stream: trio.SocketStream, client: str | None) -> None:
         tls = TLSStream(stream, context)
         with trio.move_on_after(limits.header_timeout) as handshake:
             try:
@@ -279,4 +295,4 @@ async def serve_tls(
             return
         await serve_connection(tls, router, limits, client=client)
 
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
+    await accept_connections(listeners, limits, handle, task_status=task_status)

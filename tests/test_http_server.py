@@ -582,3 +582,70 @@ async def test_time_a_handler_takes_between_reads_is_not_the_clients(server: Ser
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body),
     )
     assert (response.status, response.body) == (200, b"4096")
+
+
+# bodies read whole: the memory budget
+
+
+async def start(nursery: trio.Nursery, limits: Limits, host: str = "127.0.0.1") -> Server:
+    listeners = await trio.open_tcp_listeners(0, host=host)
+    await nursery.start(partial(serve, make_router(), listeners, limits))
+    return Server(host, listeners[0].socket.getsockname()[1])
+
+
+async def expect_continue(server: Server, length: int) -> trio.SocketStream:
+    """A connection whose PUT of ``length`` bytes the server accepted (``100 Continue``: its
+    handler holds the body's memory), the body not sent yet."""
+    s = await server.connect()
+    await s.send_all(
+        b"PUT /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: %d\r\n\r\n" % length
+    )
+    assert await s.receive_some(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    return s
+
+
+async def test_bodies_read_whole_wait_for_memory_then_get_503(nursery: trio.Nursery) -> None:
+    """Two 512 KiB bodies take the 1 MiB budget (each beyond its first 64 KiB): a third waits,
+    then gets 503 and its connection closes; a small call goes through meanwhile, and the
+    memory comes back when a handler ends."""
+    limits = Limits(body_timeout=5.0, body_memory=1 << 20, body_memory_wait=0.5)
+    server = await start(nursery, limits)
+    size = 512 << 10
+    with trio.fail_after(10):
+        first, second = await expect_continue(server, size), await expect_continue(server, size)
+        async with first, second:
+            third = await exchange(
+                server,
+                b"PUT /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: %d\r\n\r\n" % size,
+            )
+            assert third.status == 503
+            assert third.headers["retry-after"] == "1"
+            assert third.headers["connection"] == "close"
+            small = await exchange(
+                server,
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Length: 300\r\n\r\n" + bytes(300),
+            )
+            assert small.status == 200
+            await first.send_all(bytes(size))
+            answered = await read_response(first, bytearray())
+            assert json.loads(answered.body)["length"] == size
+            async with await expect_continue(server, size) as fourth:
+                await fourth.send_all(b"x" * size)
+                assert (await read_response(fourth, bytearray())).status == 200
+
+
+async def test_chunked_body_growing_past_the_budget_gets_503(nursery: trio.Nursery) -> None:
+    limits = Limits(body_timeout=5.0, body_memory=1 << 20, body_memory_wait=0.5)
+    server = await start(nursery, limits)
+    with trio.fail_after(10):
+        async with await expect_continue(server, 768 << 10):
+            head = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            chunk = b"10000\r\n" + bytes(1 << 16) + b"\r\n"  # 64 KiB
+            async with await server.connect() as s:
+                await s.send_all(head + chunk * 8)
+                response = await read_response(s, bytearray())
+    assert response.status == 503
+    assert response.headers["connection"] == "close"

@@ -2,7 +2,7 @@
 sends its one response through.
 
 The body comes from a :class:`~migrate.http.body.BodyReader` (``receive_into`` for bulk bytes,
-``read_body`` for a whole body).
+``read_body`` for a whole body within the server's :class:`~migrate.http.budget.BodyMemory`).
 The response goes out through h11, large pieces without being copied (h11's data
 passthrough), file ranges by ``os.sendfile`` on a plain socket.
 """
@@ -16,6 +16,7 @@ import h11
 import trio
 
 from migrate.http.body import BodyReader
+from migrate.http.budget import BodyMemory
 from migrate.http.errors import HeaderPairs, HTTPError, phrase
 from migrate.http.limits import Limits
 from migrate.http.routing import Request
@@ -28,6 +29,9 @@ SENDFILE_MAX = 16 << 20
 BUFFERED_SEND = 256 << 10
 """Bytes read and sent at a time when sendfile cannot be used (TLS): pieces that stay in the
 CPU's cache while they are encrypted."""
+UNCOUNTED_BODY = 64 << 10
+"""Bytes of each body read whole that are not counted in :class:`BodyMemory` (bounded by the
+connection caps instead), so that small calls, a login among them, never wait for room."""
 SCRATCH = 64 << 10
 """Bytes a chunked body read whole is received in at a time."""
 
@@ -42,6 +46,7 @@ class Connection:
         request: Request,
         limits: Limits,
         content_length: int | None,
+        body_memory: BodyMemory,
     ) -> None:
         self.request = request
         self.limits = limits
@@ -52,6 +57,8 @@ class Connection:
         self.body = BodyReader(stream, h11_conn, content_length, limits)
         self._stream = stream
         self._h11 = h11_conn
+        self._body_memory = body_memory
+        self._reserved = 0
         self._ended = False
 
     async def receive_into(self, buffer: memoryview) -> int:
@@ -66,14 +73,25 @@ class Connection:
         return await self.body.receive_into(buffer)
 
     async def read_body(self, max_body: int | None = None) -> bytes:
-        """The whole request body (Content-Length or chunked); HTTPError 413 beyond
-        ``max_body`` bytes (``limits.max_body`` by default), refused before 100 Continue."""
+        """The whole request body, as :meth:`read_body_buffer` reads it."""
+        return bytes(await self.read_body_buffer(max_body))
+
+    async def read_body_buffer(self, max_body: int | None = None) -> bytearray:
+        """The whole request body (Content-Length or chunked) in a buffer of its own, to hand
+        to a parser without another copy. HTTPError 413 beyond ``max_body`` bytes
+        (``limits.max_body`` by default), refused before ``100 Continue``.
+
+        Its memory is taken from the server's body budget first (a Content-Length body's
+        whole length up front, a chunked one's as it grows) and given back when the handler
+        ends; 503 with ``Retry-After`` when the budget has no room in time.
+        """
         limit = self.limits.max_body if max_body is None else max_body
         too_large = HTTPError(413, f"request body larger than {limit} bytes")
         length = self.content_length
         if length is not None:
             if length > limit:
                 raise too_large
+            await self._hold(length)
             buffer = bytearray(length)
             view = memoryview(buffer)
             filled = 0
@@ -82,14 +100,29 @@ class Connection:
                 if not n:
                     raise HTTPError(400, f"request body ended after {filled} of {length} bytes")
                 filled += n
-            return bytes(buffer)
+            return buffer
         buffer = bytearray()
         scratch = memoryview(bytearray(SCRATCH))
         while n := await self.body.receive_into(scratch):
             if len(buffer) + n > limit:
                 raise too_large
+            await self._hold(len(buffer) + n)
             buffer += scratch[:n]
-        return bytes(buffer)
+        return buffer
+
+    async def _hold(self, size: int) -> None:
+        """Have ``size`` bytes of body memory reserved for this request (see
+        :data:`UNCOUNTED_BODY`)."""
+        more = max(0, size - UNCOUNTED_BODY) - self._reserved
+        if more > 0:
+            await self._body_memory.reserve(more)
+            self._reserved += more
+
+    def release(self) -> None:
+        """Give back the body memory this request holds (the server calls it when the handler
+        has ended)."""
+        self._body_memory.release(self._reserved)
+        self._reserved = 0
 
     async def respond(self, status: int, headers: HeaderPairs = (), body: bytes = b"") -> None:
         """Send a whole response: ``headers``, a Content-Length and ``body``."""

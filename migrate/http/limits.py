@@ -1,5 +1,5 @@
 """What the server allows a client: :class:`Limits`, so that slow, idle, numerous or oversized
-clients can neither hold the daemon's descriptors nor stop it serving others."""
+clients can neither hold the daemon's descriptors and memory nor stop it serving others."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ class Limits:
     0 lets every byte restore the whole timeout."""
     max_body: int = 1 << 20
     """Default bound of :meth:`~migrate.http.exchange.Connection.read_body`."""
+    body_memory: int = 64 << 20
+    """Bytes of request bodies read whole (``read_body``) that all connections together may
+    hold; a body waits for room, then gets 503."""
+    body_memory_wait: float = 5.0
+    """How long a body read whole waits for room in :attr:`body_memory` before its 503."""
     max_connections: int = 2048
     """Connections served at once; one more is refused at once (503 and closed)."""
     max_client_connections: int = 256

@@ -23,6 +23,7 @@ import trio
 
 from migrate.http.accept import accept_connections
 from migrate.http.body import Ended
+from migrate.http.budget import BodyMemory
 from migrate.http.errors import (
     RETRY_AFTER,
     HeaderPairs,
@@ -55,11 +56,13 @@ class _Session:
         router: Router,
         limits: Limits,
         client: str | None,
+        body_memory: BodyMemory,
     ) -> None:
         self.stream = stream
         self.router = router
         self.limits = limits
         self.client = client
+        self.body_memory = body_memory
         self.h11 = self._fresh_h11()
         self.eof = False
 
@@ -134,12 +137,17 @@ class _Session:
         content_length = None if length is None else int(length)
         if request.header("transfer-encoding") is None and not content_length:
             self.h11.next_event()  # the EndOfMessage of an empty body
-        conn = Connection(self.stream, self.h11, request, self.limits, content_length)
-        if not request.http_version.startswith("1."):
-            message = f"HTTP/{request.http_version} not supported"
-            await self._answer_error(conn, 505, message, [("connection", "close")])
-            return None
-        return await self._run_handler(request, conn)
+        conn = Connection(
+            self.stream, self.h11, request, self.limits, content_length, self.body_memory
+        )
+        try:
+            if not request.http_version.startswith("1."):
+                message = f"HTTP/{request.http_version} not supported"
+                await self._answer_error(conn, 505, message, [("connection", "close")])
+                return None
+            return await self._run_handler(request, conn)
+        finally:
+            conn.release()
 
     async def _run_handler(self, request: Request, conn: Connection) -> Connection | None:
         try:
@@ -218,16 +226,20 @@ async def serve_connection(
     limits: Limits | None = None,
     *,
     client: str | None = None,
+    body_memory: BodyMemory | None = None,
 ) -> None:
     """Serve requests on ``stream`` until either side ends the connection, then close it.
-    Never raises except for cancellation; ``client`` defaults to the socket's peer."""
+    Never raises except for cancellation; ``client`` defaults to the socket's peer, the body
+    memory (shared by the connections of a server) to one of this connection's own."""
     limits = limits or Limits()
     if client is None and isinstance(stream, trio.SocketStream):
         try:
             client = client_address(stream.socket.getpeername())
         except OSError:
             client = None
-    session = _Session(stream, router, limits, client)
+    if body_memory is None:
+        body_memory = BodyMemory(limits.body_memory, limits.body_memory_wait)
+    session = _Session(stream, router, limits, client, body_memory)
     try:
         try:
             await session.run()
@@ -262,9 +274,10 @@ async def serve(
     """Accept on every listener, each connection in its own task, until cancelled;
     ``task_status.started`` gets the listeners."""
     limits = limits or Limits()
+    body_memory = BodyMemory(limits.body_memory, limits.body_memory_wait)
 
     async def handle(stream: trio.SocketStream, client: str | None) -> None:
-        await serve_connection(stream, router, limits, client=client)
+        await serve_connection(stream, router, limits, client=client, body_memory=body_memory)
 
     await accept_connections(listeners, limits, handle, _refusal, task_status=task_status)
 
@@ -281,6 +294,7 @@ async def serve_tls(
     fails or takes longer than ``limits.header_timeout`` closes the connection; the others
     are not affected. A refused connection is closed without an answer (it would not be TLS)."""
     limits = limits or Limits()
+    body_memory = BodyMemory(limits.body_memory, limits.body_memory_wait)
 
     async def handle(stream: trio.SocketStream, client: str | None) -> None:
         tls = TLSStream(stream, context)
@@ -293,6 +307,6 @@ async def serve_tls(
         if handshake.cancelled_caught:
             log.debug("TLS handshake with %s not done in time", client or "?")
             return
-        await serve_connection(tls, router, limits, client=client)
+        await serve_connection(tls, router, limits, client=client, body_memory=body_memory)
 
     await accept_connections(listeners, limits, handle, task_status=task_status)

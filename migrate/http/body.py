@@ -11,9 +11,8 @@ that stall or trickle (408).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import cast
 
 import h11
 import trio
@@ -24,8 +23,6 @@ from migrate.http.tls import TLSStream
 
 RECEIVE_SIZE = 65536
 """Bytes asked of the stream at a time when reading through h11."""
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -81,19 +78,16 @@ class BodyClock:
         self.left = timeout
         """Seconds the reader may still wait."""
 
-    async def wait_for(self, receive: Callable[[], Awaitable[T]], size: Callable[[T], int]) -> T:
-        """``await receive()``, its wait counted and its ``size`` bytes credited; HTTPError
-        408 when the time left runs out first."""
-        start = trio.current_time()
-        with trio.move_on_after(self.left):
-            received = await receive()
-            n = size(received)
-            earned = n / self.min_rate if self.min_rate > 0 else (self.timeout if n else 0.0)
-            self.left = min(self.left - (trio.current_time() - start) + earned, self.timeout)
-            return received
+    def received(self, count: int, waited: float) -> None:
+        """Account for a wait of ``waited`` seconds that brought ``count`` bytes."""
+        earned = count / self.min_rate if self.min_rate > 0 else (self.timeout if count else 0.0)
+        self.left = min(self.left - waited + earned, self.timeout)
+
+    def expired(self) -> HTTPError:
+        """The 408 for a wait that used up the time left."""
         if self.left >= self.timeout:
-            raise HTTPError(408, f"no request body bytes for {self.timeout:g} s")
-        raise HTTPError(408, f"request body slower than {self.min_rate:g} bytes/s")
+            return HTTPError(408, f"no request body bytes for {self.timeout:g} s")
+        return HTTPError(408, f"request body slower than {self.min_rate:g} bytes/s")
 
 
 class BodyReader:
@@ -139,28 +133,41 @@ class BodyReader:
             filled += n
         return filled
 
-    async def _started(self) -> BodyState:
-        """The state, the body's reading begun if it was not: ``100 Continue`` sent if the
-        client waits for it, then through h11 or past it."""
-        if isinstance(self.state, NotStarted):
-            if self._h11.they_are_waiting_for_100_continue:
-                go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                await self._stream.send_all(self._h11.send(go_on))
-            if self._length is None:
-                self.state = ThroughH11(memoryview(b""))
-            else:
-                received = self._h11.trailing_data[0]
-                body, after = memoryview(received)[: self._length], received[self._length :]
-                self.state = PastH11(self._length, body, after) if self._length else Ended(after)
+    async def _start(self) -> BodyState:
+        """Begin reading the body: ``100 Continue`` sent if the client waits for it, then
+        through h11 or past it."""
+        if self._h11.they_are_waiting_for_100_continue:
+            go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            await self._stream.send_all(self._h11.send(go_on))
+        if self._length is None:
+            self.state = ThroughH11(memoryview(b""))
+        else:
+            received = self._h11.trailing_data[0]
+            body, after = memoryview(received)[: self._length], received[self._length :]
+            self.state = PastH11(self._length, body, after) if self._length else Ended(after)
         return self.state
 
     async def _read_into(self, view: memoryview) -> int:
         """Some of the next body bytes into ``view``; how many, 0 at the end of the body."""
-        state = await self._started()
-        if isinstance(state, Failed):
-            raise state.error
-        if isinstance(state, Ended):
-            return 0
+        state = self.state
+        if isinstance(state, NotStarted):
+            state = await self._start()
+        if isinstance(state, PastH11):
+            want = min(len(view), state.left)
+            if state.buffered:
+                n = min(want, len(state.buffered))
+                view[:n] = state.buffered[:n]
+                state.buffered = state.buffered[n:]
+            else:
+                n = await self._recv_into(view[:want])
+                if n == 0:
+                    done = cast(int, self._length) - state.left
+                    message = f"request body ended after {done} of {self._length} bytes"
+                    raise HTTPError(400, message)
+            state.left -= n
+            if not state.left:
+                self.state = Ended(state.after)
+            return n
         if isinstance(state, ThroughH11):
             if not state.pending:
                 state.pending = memoryview(await self._next_piece())
@@ -168,25 +175,23 @@ class BodyReader:
             view[:n] = state.pending[:n]
             state.pending = state.pending[n:]
             return n
-        assert isinstance(state, PastH11)
-        want = min(len(view), state.left)
-        if state.buffered:
-            n = min(want, len(state.buffered))
-            view[:n] = state.buffered[:n]
-            state.buffered = state.buffered[n:]
-        else:
-            n = await self._clock.wait_for(lambda: self._recv_into(view[:want]), int)
-            if n == 0:
-                done = cast(int, self._length) - state.left
-                raise HTTPError(400, f"request body ended after {done} of {self._length} bytes")
-        state.left -= n
-        if not state.left:
-            self.state = Ended(state.after)
-        return n
+        if isinstance(state, Failed):
+            raise state.error
+        return 0  # Ended
 
     async def _recv_into(self, view: memoryview) -> int:
-        """Body bytes straight off the stream into ``view``; a broken stream is HTTPError 400
-        (the client went away mid-body: the handler learns it as a failure of the request)."""
+        """Body bytes straight off the stream into ``view``, the wait on the clock; a broken
+        stream is HTTPError 400 (the client went away mid-body: the handler learns it as a
+        failure of the request)."""
+        clock = self._clock
+        start = trio.current_time()
+        with trio.move_on_after(clock.left):
+            n = await self._recv_into_now(view)
+            clock.received(n, trio.current_time() - start)
+            return n
+        raise clock.expired()
+
+    async def _recv_into_now(self, view: memoryview) -> int:
         if isinstance(self._stream, trio.SocketStream):
             try:
                 return await self._stream.socket.recv_into(view)
@@ -218,8 +223,14 @@ class BodyReader:
             except h11.RemoteProtocolError as e:  # a bad chunk, or the connection closed early
                 raise HTTPError(400, f"request body incomplete: {e}") from None
             if event is h11.NEED_DATA:
-                data = await self._clock.wait_for(self._receive_some, len)
-                self._h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
+                clock = self._clock
+                start = trio.current_time()
+                with trio.move_on_after(clock.left):
+                    data = await self._receive_some()
+                    clock.received(len(data), trio.current_time() - start)
+                    self._h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
+                    continue
+                raise clock.expired()
             elif isinstance(event, h11.Data):
                 if event.data:
                     return bytes(event.data)

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from migrate.addresses import parse_host
+from migrate.http.body import BodyClock
 from migrate.http.errors import HTTPError
 from migrate.http.exchange import Connection
 from migrate.http.limits import Limits
@@ -562,14 +563,36 @@ async def trickle(server: Server, head: bytes, piece: bytes, most: int) -> tuple
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 async def test_trickling_body_is_cut(server: Server, chunked: bool) -> None:
     """A byte every 0.1 s restarted the body timeout (0.5 s) each time: never cut. Under the
-    minimum rate (500 bytes/s, each byte earning 2 ms) it is cut within about 0.5 s."""
+    minimum rate (500 bytes/s, each byte earning 2 ms) it is cut within about 0.5 s, long
+    before its 40 pieces."""
     framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: 1000"
     head = b"POST /echo HTTP/1.1\r\nHost: x\r\n%s\r\n\r\n" % framing
     piece = b"1\r\na\r\n" if chunked else b"a"
     response, sent = await trickle(server, head, piece, most=40)
     assert response.status == 408
-    assert response.body == b"408 Request Timeout: request body slower than 500 bytes/s\n"
-    assert sent < 20
+    assert response.headers["connection"] == "close"
+    assert sent < 20  # (the message is the clock's: see test_body_clock)
+
+
+def test_body_clock() -> None:
+    """mod_reqtimeout's body=30,MinRate=500: 30 s at first, 1 s more per 500 bytes, never
+    more than 30 s ahead; only the waits count."""
+    clock = BodyClock(30.0, 500.0)
+    clock.received(1000, 10.0)  # 10 s for 1000 bytes: 2 s earned
+    assert clock.left == pytest.approx(22.0)
+    clock.received(10**9, 0.5)  # a burst earns no more than the whole timeout
+    assert clock.left == 30.0
+    for _ in range(3):
+        clock.received(1, 10.0)  # a byte every 10 s
+    assert clock.left == pytest.approx(0.006)
+    assert str(clock.expired()) == "408 request body slower than 500 bytes/s"
+    fresh = BodyClock(0.5, 500.0)
+    assert str(fresh.expired()) == "408 no request body bytes for 0.5 s"
+    every_byte = BodyClock(30.0, 0.0)  # no minimum rate: any byte restores the timeout
+    every_byte.received(1, 29.0)
+    assert every_byte.left == 30.0
+    every_byte.received(0, 29.0)
+    assert every_byte.left == pytest.approx(1.0)
 
 
 async def test_time_a_handler_takes_between_reads_is_not_the_clients(server: Server) -> None:

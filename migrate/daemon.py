@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import signal
-import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,8 +23,10 @@ from migrate.formats.xapi import DEFAULT_PORT
 from migrate.host.identity import watch_interfaces
 from migrate.host.services import HostServices
 from migrate.host.startup import prepare_state
-from migrate.http.server import Limits, Router, client_address, serve, serve_connection
-from migrate.http.tls import TLSStream
+from migrate.http.limits import Limits
+from migrate.http.routing import Router
+from migrate.http.server import serve, serve_tls
+from migrate.http.tls import TlsError, server_ssl_context
 from migrate.net import listener_url, open_listeners
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
@@ -71,57 +72,6 @@ def default_state_dir() -> str:
     if not os.path.isabs(base):
         base = os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "xfer")
-
-
-class TlsError(ValueError):
-    """The TLS certificate or key cannot be used; the message says which and why."""
-
-
-def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server context for ``cert`` and ``key`` (PEM files), TLS 1.2 or later."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except FileNotFoundError as e:
-        raise TlsError(f"TLS certificate or key: {e.strerror}: {e.filename}") from None
-    except (ssl.SSLError, OSError) as e:
-        raise TlsError(f"cannot use TLS certificate {cert} with key {key}: {e}") from None
-    return context
-
-
-async def serve_tls(
-    router: Router,
-    listeners: list[trio.SocketListener],
-    context: ssl.SSLContext,
-    limits: Limits,
-    *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """:func:`~migrate.http.server.serve`, each accepted connection wrapped in TLS (server
-    side). A handshake that fails or takes longer than ``limits.header_timeout`` closes the
-    connection; the others are not affected."""
-
-    async def handle(stream: trio.SocketStream) -> None:
-        try:
-            client = client_address(stream.socket.getpeername())
-        except OSError:
-            client = None
-        tls = TLSStream(stream, context)
-        handshake_ok = False
-        with trio.move_on_after(limits.header_timeout):
-            try:
-                await tls.do_handshake()
-                handshake_ok = True
-            except Exception as e:  # whatever the peer sent, only this connection ends
-                cause = e.__cause__ or e
-                log.debug("TLS handshake with %s failed: %s", client or "?", cause)
-        if not handshake_ok:
-            await trio.aclose_forcefully(stream)
-            return
-        await serve_connection(tls, router, limits, client=client)
-
-    await trio.serve_listeners(handle, listeners, task_status=task_status)
 
 
 def raise_fd_limit() -> int:

@@ -19,7 +19,8 @@ import XenAPI
 from migrate.host import tasks
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
-from migrate.http.server import Router, serve
+from migrate.http.routing import Router
+from migrate.http.server import serve
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store

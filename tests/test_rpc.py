@@ -20,7 +20,8 @@ import XenAPI
 from migrate.addresses import parse_host
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
-from migrate.http.server import Router, serve
+from migrate.http.routing import Router
+from migrate.http.server import serve
 from migrate.interfaces import Interface, InterfaceAddress
 from migrate.rpc import host, network, pif, sr, task, vdi
 from migrate.rpc.dispatch import Dispatcher, register_rpc

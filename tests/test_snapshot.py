@@ -380,7 +380,8 @@ async def test_sdk_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
     from functools import partial
 
     from migrate.addresses import parse_host
-    from migrate.http.server import Router, serve
+    from migrate.http.routing import Router
+    from migrate.http.server import serve
     from migrate.rpc.dispatch import register_rpc
 
     store = Store.open(str(tmp_path / "state.db"))

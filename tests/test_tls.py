@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.daemon import TlsError, server_ssl_context
+from migrate.http.tls import TlsError, server_ssl_context
 from support import XFER, make_dynamic
 from test_cli_rpc import ok, one_error_line, xfer
 from test_serve import ROOT, serving, stop

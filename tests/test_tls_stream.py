@@ -13,8 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from migrate.daemon import server_ssl_context
-from migrate.http.tls import TLSStream
+from migrate.http.tls import TLSStream, server_ssl_context
 from test_tls import make_certificate
 
 MiB = 1 << 20

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 import trio
 
-from migrate.daemon import serve_tls, server_ssl_context
 from migrate.host.services import HostServices
-from migrate.http.server import Limits, Router, serve
+from migrate.http.limits import Limits
+from migrate.http.routing import Router
+from migrate.http.server import serve, serve_tls
+from migrate.http.tls import server_ssl_context
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.rpc.pool import pool_uuid
 from migrate.state.store import Store

@@ -2,10 +2,10 @@
 in large pieces; the server's connections and the CLI's (through httpx) both use it.
 
 ``trio.SSLStream`` returns one TLS record (16 KiB) per ``receive_some`` and pays trio's checks
-and a checkpoint for each: an upload of 2 GiB over TLS is 131072 such calls, and they, not the
-cipher, bounded it here (``curl -k -T`` of 2 GiB into a VDI: 3.8-4.1 s). :meth:`TLSStream.
-receive_into` instead reads what the socket holds (up to :data:`RECEIVE_SIZE`) into the
-incoming BIO at once and decrypts every whole record in it straight into the caller's buffer.
+and a checkpoint for each, which bound a large upload more than the cipher does.
+:meth:`TLSStream.receive_into` instead reads what the socket holds (up to
+:data:`RECEIVE_SIZE`) into the incoming BIO at once and decrypts every whole record in it
+straight into the caller's buffer.
 
 Like ``trio.SSLStream(..., https_compatible=True)``, a peer that closes its connection without
 TLS's ``close_notify`` ends the stream as an end of file (HTTP's own framing tells a cut body),
@@ -30,7 +30,7 @@ RECEIVE_SIZE = 1 << 20
 """Bytes read off the socket at most at once (several dozen records)."""
 SEND_PIECE = 256 << 10
 """Bytes encrypted at a time by :meth:`TLSStream.send_all`: pieces that stay in the CPU's
-cache between encrypting them and copying them to the socket (4 MiB ran 0.7x as fast)."""
+cache between encrypting them and copying them to the socket."""
 
 
 class TLSStream(trio.abc.HalfCloseableStream):
@@ -212,3 +212,20 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self._flush()
+
+
+class TlsError(ValueError):
+    """The TLS certificate or key cannot be used; the message says which and why."""
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for ``cert`` and ``key`` (PEM files), TLS 1.2 or later."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise TlsError(f"TLS certificate or key: {e.strerror}: {e.filename}") from None
+    except (ssl.SSLError, OSError) as e:
+        raise TlsError(f"cannot use TLS certificate {cert} with key {key}: {e}") from None
+    return context

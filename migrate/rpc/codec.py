@@ -45,7 +45,7 @@ class Call:
     """The JSON-RPC request id (None for XML-RPC)."""
 
 
-def decode_xmlrpc(body: bytes) -> Call:
+def decode_xmlrpc(body: bytes | bytearray) -> Call:
     """An XML-RPC ``methodCall``; ProtocolError when it is not one (a ``methodResponse`` or a
     fault included, and whatever the XML parser refuses: an unknown encoding, a value it
     cannot convert)."""
@@ -83,7 +83,7 @@ def encode_xmlrpc_protocol_error(error: ProtocolError) -> bytes:
     return xmlrpc.client.dumps(fault, methodresponse=True, encoding="utf-8").encode()
 
 
-def decode_jsonrpc(body: bytes) -> Call:
+def decode_jsonrpc(body: bytes | bytearray) -> Call:
     """A JSON-RPC request object; ProtocolError when it is not one."""
     try:
         request = json.loads(body, parse_constant=_not_a_number, parse_float=_finite)

@@ -32,7 +32,8 @@ from migrate.host.errors import (
     ApiError,
 )
 from migrate.host.services import HostServices
-from migrate.http.server import Connection, Request, Router
+from migrate.http.exchange import Connection
+from migrate.http.routing import Request, Router
 from migrate.rpc import accessors, codec, event, host, network, pif, pool, session, sr, task, vdi
 from migrate.rpc.codec import Call, ProtocolError
 
@@ -176,7 +177,7 @@ class Dispatcher:
         return ref(uuid)
 
 
-async def _decode(host: HostServices, decode: Callable[[bytes], Call], body: bytes) -> Call:
+async def _decode(host: HostServices, decode: Callable[[bytearray], Call], body: bytearray) -> Call:
     """``decode(body)``; a large body in a parsing thread, not in the event loop."""
     if len(body) <= PARSE_INLINE:
         return decode(body)
@@ -189,7 +190,7 @@ def register_rpc(router: Router, dispatcher: Dispatcher) -> None:
     host_services = dispatcher.host
 
     async def xmlrpc(request: Request, conn: Connection) -> None:
-        body = await conn.read_body(MAX_BODY)
+        body = await conn.read_body_buffer(MAX_BODY)
         try:
             call = await _decode(host_services, codec.decode_xmlrpc, body)
         except ProtocolError as e:
@@ -204,7 +205,7 @@ def register_rpc(router: Router, dispatcher: Dispatcher) -> None:
         await conn.respond(200, [("content-type", "text/xml")], answer)
 
     async def jsonrpc(request: Request, conn: Connection) -> None:
-        body = await conn.read_body(MAX_BODY)
+        body = await conn.read_body_buffer(MAX_BODY)
         try:
             call = await _decode(host_services, codec.decode_jsonrpc, body)
         except ProtocolError as e:

@@ -18,7 +18,8 @@ import trio
 
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
-from migrate.http.server import HTTPError, Request
+from migrate.http.errors import HTTPError
+from migrate.http.routing import Request
 from migrate.transfer.params import param
 
 REALM = "xapi"

@@ -22,7 +22,9 @@ import vhd
 from migrate.formats.xapi import EXPORT_PATH, FORMATS
 from migrate.host.errors import INVALID_VALUE, TASK_CANCELLED, VDI_IO_ERROR
 from migrate.host.services import HostServices
-from migrate.http.server import Connection, HTTPError, Request, Router
+from migrate.http.errors import HTTPError
+from migrate.http.exchange import Connection
+from migrate.http.routing import Request, Router
 from migrate.transfer import auth
 from migrate.transfer.params import disk_format, lookup, param, vdi_file
 from migrate.transfer.task import TransferTask

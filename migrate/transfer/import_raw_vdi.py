@@ -35,7 +35,9 @@ from migrate.host.errors import (
     ApiError,
 )
 from migrate.host.services import HostServices
-from migrate.http.server import Connection, HTTPError, Request, Router
+from migrate.http.errors import HTTPError
+from migrate.http.exchange import Connection
+from migrate.http.routing import Request, Router
 from migrate.state.store import NotFound, Store
 from migrate.storage import sr as storage
 from migrate.storage.staging import StagedImage, StagingError, disk_full

@@ -8,7 +8,8 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from migrate.formats.xapi import FORMATS, REF_PREFIX, ref_uuid
-from migrate.http.server import HTTPError, Request
+from migrate.http.errors import HTTPError
+from migrate.http.routing import Request
 from migrate.state.store import NotFound, Store
 from migrate.storage.sr import vdi_path
 

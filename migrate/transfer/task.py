@@ -21,7 +21,7 @@ from migrate.formats.xapi import ref, ref_uuid
 from migrate.host import tasks
 from migrate.host.errors import INTERNAL_ERROR, ApiError
 from migrate.host.services import HostServices
-from migrate.http.server import HTTPError
+from migrate.http.errors import HTTPError
 from migrate.nursery import open_nursery
 from migrate.state.store import NotFound
 

@@ -232,3 +232,17 @@ async def test_targets_under_attack(tmp_path: Path) -> None:
                 for stream in idle:
                     await trio.aclose_forcefully(stream)
                 attack.cancel_scope.cancel()
+
+
+def test_the_daemon_raises_its_open_files_limit(tmp_path: Path) -> None:
+    """Started with a soft limit of 1024 descriptors (a common default for services), the
+    daemon raises it to the hard limit: every connection holds one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 1024:
+        pytest.skip(f"the hard limit of open files is {hard}: nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        with daemon(tmp_path) as (_, proc):
+            assert psutil.Process(proc.pid).rlimit(psutil.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -22,7 +23,6 @@ from typing import Any, Protocol
 import httpx
 import trio
 
-from migrate.addresses import Host
 from migrate.cli.diskfile import DiskFile
 from migrate.cli.http_client import (
     ClientError,
@@ -48,15 +48,12 @@ _UNSATISFIED_RANGE = re.compile(r"(?:bytes )?\*/(\d+)")  # the unit is required;
 def export_command(args: argparse.Namespace) -> int:
     """``xfer export --host HOST --vdi UUID [--format F] [--base UUID] [-o FILE] [--resume]``."""
 
-    async def work(client: httpx.AsyncClient, target: Target) -> int:
-        return await export(client, target.host, args)
-
-    return run_client(args, work, basic_auth=True)
+    return run_client(args, functools.partial(export, args=args), basic_auth=True)
 
 
-async def export(client: httpx.AsyncClient, host: Host, args: argparse.Namespace) -> int:
-    """Export ``args.vdi`` of ``host`` as the options say; the exit status."""
-    url = host.url(EXPORT_PATH)
+async def export(client: httpx.AsyncClient, target: Target, args: argparse.Namespace) -> int:
+    """Export ``args.vdi`` of the target host as the options say; the exit status."""
+    url = target.host.url(EXPORT_PATH)
     output: str = args.output
     if args.base and args.format != "vhd":
         raise ValueError("--base needs --format vhd")

@@ -10,6 +10,7 @@ the bytes sent.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import re
@@ -21,7 +22,6 @@ from typing import Any, cast
 import httpx
 import trio
 
-from migrate.addresses import Host
 from migrate.cli.http_client import (
     ClientError,
     Target,
@@ -44,15 +44,12 @@ _REF = re.compile(re.escape(REF_PREFIX) + r"([0-9a-fA-F-]{36})")
 def import_command(args: argparse.Namespace) -> int:
     """``xfer import --host HOST (--vdi UUID | --sr UUID) [--format F] [--name N] FILE``."""
 
-    async def work(client: httpx.AsyncClient, target: Target) -> int:
-        return await import_(client, target.host, args)
-
-    return run_client(args, work, basic_auth=True)
+    return run_client(args, functools.partial(import_, args=args), basic_auth=True)
 
 
-async def import_(client: httpx.AsyncClient, host: Host, args: argparse.Namespace) -> int:
-    """Import ``args.file`` into ``host`` as the options say; the exit status."""
-    url = host.url(IMPORT_PATH)
+async def import_(client: httpx.AsyncClient, target: Target, args: argparse.Namespace) -> int:
+    """Import ``args.file`` into the target host as the options say; the exit status."""
+    url = target.host.url(IMPORT_PATH)
     if args.name is not None and args.sr is None:
         raise ValueError("--name needs --sr (it names the new VDI)")
     params = {"format": args.format}

@@ -101,10 +101,10 @@ def _vhd(commands: Any) -> None:
     p.add_argument(
         "--from",
         dest="src_format",
-        choices=["raw", "vhd"],
+        choices=tuple(FORMATS),
         help="read SRC as this format, whatever its name and content",
     )
-    p.add_argument("--to", choices=["raw", "vhd"], help="output format (default: DST's extension)")
+    p.add_argument("--to", choices=tuple(FORMATS), help="output format (default: DST's extension)")
     p.add_argument("--base", help="write a differencing VHD of SRC relative to the VHD BASE")
     p.set_defaults(run=Runner(implementation, "convert_command"))
 

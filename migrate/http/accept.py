@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from migrate.addresses import sockaddr_host_port
 from migrate.http.limits import Limits
 from migrate.http.routing import client_address
 
@@ -190,6 +191,4 @@ def _peer(stream: trio.SocketStream) -> str | None:
 
 def _where(listener: trio.SocketListener) -> str:
     """The listener's address and port, for log lines."""
-    address = listener.socket.getsockname()
-    host = client_address(address) or "?"
-    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    return sockaddr_host_port(listener.socket.getsockname())

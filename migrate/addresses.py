@@ -245,6 +245,20 @@ def unzoned_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return ipaddress.ip_address(text.partition("%")[0])
 
 
+def client_network(address: str | None) -> str:
+    """Who a client is, for counting what it holds: its address, or its /64 for IPv6 (one
+    host is given a whole /64, and may speak from any address in it); ``?`` when unknown."""
+    if address is None:
+        return "?"
+    try:
+        ip = unzoned_ip(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def canonical(text: str) -> str:
     """The canonical bare form of an address or host name (no port, no brackets)."""
     return parse_host(text).address

@@ -258,3 +258,12 @@ def test_unzoned_ip() -> None:
     assert str(addresses.unzoned_ip("192.0.2.1")) == "192.0.2.1"
     with pytest.raises(ValueError):
         addresses.unzoned_ip("host.example")
+
+
+def test_client_network() -> None:
+    """A client, for counting what it holds: an IPv4 address, or the /64 of an IPv6 one."""
+    assert addresses.client_network("192.0.2.7") == "192.0.2.7"
+    assert addresses.client_network("2001:db8:1:2:aaaa::1") == "2001:db8:1:2::/64"
+    assert addresses.client_network("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert addresses.client_network("fe80::1%eth0") == "fe80::/64"
+    assert addresses.client_network(None) == "?"

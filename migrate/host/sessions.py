@@ -6,14 +6,14 @@ thread of its own kind (:mod:`migrate.host.threads`), never inside a database ca
 wrong passwords do not queue every other call behind them. Failed logins slow their sender
 down: after :data:`FREE_FAILURES` failures from a client, each attempt from it waits twice as
 long as the one before, up to :data:`MAX_DELAY`, and one client has one attempt in progress at
-a time. A client is its address, or its /64 for IPv6 (one host holds a whole /64). Credentials
-verified in the last minute are not hashed again (HTTP Basic sends them with every request).
+a time. A client is its address, or its /64 for IPv6 (``addresses.client_network``).
+Credentials verified in the last minute are not hashed again (HTTP Basic sends them with every
+request).
 """
 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import secrets
 import time
 import uuid as uuidlib
@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from migrate.addresses import unzoned_ip
+from migrate.addresses import client_network
 from migrate.formats.xapi import ref
 from migrate.host.database import Database
 from migrate.host.errors import SESSION_AUTHENTICATION_FAILED, SESSION_INVALID, ApiError
@@ -112,19 +112,6 @@ class _Failures:
     turn: trio.Lock
 
 
-def client_key(address: str | None) -> str:
-    """Who a login comes from, for counting failures: the address, or its /64 for IPv6."""
-    if address is None:
-        return "?"
-    try:
-        ip = unzoned_ip(address)
-    except ValueError:
-        return address
-    if ip.version == 6:
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
 class LoginThrottle:
     """Failed logins by client, and the wait each client's next attempt owes."""
 
@@ -179,7 +166,7 @@ class Sessions:
         (after the wait the client's earlier failures impose)."""
         if not isinstance(user, str) or not isinstance(password, str):
             raise ApiError(SESSION_AUTHENTICATION_FAILED, user, "Authentication failure")
-        key = client_key(client)
+        key = client_network(client)
         async with self.throttle.turn(key):
             await trio.sleep(self.throttle.delay(key))
             if not await self._verify(user, password):

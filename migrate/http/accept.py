@@ -1,6 +1,7 @@
 """Accepting connections: one loop per listener, each connection its own task, within caps.
 
-:class:`ConnectionCaps` counts connections in total and per client address; one over either
+:class:`ConnectionCaps` counts connections in total and per client (its address, or its /64
+for IPv6: :func:`migrate.addresses.client_network`); one over either
 cap is refused at once (a short answer if the server has one, then closed) and logged at most
 once a second per address, so that many connections from a few clients cannot take every
 descriptor. When ``accept`` fails for want of descriptors or memory (EMFILE, ENFILE,
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from migrate.addresses import sockaddr_host_port
+from migrate.addresses import client_network, sockaddr_host_port
 from migrate.http.limits import Limits
 from migrate.http.routing import client_address
 
@@ -145,21 +146,26 @@ async def _accept_loop(
                 log.warning("accepting connections on %s again after %.1f s", where, paused)
                 paused_since = None
             client = _peer(stream)
-            why = caps.admit(client)
+            network = client_network(client)
+            why = caps.admit(network)
             if why is None:
-                nursery.start_soon(_serve, stream, client, caps, handle)
+                nursery.start_soon(_serve, stream, client, network, caps, handle)
             else:
-                caps.log_refusal(client, why)
+                caps.log_refusal(network, why)
                 _refuse(stream, refusal(why) if refusal is not None else b"")
 
 
 async def _serve(
-    stream: trio.SocketStream, client: str | None, caps: ConnectionCaps, handle: ConnectionHandler
+    stream: trio.SocketStream,
+    client: str | None,
+    network: str,
+    caps: ConnectionCaps,
+    handle: ConnectionHandler,
 ) -> None:
     try:
         await handle(stream, client)
     finally:
-        caps.release(client)
+        caps.release(network)
         await trio.aclose_forcefully(stream)
 
 

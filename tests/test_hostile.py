@@ -43,19 +43,49 @@ def daemon(tmp_path: Path, *args: str) -> Iterator[tuple[Host, Any]]:
         yield Host(port_of(urls[0].replace("[::]", "[::1]"))), proc
 
 
-async def call(host: Host, method: str, *params: Any, source: str | None = None) -> tuple[Any, Any]:
-    """One JSON-RPC call (from the local address ``source``); its result and its error."""
-    transport = httpx.AsyncHTTPTransport(local_address=source) if source else None
-    async with httpx.AsyncClient(transport=transport, timeout=LIVENESS) as client:
-        body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
-        address = f"http://{source}:{host.port}/jsonrpc" if source else host.url()
-        answer = (await client.post(address, json=body)).json()
+@asynccontextmanager
+async def rpc_client(source: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client whose connections come from the local address ``source`` (plain HTTP:
+    no certificates loaded, so that many clients cost the test little)."""
+    transport = httpx.AsyncHTTPTransport(local_address=source, verify=False) if source else None
+    # (a client of its own for each call would load the system's certificates each time)
+    async with httpx.AsyncClient(transport=transport, timeout=LIVENESS, verify=False) as client:
+        yield client
+
+
+async def call(
+    host: Host,
+    method: str,
+    *params: Any,
+    source: str | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> tuple[Any, Any]:
+    """One JSON-RPC call (from the local address ``source``, through ``client`` if given);
+    its result and its error."""
+    if client is None:
+        async with rpc_client(source) as fresh:
+            return await call(host, method, *params, source=source, client=fresh)
+    body = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+    address = f"http://{source}:{host.port}/jsonrpc" if source else host.url()
+    answer = (await client.post(address, json=body)).json()
     return answer.get("result"), answer.get("error")
 
 
-async def login(host: Host, password: str = PASSWORD, source: str | None = None) -> Any:
+async def login(
+    host: Host,
+    password: str = PASSWORD,
+    source: str | None = None,
+    client: httpx.AsyncClient | None = None,
+) -> Any:
     result, error = await call(
-        host, "session.login_with_password", "root", password, "1.0", "t", source=source
+        host,
+        "session.login_with_password",
+        "root",
+        password,
+        "1.0",
+        "t",
+        source=source,
+        client=client,
     )
     return result if error is None else error
 
@@ -92,7 +122,7 @@ async def trickling_uploads(
 
 
 async def export_4k(host: Host, vdi: str) -> bytes:
-    async with httpx.AsyncClient(timeout=LIVENESS) as client:
+    async with rpc_client() as client:
         answer = await client.get(
             host.url(f"/export_raw_vdi?vdi={vdi}&format=raw"), auth=("root", PASSWORD)
         )
@@ -200,9 +230,10 @@ async def test_targets_under_attack(tmp_path: Path) -> None:
         async with trio.open_nursery() as attack:
 
             async def guess(source: str) -> None:
-                while True:
-                    await login(host, "guess", source=source)
-                    answered.append(source)
+                async with rpc_client(source) as client:
+                    while True:
+                        await login(host, "guess", source=source, client=client)
+                        answered.append(source)
 
             async def upload(source: str) -> None:
                 async with trickling_uploads(host, sr, 1, source) as (stream,):

@@ -8,14 +8,16 @@ them. Each kind has its own bound here; the state database has its own as well
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import trio
 
 BULK = 16
 """Threads moving disk data at once: reading, writing and syncing images."""
-HASHING = 2
-"""Threads checking passwords at once (a hash is CPU work of a tenth of a second)."""
+HASHING = max(1, (os.cpu_count() or 2) - 1)
+"""Threads checking passwords at once: a hash is a tenth of a second of CPU work, and wrong
+passwords must never take every core from the event loop."""
 PARSING = 2
 """Threads decoding large request bodies at once (XML-RPC, JSON-RPC)."""
 

@@ -151,18 +151,23 @@ def _max_rss() -> int:
 
 @contextmanager
 def _time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Bound one operation with SIGALRM, then give the timer back to the test's own timeout
+    (pytest-timeout's, which uses the same signal) with what is left of it."""
+
     def on_alarm(signum: int, frame: object) -> None:
         raise _Hang(what)
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     except _Hang:
         raise AssertionError(f"{what} took longer than {seconds} s") from None
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        left, _ = signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (seconds - left), 0.001))
 
 
 def names_where(e: VhdError) -> bool:

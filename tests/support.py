@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,16 +203,46 @@ def host_store(
     return store
 
 
-async def wait_until(
-    condition: Callable[[], object], *, timeout: float = TIMEOUT, what: str = ""
-) -> None:
-    """Wait until ``condition()`` is true, looking every 10 ms; the test fails after
-    ``timeout`` seconds, naming ``what`` it waited for."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    pytest.fail(f"gave up after {timeout} s waiting for {what or condition}")
+# Waiting for something to happen
+
+
+def _looks(condition: Callable[[], T], timeout: float, what: str) -> Generator[float, None, T]:
+    """Look at ``condition()`` until it is true and return its value; yields the pause to
+    make between two looks (5 ms, doubling up to 100 ms). Fails the test after ``timeout``
+    seconds, naming ``what`` it waited for. The one definition of polling in the tests:
+    :func:`wait_until` (trio) and :func:`wait_until_sync` (threads) only pause."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout} s waiting for {what}")
+        yield pause
+        pause = min(2 * pause, 0.1)
+    return value
+
+
+async def wait_until(condition: Callable[[], T], *, timeout: float = TIMEOUT, what: str) -> T:
+    """In trio: wait until ``condition()`` is true and return its value, failing the test
+    after ``timeout`` seconds naming ``what`` (see :func:`_looks`)."""
+    looks = _looks(condition, timeout, what)
+    while True:
+        try:
+            pause = next(looks)
+        except StopIteration as met:
+            return met.value
+        await trio.sleep(pause)
+
+
+def wait_until_sync(condition: Callable[[], T], *, timeout: float = TIMEOUT, what: str) -> T:
+    """Outside trio (a test's own thread, the SDK's worker thread): :func:`wait_until`,
+    sleeping between the looks."""
+    looks = _looks(condition, timeout, what)
+    while True:
+        try:
+            pause = next(looks)
+        except StopIteration as met:
+            return met.value
+        time.sleep(pause)
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -340,7 +370,7 @@ class CuttingProxy:
     (:attr:`connections`), so a test reads the request and response heads off the wire.
 
     A context manager: on exit the listener and every connection are closed and the relay's
-    threads checked to have ended. Every socket has a timeout, so no thread outlives a stuck
+    threads checked to have ended. Every connection has a timeout, so no thread outlives a stuck
     peer by more than ``timeout`` seconds."""
 
     def __init__(
@@ -360,10 +390,8 @@ class CuttingProxy:
         self.connections: list[Relayed] = []
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._listener = socket.create_server((address, 0), family=family)
-        self._listener.settimeout(0.1)  # the accept loop looks at _stop this often
         self.port: int = self._listener.getsockname()[1]
         self.host = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
-        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -377,32 +405,27 @@ class CuttingProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._threads[0].join(timeout=5)
+        _shut(self._listener)  # wakes the accept loop, which ends
+        self._threads[0].join()
         self._listener.close()
-        self._join(5)  # connections whose client is gone end by themselves
+        for thread in self._relays():  # connections whose client is gone end by themselves
+            thread.join(timeout=5)
         with self._lock:
             for sock in self._sockets:
                 _shut(sock)
-        self._join(self.timeout)
+        wait_until_sync(
+            lambda: not any(t.is_alive() for t in self._relays()),
+            timeout=self.timeout,
+            what="the relay threads to end",
+        )
         with self._lock:
             for sock in self._sockets:
                 sock.close()
-            alive = [t.name for t in self._threads if t.is_alive()]
-        assert not alive, f"relay threads still running: {alive}"
 
-    def _join(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for every thread, those started meanwhile included."""
-        deadline = time.monotonic() + seconds
-        joined: set[threading.Thread] = set()
-        while True:
-            with self._lock:
-                pending = [t for t in self._threads if t not in joined]
-            if not pending:
-                return
-            for thread in pending:
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
-                joined.add(thread)
+    def _relays(self) -> list[threading.Thread]:
+        """The threads relaying connections (all but the accept loop's)."""
+        with self._lock:
+            return self._threads[1:]
 
     def _start(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -411,12 +434,10 @@ class CuttingProxy:
         thread.start()
 
     def _accept(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+            except OSError:  # the listener shut down
                 return
             client.settimeout(self.timeout)
             with self._lock:

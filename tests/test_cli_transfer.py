@@ -11,12 +11,10 @@ import http.client
 import os
 import pty
 import re
-import select
 import socket
 import struct
 import subprocess
 import termios
-import time
 import urllib.parse
 import uuid as uuidlib
 from pathlib import Path
@@ -388,21 +386,16 @@ def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
     proc = subprocess.Popen(
         [*XFER, *args], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=xfer_env()
     )
-    os.close(slave)
+    os.close(slave)  # the terminal's other end is then the child's alone: EIO once it exits
     seen = b""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the other end closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other end closed
             break
+        if not chunk:
+            break
+        seen += chunk
     os.close(master)
     assert proc.stdout is not None
     out = proc.stdout.read()

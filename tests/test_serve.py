@@ -9,7 +9,6 @@ import selectors
 import signal
 import socket
 import subprocess
-import time
 import uuid
 import xmlrpc.client
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from migrate.host.identity import host_address
 from migrate.interfaces import Interface, InterfaceAddress, read_interfaces
 from migrate.state import credentials
 from migrate.state.store import Store
-from support import XFER
+from support import XFER, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 15.0
@@ -38,19 +37,17 @@ def _env() -> dict[str, str]:
 
 
 def _read_lines(proc: subprocess.Popen[bytes], count: int, stderr: Path) -> list[str]:
-    """The first ``count`` stdout lines of ``proc``, waiting at most TIMEOUT seconds."""
+    """The first ``count`` stdout lines of ``proc``, each awaited at most TIMEOUT seconds."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + TIMEOUT
     data = b""
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
         while data.count(b"\n") < count:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no listeners after {TIMEOUT} s: {data!r} {stderr.read_text()}"
-            if selector.select(left):
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                assert chunk, f"xfer serve exited: {data!r} {stderr.read_text()}"
-                data += chunk
+            ready = selector.select(TIMEOUT)
+            assert ready, f"nothing from xfer serve for {TIMEOUT} s: {data!r} {stderr.read_text()}"
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"xfer serve exited: {data!r} {stderr.read_text()}"
+            data += chunk
     return data.decode().splitlines()[:count]
 
 
@@ -60,7 +57,7 @@ def serving(
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[str], Path]]:
     """A running ``xfer serve --state-dir TMP/state ARGS``: the process, the URLs of its
     ``count`` listening lines and its stderr file; the process is always ended afterwards."""
-    stderr = tmp_path / f"stderr-{time.monotonic_ns()}"
+    stderr = tmp_path / f"stderr-{uuid.uuid4().hex}"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
             [*XFER, "serve", "--state-dir", str(tmp_path / "state"), *args],
@@ -147,10 +144,9 @@ def test_async_calls_run_in_the_daemon(tmp_path: Path) -> None:
         sr = proxy.SR.get_all(session)["Value"][0]
         record = {"SR": sr, "virtual_size": str(1 << 30), "name_label": "async"}
         task = proxy.Async.VDI.create(session, record)["Value"]
-        deadline = time.monotonic() + 10
-        while proxy.task.get_status(session, task)["Value"] == "pending":
-            assert time.monotonic() < deadline, "task still pending after 10 s"
-            time.sleep(0.05)
+        wait_until_sync(
+            lambda: proxy.task.get_status(session, task)["Value"] != "pending", what="the task"
+        )
         assert proxy.task.get_status(session, task)["Value"] == "success"
         result = proxy.task.get_result(session, task)["Value"]
         vdis = proxy.VDI.get_all(session)["Value"]

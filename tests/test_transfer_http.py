@@ -40,13 +40,12 @@ from support import (
     read_all,
     run,
     running_daemon,
+    wait_until_sync,
 )
 from test_serve import _Transport
 
 TIMEOUT = 20
 """Longest a curl run or a socket operation may take, in seconds."""
-TASK_WAIT = 3.0
-"""Longest wait for a task to leave ``pending`` once its transfer is over."""
 EXPORT = "/export_raw_vdi"
 IMPORT = "/import_raw_vdi"
 BASIC = ("-u", f"root:{PASSWORD}")
@@ -292,29 +291,30 @@ class Xapi:
         return set(self.api.task.get_all())
 
     def new_task(self, before: set[str], label: str) -> str:
-        """The one task named ``label`` that is not in ``before``, waiting at most TASK_WAIT
-        for the daemon to create it."""
-        deadline = time.monotonic() + TASK_WAIT
-        while True:
+        """The one task named ``label`` that is not in ``before``, once the daemon made it."""
+
+        def made() -> dict[str, Any]:
             records = self.api.task.get_all_records()
-            refs = [r for r, t in records.items() if r not in before and t["name_label"] == label]
-            if refs or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert len(refs) == 1, (label, [records[r] for r in refs])
-        return refs[0]
+            return {
+                r: t for r, t in records.items() if r not in before and t["name_label"] == label
+            }
+
+        made_since = wait_until_sync(made, what=f"a task {label!r}")
+        assert len(made_since) == 1, (label, made_since)
+        return next(iter(made_since))
 
     def task(self, ref: str) -> dict[str, Any]:
         record: dict[str, Any] = self.api.task.get_record(ref)
         return record
 
     def finished(self, ref: str) -> dict[str, Any]:
-        """The task's record once it left pending (and cancelling), at most TASK_WAIT later."""
-        deadline = time.monotonic() + TASK_WAIT
-        while (record := self.task(ref))["status"] in ("pending", "cancelling"):
-            assert time.monotonic() < deadline, f"task still {record['status']}: {record}"
-            time.sleep(0.05)
-        return record
+        """The task's record once it left pending (and cancelling)."""
+
+        def ended() -> dict[str, Any] | None:
+            record = self.task(ref)
+            return None if record["status"] in ("pending", "cancelling") else record
+
+        return wait_until_sync(ended, what=f"task {ref} to end")
 
     def failed(self, ref: str, code: str, *words: str) -> list[str]:
         """The task's error_info, after checking it failed with ``code`` and its description
@@ -975,7 +975,7 @@ def test_progress_moves_during_a_slow_import(http: Http, xapi: Xapi) -> None:
         task = xapi.new_task(before, import_label(vdi))
         for offset in range(0, len(body), MiB):
             client.send(body[offset : offset + MiB])
-            time.sleep(0.1)
+            time.sleep(0.1)  # a slow client, on purpose
             seen.append(float(xapi.task(task)["progress"]))
         r = client.response()
     assert r.status == 200, r.body

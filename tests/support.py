@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import xmlrpc.client
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -296,14 +298,25 @@ def xfer_ok(*args: str, input: bytes | None = None) -> str:
     return proc.stdout.decode()
 
 
+class TimeoutTransport(xmlrpc.client.Transport):
+    """An XML-RPC transport whose connections time out (after TIMEOUT seconds)."""
+
+    def make_connection(self, host: str | tuple[str, dict[str, str]]) -> http.client.HTTPConnection:
+        conn = super().make_connection(host)
+        conn.timeout = TIMEOUT
+        return conn
+
+
 @dataclass
 class Daemon:
     """A running ``xfer serve --listen [::]:0`` (IPv6 and IPv4 clients alike): its port, the
-    uuid of its default SR and its state directory."""
+    uuid of its default SR, its state directory and a session of root, through which the
+    tests set up VDIs over XML-RPC (the ``xfer vdi`` commands have tests of their own)."""
 
     port: int
     sr: str
     state: Path
+    session: str
 
     @property
     def sr_dir(self) -> Path:
@@ -320,16 +333,24 @@ class Daemon:
         host = f"[{address}]" if ":" in address else address
         return ("--host", f"{host}:{self.port}", "--password", password)
 
-    def create(self, size: str = "8M") -> str:
-        """A new VDI of ``size`` in the default SR (``xfer vdi create``); its uuid."""
-        uuid = xfer_ok("vdi", "create", *self.auth(), "--size", size).strip()
-        assert UUID.fullmatch(uuid), uuid
+    def rpc(self, method: str, *params: Any) -> Any:
+        """The value of the XML-RPC call ``method(session, PARAMS...)``, checked to succeed."""
+        with xmlrpc.client.ServerProxy(self.url(), transport=TimeoutTransport()) as proxy:
+            answer = getattr(proxy, method)(self.session, *params)
+        assert answer["Status"] == "Success", (method, params, answer)
+        return answer["Value"]
+
+    def create(self, size: int = SIZE) -> str:
+        """A new VDI of ``size`` bytes in the default SR; its uuid."""
+        sr = self.rpc("SR.get_by_uuid", self.sr)
+        ref = self.rpc("VDI.create", {"SR": sr, "virtual_size": str(size), "name_label": ""})
+        uuid: str = self.rpc("VDI.get_uuid", ref)
         return uuid
 
-    def vdis(self) -> dict[str, dict[str, object]]:
-        """``xfer vdi list --json`` by uuid."""
-        rows = json.loads(xfer_ok("vdi", "list", *self.auth(), "--json"))
-        return {row["uuid"]: row for row in rows}
+    def vdis(self) -> dict[str, dict[str, Any]]:
+        """The VDIs' records by uuid (``virtual_size`` in a string, as XenAPI has it)."""
+        records: dict[str, dict[str, Any]] = self.rpc("VDI.get_all_records")
+        return {record["uuid"]: record for record in records.values()}
 
 
 @contextmanager
@@ -341,12 +362,14 @@ def running_daemon(tmp: Path, *args: str) -> Iterator[Daemon]:
     with serving(tmp, "--listen", "[::]:0", "--password", PASSWORD, *args) as (proc, urls, _):
         match = re.fullmatch(r"http://\[::\]:(\d+)/", urls[0])
         assert match, urls
-        port = int(match.group(1))
-        probe = Daemon(port, "", tmp / "state")
-        uuid = probe.create("1M")
-        sr = str(probe.vdis()[uuid]["SR"])
-        xfer_ok("vdi", "destroy", *probe.auth(), "--vdi", uuid)
-        yield Daemon(port, sr, tmp / "state")
+        daemon = Daemon(int(match.group(1)), "", tmp / "state", "")
+        with xmlrpc.client.ServerProxy(daemon.url(), transport=TimeoutTransport()) as proxy:
+            login = proxy.session.login_with_password("root", PASSWORD, "1.0", "tests")
+        assert login["Status"] == "Success", login
+        daemon.session = login["Value"]
+        (pool,) = daemon.rpc("pool.get_all")
+        daemon.sr = daemon.rpc("SR.get_uuid", daemon.rpc("pool.get_default_SR", pool))
+        yield daemon
         assert stop(proc) == 0
 
 

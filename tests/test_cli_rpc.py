@@ -14,8 +14,8 @@ import pytest
 
 from migrate.cli.http_client import host_of
 from migrate.formats.xapi import JSONRPC_PATH
-from support import XFER, xfer_env
-from test_serve import ROOT, _Transport, serving, stop
+from support import XFER, TimeoutTransport, xfer_env
+from test_serve import ROOT, serving, stop
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PASSWORD = "secret"
@@ -150,7 +150,7 @@ def test_vdi_create_list_destroy(daemon: Daemon) -> None:
 
 def sr_uuids(daemon: Daemon) -> dict[str, str]:
     """SR uuid by path, over XML-RPC."""
-    proxy = xmlrpc.client.ServerProxy(f"http://[::1]:{daemon.port}/", transport=_Transport())
+    proxy = xmlrpc.client.ServerProxy(f"http://[::1]:{daemon.port}/", transport=TimeoutTransport())
     session = proxy.session.login_with_password("root", PASSWORD, "1.0", "test")["Value"]
     try:
         records = proxy.SR.get_all_records(session)["Value"]

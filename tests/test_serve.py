@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import selectors
@@ -23,7 +22,7 @@ from migrate.host.identity import host_address
 from migrate.interfaces import Interface, InterfaceAddress, read_interfaces
 from migrate.state import credentials
 from migrate.state.store import Store
-from support import XFER, wait_until_sync
+from support import XFER, TimeoutTransport, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 15.0
@@ -98,18 +97,9 @@ def http_status_line(address: str, port: int) -> str:
     return data.split(b"\r\n", 1)[0].decode()
 
 
-class _Transport(xmlrpc.client.Transport):
-    """An XML-RPC transport whose connections time out."""
-
-    def make_connection(self, host: str | tuple[str, dict[str, str]]) -> http.client.HTTPConnection:
-        conn = super().make_connection(host)
-        conn.timeout = 10
-        return conn
-
-
 def login(url: str, user: str, password: str) -> dict[str, object]:
     """The XML-RPC answer to ``session.login_with_password`` at ``url``."""
-    proxy = xmlrpc.client.ServerProxy(url, transport=_Transport())
+    proxy = xmlrpc.client.ServerProxy(url, transport=TimeoutTransport())
     result = proxy.session.login_with_password(user, password, "1.0", "test")
     assert isinstance(result, dict), result
     return result
@@ -139,7 +129,7 @@ def test_wildcard_is_dual_stack(tmp_path: Path) -> None:
 def test_async_calls_run_in_the_daemon(tmp_path: Path) -> None:
     """The daemon runs ``Async.*`` calls: a task that ends in success with the VDI's ref."""
     with serving(tmp_path, "--listen", "[::1]:0", "--password", "pw") as (proc, urls, _):
-        proxy = xmlrpc.client.ServerProxy(urls[0], transport=_Transport())
+        proxy = xmlrpc.client.ServerProxy(urls[0], transport=TimeoutTransport())
         session = login(urls[0], "root", "pw")["Value"]
         sr = proxy.SR.get_all(session)["Value"][0]
         record = {"SR": sr, "virtual_size": str(1 << 30), "name_label": "async"}

@@ -30,6 +30,7 @@ from support import (
     SIZE,
     Daemon,
     MiB,
+    TimeoutTransport,
     bat_of,
     close,
     disk_content,
@@ -42,7 +43,6 @@ from support import (
     running_daemon,
     wait_until_sync,
 )
-from test_serve import _Transport
 
 TIMEOUT = 20
 """Longest a curl run or a socket operation may take, in seconds."""
@@ -269,7 +269,7 @@ class Xapi:
     """The SDK session the tests inspect the daemon with (VDIs, tasks)."""
 
     def __init__(self, daemon: Daemon, address: str = "::1") -> None:
-        self.session = XenAPI.Session(daemon.url("", address), transport=_Transport())
+        self.session = XenAPI.Session(daemon.url("", address), transport=TimeoutTransport())
         self.session.xenapi.login_with_password("root", PASSWORD, "1.0", "test_transfer_http")
         self.api: Any = self.session.xenapi
         self.sr = self.api.SR.get_by_uuid(daemon.sr)
@@ -364,6 +364,15 @@ def http6(daemon: Daemon, xapi: Xapi) -> Http:
     return Http(daemon, "::1", xapi.ref)
 
 
+@pytest.fixture(scope="module")
+def shared(daemon: Daemon, xapi: Xapi) -> Vdi:
+    """A VDI of SIZE bytes holding CONTENT for the whole module: the tests using it only read
+    it, or check that what they sent left it as it was."""
+    vdi = xapi.create()
+    assert Http(daemon, "::1", xapi.ref).put(CONTENT, vdi=vdi.uuid).status == 200
+    return vdi
+
+
 @pytest.fixture
 def filled(http6: Http, xapi: Xapi) -> Vdi:
     """A new VDI of SIZE bytes holding CONTENT."""
@@ -377,11 +386,11 @@ def filled(http6: Http, xapi: Xapi) -> Vdi:
 
 
 @pytest.mark.parametrize("fmt", ["raw", "vhd"])
-def test_export_headers_and_bytes(http: Http, filled: Vdi, fmt: str, tmp_path: Path) -> None:
-    r = http.get(vdi=filled.uuid, format=fmt)
+def test_export_headers_and_bytes(http: Http, shared: Vdi, fmt: str, tmp_path: Path) -> None:
+    r = http.get(vdi=shared.uuid, format=fmt)
     assert r.status == 200
     assert r.headers["content-length"] == str(len(r.body))
-    assert r.headers["content-disposition"] == f'attachment; filename="{filled.uuid}.{fmt}"'
+    assert r.headers["content-disposition"] == f'attachment; filename="{shared.uuid}.{fmt}"'
     assert REF.fullmatch(r.headers["task-id"]), r.headers
     if fmt == "raw":
         assert r.headers["content-type"] == "application/octet-stream"
@@ -395,8 +404,8 @@ def test_export_headers_and_bytes(http: Http, filled: Vdi, fmt: str, tmp_path: P
         assert read_all(image) == CONTENT
 
 
-def test_export_task_succeeds(http6: Http, xapi: Xapi, filled: Vdi) -> None:
-    r = http6.get(vdi=filled.ref)  # a ref works as well as a uuid
+def test_export_task_succeeds(http6: Http, xapi: Xapi, shared: Vdi) -> None:
+    r = http6.get(vdi=shared.ref)  # a ref works as well as a uuid
     assert r.status == 200 and r.body == CONTENT
     record = xapi.finished(r.headers["task-id"])
     assert record["status"] == "success" and record["progress"] == 1.0, record
@@ -467,11 +476,11 @@ def test_xapi_chunked_framing(http: Http, filled: Vdi, framing: str, tmp_path: P
 
 
 def test_exported_vhd_reads_the_same_in_qemu_img(
-    http6: Http, filled: Vdi, qemu_img: str, tmp_path: Path
+    http6: Http, shared: Vdi, qemu_img: str, tmp_path: Path
 ) -> None:
     image = tmp_path / "export.vhd"
-    image.write_bytes(http6.export(filled.uuid, format="vhd"))
-    assert qemu_raw(qemu_img, image, tmp_path / "qemu.raw") == http6.export(filled.uuid)
+    image.write_bytes(http6.export(shared.uuid, format="vhd"))
+    assert qemu_raw(qemu_img, image, tmp_path / "qemu.raw") == http6.export(shared.uuid)
 
 
 # 3. A delta
@@ -861,11 +870,11 @@ def test_authentication(http: Http, xapi: Xapi, filled: Vdi, method: str, case: 
     assert http.export(filled.uuid) == expected
 
 
-def test_basic_credentials_verified_once_still_check_the_password(http: Http, filled: Vdi) -> None:
+def test_basic_credentials_verified_once_still_check_the_password(http: Http, shared: Vdi) -> None:
     """Right Basic credentials are remembered for a minute (no password hash per request),
     by user and password together: a wrong password right after is still refused."""
     for auth, status in [(BASIC, 200), (BASIC, 200), (("-u", "root:wrong"), 401), (BASIC, 200)]:
-        r = http.get(auth=auth, vdi=filled.uuid)
+        r = http.get(auth=auth, vdi=shared.uuid)
         assert r.status == status, r.body[:200]
 
 
@@ -882,8 +891,8 @@ def test_basic_credentials_verified_once_still_check_the_password(http: Http, fi
         ("0-0", 0, 1),
     ],
 )
-def test_range(http: Http, filled: Vdi, spec: str, start: int, stop: int) -> None:
-    r = http.get("-r", spec, vdi=filled.uuid)
+def test_range(http: Http, shared: Vdi, spec: str, start: int, stop: int) -> None:
+    r = http.get("-r", spec, vdi=shared.uuid)
     assert r.status == 206, r.body[:200]
     assert r.headers["content-range"] == f"bytes {start}-{stop - 1}/{SIZE}"
     assert r.headers["content-length"] == str(stop - start)
@@ -894,10 +903,10 @@ def test_range(http: Http, filled: Vdi, spec: str, start: int, stop: int) -> Non
     ("spec", "start"),
     [("0-" + "9" * 5000, 0), ("-" + "9" * 5000, 0), ("100-" + "0" * 30 + "199", 100)],
 )
-def test_range_of_thousands_of_digits(http: Http, filled: Vdi, spec: str, start: int) -> None:
+def test_range_of_thousands_of_digits(http: Http, shared: Vdi, spec: str, start: int) -> None:
     """Numbers in a range have no size limit (RFC 9110): ones past any offset mean the end
     of the disk, never a 500."""
-    r = http.get("-H", f"Range: bytes={spec}", vdi=filled.uuid)
+    r = http.get("-H", f"Range: bytes={spec}", vdi=shared.uuid)
     assert r.status == 206, r.line()
     stop = 200 if start == 100 else SIZE
     assert r.body == CONTENT[start:stop]
@@ -906,8 +915,8 @@ def test_range_of_thousands_of_digits(http: Http, filled: Vdi, spec: str, start:
 @pytest.mark.parametrize(
     "spec", [f"{SIZE}-", f"{SIZE + 1000}-{SIZE + 2000}", "-0", "9" * 5000 + "-"]
 )
-def test_range_past_the_end(http: Http, xapi: Xapi, filled: Vdi, spec: str) -> None:
-    r = http.get("-H", f"Range: bytes={spec}", vdi=filled.uuid)
+def test_range_past_the_end(http: Http, xapi: Xapi, shared: Vdi, spec: str) -> None:
+    r = http.get("-H", f"Range: bytes={spec}", vdi=shared.uuid)
     assert r.status == 416, r.body[:200]
     assert r.headers["content-range"] == f"bytes */{SIZE}"
     assert r.line() == f"416 Requested Range Not Satisfiable: range not within {SIZE} bytes"
@@ -1013,7 +1022,7 @@ BAD_PARAMETERS = [
 def test_bad_parameters(
     http6: Http,
     xapi: Xapi,
-    filled: Vdi,
+    shared: Vdi,
     method: str,
     query: dict[str, str],
     status: int,
@@ -1021,8 +1030,8 @@ def test_bad_parameters(
 ) -> None:
     """Each refused with one line naming the parameter; the VDI untouched."""
     sr = xapi.api.SR.get_uuid(xapi.sr)
-    values = {k: v.format(vdi=filled.uuid, sr=sr) for k, v in query.items()}
+    values = {k: v.format(vdi=shared.uuid, sr=sr) for k, v in query.items()}
     r = http6.get(**values) if method == "GET" else http6.put(pattern(4096, 21), **values)
     assert r.status == status, r.body
     assert text in r.line(), r.line()
-    assert http6.export(filled.uuid) == CONTENT
+    assert http6.export(shared.uuid) == CONTENT

@@ -119,6 +119,7 @@ def test_host_info(daemon: Daemon, form: str) -> None:
     assert re.search(r"^  lo  .*IPv4 127\.0\.0\.1/255\.0\.0\.0", out, re.M), out
 
 
+@pytest.mark.slow
 def test_vdi_create_list_destroy(daemon: Daemon) -> None:
     uuid = ok("vdi", "create", *auth(daemon), "--size", "10M", "--name", "disk one").strip()
     assert UUID.fullmatch(uuid), uuid
@@ -159,6 +160,7 @@ def sr_uuids(daemon: Daemon) -> dict[str, str]:
     return {record["name_label"]: record["uuid"] for record in records.values()}
 
 
+@pytest.mark.slow
 def test_vdi_create_in_another_sr(daemon: Daemon) -> None:
     srs = sr_uuids(daemon)
     assert len(srs) == 2, srs
@@ -181,6 +183,7 @@ def test_wrong_password_is_one_error_line(daemon: Daemon) -> None:
     assert one_error_line(proc).startswith("SESSION_AUTHENTICATION_FAILED: root ")
 
 
+@pytest.mark.slow
 def test_credentials_from_environment(daemon: Daemon) -> None:
     host = ("--host", f"[::1]:{daemon.port}")
     out = ok("vdi", "list", *host, env=xfer_env(XFER_USER="root", XFER_PASSWORD=PASSWORD))

@@ -45,6 +45,8 @@ from support import (
 from test_serve import serving, stop
 from test_tls import make_certificate
 
+pytestmark = pytest.mark.slow  # about a second a test, each a few xfer processes
+
 SHA_LINE = re.compile(r"sha256 ([0-9a-f]{64})  (.+)")
 
 SIZE = 8 * MiB

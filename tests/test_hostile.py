@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from migrate.storage.sr import PART_SUFFIX
 from support import PASSWORD, TIMEOUT, wait_until
 from test_serve import port_of, serving
+
+pytestmark = pytest.mark.slow
 
 LIVENESS = 10.0
 """Seconds an answer may take while the daemon is under attack before the test calls it

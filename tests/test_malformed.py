@@ -320,7 +320,8 @@ def _fix(data: bytearray, at: int, size: int, field: int) -> None:
 CHUNKS = st.sampled_from([512, 4099, 65536, 1 << 20, 1 << 30])
 
 
-@settings(SETTINGS, max_examples=150)
+@pytest.mark.slow
+@settings(SETTINGS, max_examples=80)
 @given(data=st.data(), name=st.sampled_from(NAMES), fix=st.booleans(), chunk=CHUNKS)
 def test_random_bytes_in_metadata(
     corpus: Corpus, data: st.DataObject, name: str, fix: bool, chunk: int
@@ -347,7 +348,8 @@ def _field_offsets(sample: Sample) -> list[tuple[str, int]]:
     return fields
 
 
-@settings(SETTINGS, max_examples=200)
+@pytest.mark.slow
+@settings(SETTINGS, max_examples=100)
 @given(data=st.data(), name=st.sampled_from(NAMES), fix=st.booleans(), chunk=CHUNKS)
 def test_extreme_field_values(
     corpus: Corpus, data: st.DataObject, name: str, fix: bool, chunk: int
@@ -584,6 +586,7 @@ def test_corruption_is_named(tmp_path: Path, case: Case) -> None:
         assert parse_stream(data, 65536) is not None  # the stream alone is well formed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_corruption_cli(tmp_path: Path, xfer: Xfer, case: Case) -> None:
     path = case.make(tmp_path)

@@ -62,6 +62,7 @@ def pifs(namespace: str, url: str) -> dict[str, list[str]]:
     return result
 
 
+@pytest.mark.slow
 def test_new_addresses_reach_the_pifs_while_serving(namespace: str, tmp_path: Path) -> None:
     command = ["ip", "netns", "exec", namespace, *XFER, "serve", "--state-dir", str(tmp_path)]
     command += ["--listen", "[::1]:0", "--password", "pw", "--interface-poll", "0.2"]

@@ -227,6 +227,7 @@ def test_address_in_use_is_one_error_line(tmp_path: Path) -> None:
 # State
 
 
+@pytest.mark.slow
 def test_restart_keeps_host_sr_and_password(tmp_path: Path) -> None:
     listen = ("--listen", "127.0.0.1:0")
     with serving(tmp_path, *listen) as (proc, _, err):

@@ -652,6 +652,7 @@ def test_connection_kept_alive_after_an_import(http: Http, filled: Vdi) -> None:
         assert client.sock.recv(1) == b""  # closed
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused(http: Http, xapi: Xapi, filled: Vdi) -> None:
     """While one import is mid-body another into the same VDI gets 409 VDI_IN_USE; the first
     then completes."""
@@ -683,6 +684,7 @@ def test_second_writer_waits_for_the_first(http: Http, filled: Vdi) -> None:
     assert http.export(filled.uuid) == second_body
 
 
+@pytest.mark.slow
 def test_upload_right_after_an_empty_probe(http: Http, filled: Vdi, tmp_path: Path) -> None:
     """Xen Orchestra's import of a VHD of unknown length: an empty PUT declaring 1 PiB,
     answered 200 at once and closed by the client, then at once the VHD, declaring 1 PiB
@@ -795,6 +797,7 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_full_disk(tmp_path: Path) -> None:
     """A second daemon with an SR on a 16 MiB tmpfs: a 24 MiB body of random bytes fills it,
@@ -951,6 +954,7 @@ def read_half(http: Http, vdi: Vdi) -> tuple[bytes, str]:
         return client.read(BIG // 2), headers["task-id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", ["socket", "range"])
 def test_cut_export_resumes(http: Http, xapi: Xapi, big: Vdi, cut: str, tmp_path: Path) -> None:
     """An export cut half-way (by a client that closes, or as a ``curl -r`` prefix) and
@@ -972,6 +976,7 @@ def test_cut_export_resumes(http: Http, xapi: Xapi, big: Vdi, cut: str, tmp_path
 # 7. Progress
 
 
+@pytest.mark.slow
 def test_progress_moves_during_a_slow_import(http: Http, xapi: Xapi) -> None:
     """A client sending 16 MiB in 1 MiB pieces 0.1 s apart: the task (found by its name
     while it runs) shows progress between 0 and 1, never going back, then success at 1 with

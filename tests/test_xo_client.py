@@ -26,6 +26,8 @@ from migrate.transfer import export_raw_vdi, import_raw_vdi
 from support import MiB, host_store, make_dynamic
 from test_tls import make_certificate
 
+pytestmark = pytest.mark.slow
+
 XEN_API_VERSION = "4.7.6"
 """The npm ``xen-api`` version tested (pinned in tests/xo/package.json too)."""
 XO_DIR = Path(__file__).parent / "xo"

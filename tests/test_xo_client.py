@@ -26,14 +26,15 @@ from migrate.transfer import export_raw_vdi, import_raw_vdi
 from support import MiB, host_store, make_dynamic
 from test_tls import make_certificate
 
-pytestmark = pytest.mark.slow
-
 XEN_API_VERSION = "4.7.6"
 """The npm ``xen-api`` version tested (pinned in tests/xo/package.json too)."""
 XO_DIR = Path(__file__).parent / "xo"
 HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0002"
 INSTALL_TIMEOUT = 300
 CLIENT_TIMEOUT = 60
+
+# the first test installs xen-api from the npm registry (INSTALL_TIMEOUT) before its run
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(INSTALL_TIMEOUT + 2 * CLIENT_TIMEOUT)]
 
 
 def _tools() -> tuple[str, str]:

@@ -28,8 +28,10 @@ lint: venv
 	$(VENV)/bin/mypy vhd migrate
 	$(VENV)/bin/lint-imports
 
+# Two workers (pytest-xdist), each test file on one of them (its module-scoped daemon
+# once); .pyc files written, or every xfer subprocess compiles the package from source.
 test: venv deps lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(VENV)/bin/pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 demo: venv deps
 	$(PY) -m migrate.cli.demo

@@ -1,15 +1,20 @@
 """Shared fixtures: the real qemu-img and qemu-io, a runner for the ``xfer`` CLI, an empty
-state store with its default SR, and a real ``xfer serve`` per module."""
+state store with its default SR, and a real ``xfer serve`` per module; the timeout of trio
+tests."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import pytest_timeout
+import trio
 
 from migrate.state.store import Store
 from migrate.storage.sr import ensure_sr
@@ -69,3 +74,48 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A real ``xfer serve`` on ``[::]`` for the module (password ``support.PASSWORD``)."""
     with running_daemon(tmp_path_factory.mktemp("daemon")) as running:
         yield running
+
+
+# Timeouts (pytest-timeout; the default is in pyproject.toml)
+
+GRACE = 10.0
+"""Seconds pytest-timeout's signal waits past a trio test's own deadline before it interrupts
+whatever runs (a hang in an async fixture, or code that never yields to trio)."""
+_DEADLINE = pytest.StashKey[float]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    """A trio test's body runs under a trio deadline of its timeout, so that a hang fails
+    that test alone: pytest-timeout's SIGALRM raising inside trio's scheduler would leave
+    trio broken for the next test. The signal stays, GRACE seconds later, as a backstop."""
+    if item.get_closest_marker("trio") is None:
+        return None
+    item.stash[_DEADLINE] = settings.timeout
+    backstop = settings._replace(timeout=settings.timeout + GRACE)
+    result: bool = pytest_timeout.pytest_timeout_set_timer(item, backstop)
+    return result
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """Put the deadline around a trio test's body, before pytest-trio wraps it in trio.run."""
+    seconds = item.stash.get(_DEADLINE, None)
+    if isinstance(item, pytest.Function) and seconds and not hasattr(item.obj, "hypothesis"):
+        item.obj = _within(item.obj, seconds)
+    yield
+
+
+def _within(test: Callable[..., Awaitable[None]], seconds: float) -> Callable[..., Any]:
+    @functools.wraps(test)
+    async def bounded(**kwargs: Any) -> None:
+        try:
+            with trio.fail_after(seconds) as scope:
+                await test(**kwargs)
+        except trio.TooSlowError:
+            if not scope.cancelled_caught:
+                raise  # the test's own
+            # the traceback above this failure shows where the test was waiting
+            pytest.fail(f"Timeout (>{seconds}s): the test's trio deadline")
+
+    return bounded

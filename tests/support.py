@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -11,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import xmlrpc.client
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,16 +205,46 @@ def host_store(
     return store
 
 
-async def wait_until(
-    condition: Callable[[], object], *, timeout: float = TIMEOUT, what: str = ""
-) -> None:
-    """Wait until ``condition()`` is true, looking every 10 ms; the test fails after
-    ``timeout`` seconds, naming ``what`` it waited for."""
-    with trio.move_on_after(timeout):
-        while not condition():
-            await trio.sleep(0.01)
-        return
-    pytest.fail(f"gave up after {timeout} s waiting for {what or condition}")
+# Waiting for something to happen
+
+
+def _looks(condition: Callable[[], T], timeout: float, what: str) -> Generator[float, None, T]:
+    """Look at ``condition()`` until it is true and return its value; yields the pause to
+    make between two looks (5 ms, doubling up to 100 ms). Fails the test after ``timeout``
+    seconds, naming ``what`` it waited for. The one definition of polling in the tests:
+    :func:`wait_until` (trio) and :func:`wait_until_sync` (threads) only pause."""
+    deadline = time.monotonic() + timeout
+    pause = 0.005
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout} s waiting for {what}")
+        yield pause
+        pause = min(2 * pause, 0.1)
+    return value
+
+
+async def wait_until(condition: Callable[[], T], *, timeout: float = TIMEOUT, what: str) -> T:
+    """In trio: wait until ``condition()`` is true and return its value, failing the test
+    after ``timeout`` seconds naming ``what`` (see :func:`_looks`)."""
+    looks = _looks(condition, timeout, what)
+    while True:
+        try:
+            pause = next(looks)
+        except StopIteration as met:
+            return met.value
+        await trio.sleep(pause)
+
+
+def wait_until_sync(condition: Callable[[], T], *, timeout: float = TIMEOUT, what: str) -> T:
+    """Outside trio (a test's own thread, the SDK's worker thread): :func:`wait_until`,
+    sleeping between the looks."""
+    looks = _looks(condition, timeout, what)
+    while True:
+        try:
+            pause = next(looks)
+        except StopIteration as met:
+            return met.value
+        time.sleep(pause)
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -266,14 +298,25 @@ def xfer_ok(*args: str, input: bytes | None = None) -> str:
     return proc.stdout.decode()
 
 
+class TimeoutTransport(xmlrpc.client.Transport):
+    """An XML-RPC transport whose connections time out (after TIMEOUT seconds)."""
+
+    def make_connection(self, host: str | tuple[str, dict[str, str]]) -> http.client.HTTPConnection:
+        conn = super().make_connection(host)
+        conn.timeout = TIMEOUT
+        return conn
+
+
 @dataclass
 class Daemon:
     """A running ``xfer serve --listen [::]:0`` (IPv6 and IPv4 clients alike): its port, the
-    uuid of its default SR and its state directory."""
+    uuid of its default SR, its state directory and a session of root, through which the
+    tests set up VDIs over XML-RPC (the ``xfer vdi`` commands have tests of their own)."""
 
     port: int
     sr: str
     state: Path
+    session: str
 
     @property
     def sr_dir(self) -> Path:
@@ -290,16 +333,24 @@ class Daemon:
         host = f"[{address}]" if ":" in address else address
         return ("--host", f"{host}:{self.port}", "--password", password)
 
-    def create(self, size: str = "8M") -> str:
-        """A new VDI of ``size`` in the default SR (``xfer vdi create``); its uuid."""
-        uuid = xfer_ok("vdi", "create", *self.auth(), "--size", size).strip()
-        assert UUID.fullmatch(uuid), uuid
+    def rpc(self, method: str, *params: Any) -> Any:
+        """The value of the XML-RPC call ``method(session, PARAMS...)``, checked to succeed."""
+        with xmlrpc.client.ServerProxy(self.url(), transport=TimeoutTransport()) as proxy:
+            answer = getattr(proxy, method)(self.session, *params)
+        assert answer["Status"] == "Success", (method, params, answer)
+        return answer["Value"]
+
+    def create(self, size: int = SIZE) -> str:
+        """A new VDI of ``size`` bytes in the default SR; its uuid."""
+        sr = self.rpc("SR.get_by_uuid", self.sr)
+        ref = self.rpc("VDI.create", {"SR": sr, "virtual_size": str(size), "name_label": ""})
+        uuid: str = self.rpc("VDI.get_uuid", ref)
         return uuid
 
-    def vdis(self) -> dict[str, dict[str, object]]:
-        """``xfer vdi list --json`` by uuid."""
-        rows = json.loads(xfer_ok("vdi", "list", *self.auth(), "--json"))
-        return {row["uuid"]: row for row in rows}
+    def vdis(self) -> dict[str, dict[str, Any]]:
+        """The VDIs' records by uuid (``virtual_size`` in a string, as XenAPI has it)."""
+        records: dict[str, dict[str, Any]] = self.rpc("VDI.get_all_records")
+        return {record["uuid"]: record for record in records.values()}
 
 
 @contextmanager
@@ -311,12 +362,14 @@ def running_daemon(tmp: Path, *args: str) -> Iterator[Daemon]:
     with serving(tmp, "--listen", "[::]:0", "--password", PASSWORD, *args) as (proc, urls, _):
         match = re.fullmatch(r"http://\[::\]:(\d+)/", urls[0])
         assert match, urls
-        port = int(match.group(1))
-        probe = Daemon(port, "", tmp / "state")
-        uuid = probe.create("1M")
-        sr = str(probe.vdis()[uuid]["SR"])
-        xfer_ok("vdi", "destroy", *probe.auth(), "--vdi", uuid)
-        yield Daemon(port, sr, tmp / "state")
+        daemon = Daemon(int(match.group(1)), "", tmp / "state", "")
+        with xmlrpc.client.ServerProxy(daemon.url(), transport=TimeoutTransport()) as proxy:
+            login = proxy.session.login_with_password("root", PASSWORD, "1.0", "tests")
+        assert login["Status"] == "Success", login
+        daemon.session = login["Value"]
+        (pool,) = daemon.rpc("pool.get_all")
+        daemon.sr = daemon.rpc("SR.get_uuid", daemon.rpc("pool.get_default_SR", pool))
+        yield daemon
         assert stop(proc) == 0
 
 
@@ -340,7 +393,7 @@ class CuttingProxy:
     (:attr:`connections`), so a test reads the request and response heads off the wire.
 
     A context manager: on exit the listener and every connection are closed and the relay's
-    threads checked to have ended. Every socket has a timeout, so no thread outlives a stuck
+    threads checked to have ended. Every connection has a timeout, so no thread outlives a stuck
     peer by more than ``timeout`` seconds."""
 
     def __init__(
@@ -360,10 +413,8 @@ class CuttingProxy:
         self.connections: list[Relayed] = []
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._listener = socket.create_server((address, 0), family=family)
-        self._listener.settimeout(0.1)  # the accept loop looks at _stop this often
         self.port: int = self._listener.getsockname()[1]
         self.host = f"[{address}]:{self.port}" if ":" in address else f"{address}:{self.port}"
-        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
@@ -377,32 +428,27 @@ class CuttingProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._threads[0].join(timeout=5)
+        _shut(self._listener)  # wakes the accept loop, which ends
+        self._threads[0].join()
         self._listener.close()
-        self._join(5)  # connections whose client is gone end by themselves
+        for thread in self._relays():  # connections whose client is gone end by themselves
+            thread.join(timeout=5)
         with self._lock:
             for sock in self._sockets:
                 _shut(sock)
-        self._join(self.timeout)
+        wait_until_sync(
+            lambda: not any(t.is_alive() for t in self._relays()),
+            timeout=self.timeout,
+            what="the relay threads to end",
+        )
         with self._lock:
             for sock in self._sockets:
                 sock.close()
-            alive = [t.name for t in self._threads if t.is_alive()]
-        assert not alive, f"relay threads still running: {alive}"
 
-    def _join(self, seconds: float) -> None:
-        """Wait up to ``seconds`` for every thread, those started meanwhile included."""
-        deadline = time.monotonic() + seconds
-        joined: set[threading.Thread] = set()
-        while True:
-            with self._lock:
-                pending = [t for t in self._threads if t not in joined]
-            if not pending:
-                return
-            for thread in pending:
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
-                joined.add(thread)
+    def _relays(self) -> list[threading.Thread]:
+        """The threads relaying connections (all but the accept loop's)."""
+        with self._lock:
+            return self._threads[1:]
 
     def _start(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)
@@ -411,12 +457,10 @@ class CuttingProxy:
         thread.start()
 
     def _accept(self) -> None:
-        while not self._stop.is_set():
+        while True:
             try:
                 client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
+            except OSError:  # the listener shut down
                 return
             client.settimeout(self.timeout)
             with self._lock:

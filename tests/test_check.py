@@ -83,6 +83,7 @@ def test_clean_images_made_here(tmp_path: Path) -> None:
         assert vhd.check(str(path)) == [], path
 
 
+@pytest.mark.slow
 def test_clean_images_made_by_xfer(tmp_path: Path, xfer: Xfer) -> None:
     raw = tmp_path / "disk.raw"
     write_raw(raw, SIZE, [(3 * MiB, b"raw data" * 100)])

@@ -113,6 +113,7 @@ def test_info_json_dynamic(four_blocks: Path, xfer: Xfer) -> None:
     assert "parent" not in d
 
 
+@pytest.mark.slow
 def test_info_json_fixed(tmp_path: Path, xfer: Xfer) -> None:
     path = tmp_path / "fixed.vhd"
     ok(xfer("vhd", "create", str(path), "--size", "3M", "--fixed"))
@@ -127,6 +128,7 @@ def test_info_json_fixed(tmp_path: Path, xfer: Xfer) -> None:
     assert rows["virtual size"] == "3145728 (3.0 MiB)"
 
 
+@pytest.mark.slow
 def test_info_differencing(tmp_path: Path, xfer: Xfer) -> None:
     base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
     make_dynamic(base, 6 * MiB, [(0, b"base")])
@@ -243,6 +245,7 @@ def test_create_bad_size_value(tmp_path: Path, xfer: Xfer, size: str, fragment: 
     assert not path.exists()
 
 
+@pytest.mark.slow
 def test_create_differencing_errors(tmp_path: Path, xfer: Xfer) -> None:
     base = tmp_path / "base.vhd"
     make_dynamic(base, 4 * MiB, [])
@@ -469,6 +472,7 @@ def test_probe_refuses_what_looks_like_a_damaged_vhd(tmp_path: Path) -> None:
         assert "damaged VHD" in str(info.value) and "--from raw" in str(info.value)
 
 
+@pytest.mark.slow
 def test_convert_never_reads_a_damaged_vhd_as_raw(tmp_path: Path, xfer: Xfer) -> None:
     garbage = tmp_path / "garbage.vhd"
     garbage.write_bytes(random.Random(2).randbytes(3 * MiB))
@@ -486,6 +490,7 @@ def test_convert_never_reads_a_damaged_vhd_as_raw(tmp_path: Path, xfer: Xfer) ->
         assert out.read_bytes() == src.read_bytes()
 
 
+@pytest.mark.slow
 def test_convert_from_overrides_name_and_content(
     content_vhd: tuple[Path, bytes], xfer: Xfer, tmp_path: Path
 ) -> None:
@@ -508,6 +513,7 @@ def test_convert_from_overrides_name_and_content(
 # Errors: one line on stderr, never a traceback
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(content_vhd: tuple[Path, bytes], xfer: Xfer, tmp_path: Path) -> None:
     src, _ = content_vhd
     missing = tmp_path / "missing.vhd"

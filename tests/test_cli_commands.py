@@ -69,6 +69,7 @@ def test_the_parser_loads_no_implementation(args: tuple[str, ...]) -> None:
     assert loaded(*args) == set()
 
 
+@pytest.mark.slow
 def test_each_command_loads_what_it_needs(tmp_path: Path) -> None:
     image = tmp_path / "disk.vhd"
     vhd.create(str(image), 1 << 20)

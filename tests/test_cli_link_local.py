@@ -18,7 +18,7 @@ import pytest
 from support import PASSWORD, ROOT, UUID, XFER, pattern, xfer_env
 from test_serve import _read_lines, stop
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 ADDRESS = "fe80::1"
 """The link-local address the namespace's loopback gets."""

@@ -14,8 +14,8 @@ import pytest
 
 from migrate.cli.http_client import host_of
 from migrate.formats.xapi import JSONRPC_PATH
-from support import XFER, xfer_env
-from test_serve import ROOT, _Transport, serving, stop
+from support import XFER, TimeoutTransport, xfer_env
+from test_serve import ROOT, serving, stop
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 PASSWORD = "secret"
@@ -119,6 +119,7 @@ def test_host_info(daemon: Daemon, form: str) -> None:
     assert re.search(r"^  lo  .*IPv4 127\.0\.0\.1/255\.0\.0\.0", out, re.M), out
 
 
+@pytest.mark.slow
 def test_vdi_create_list_destroy(daemon: Daemon) -> None:
     uuid = ok("vdi", "create", *auth(daemon), "--size", "10M", "--name", "disk one").strip()
     assert UUID.fullmatch(uuid), uuid
@@ -150,7 +151,7 @@ def test_vdi_create_list_destroy(daemon: Daemon) -> None:
 
 def sr_uuids(daemon: Daemon) -> dict[str, str]:
     """SR uuid by path, over XML-RPC."""
-    proxy = xmlrpc.client.ServerProxy(f"http://[::1]:{daemon.port}/", transport=_Transport())
+    proxy = xmlrpc.client.ServerProxy(f"http://[::1]:{daemon.port}/", transport=TimeoutTransport())
     session = proxy.session.login_with_password("root", PASSWORD, "1.0", "test")["Value"]
     try:
         records = proxy.SR.get_all_records(session)["Value"]
@@ -159,6 +160,7 @@ def sr_uuids(daemon: Daemon) -> dict[str, str]:
     return {record["name_label"]: record["uuid"] for record in records.values()}
 
 
+@pytest.mark.slow
 def test_vdi_create_in_another_sr(daemon: Daemon) -> None:
     srs = sr_uuids(daemon)
     assert len(srs) == 2, srs
@@ -181,6 +183,7 @@ def test_wrong_password_is_one_error_line(daemon: Daemon) -> None:
     assert one_error_line(proc).startswith("SESSION_AUTHENTICATION_FAILED: root ")
 
 
+@pytest.mark.slow
 def test_credentials_from_environment(daemon: Daemon) -> None:
     host = ("--host", f"[::1]:{daemon.port}")
     out = ok("vdi", "list", *host, env=xfer_env(XFER_USER="root", XFER_PASSWORD=PASSWORD))

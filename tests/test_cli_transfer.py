@@ -8,15 +8,14 @@ import base64
 import fcntl
 import hashlib
 import http.client
+import itertools
 import os
 import pty
 import re
-import select
 import socket
 import struct
 import subprocess
 import termios
-import time
 import urllib.parse
 import uuid as uuidlib
 from pathlib import Path
@@ -45,6 +44,8 @@ from support import (
 )
 from test_serve import serving, stop
 from test_tls import make_certificate
+
+pytestmark = pytest.mark.slow  # about a second a test, each a few xfer processes
 
 SHA_LINE = re.compile(r"sha256 ([0-9a-f]{64})  (.+)")
 
@@ -117,10 +118,19 @@ def response_of(proxy: CuttingProxy) -> tuple[int, dict[str, str]]:
     return int(first.split(" ")[1]), fields
 
 
-def daemon_line(daemon: Daemon, method: str, target: str, password: str = PASSWORD) -> str:
-    """The one-line body the daemon itself answers ``METHOD TARGET`` (as root, no body)."""
+STRANGERS = (f"127.0.0.{n}" for n in itertools.count(20))
+"""Loopback addresses no other test connects from: the daemon slows down a client's failed
+logins after the first two, so each wrong password a test sends itself comes from one."""
+
+
+def daemon_line(
+    daemon: Daemon, method: str, target: str, password: str = PASSWORD, source: str = "::1"
+) -> str:
+    """The one-line body the daemon itself answers ``METHOD TARGET`` (as root, no body),
+    asked from the loopback address ``source``."""
     token = base64.b64encode(f"root:{password}".encode()).decode()
-    conn = http.client.HTTPConnection("::1", daemon.port, timeout=30)
+    address = "::1" if ":" in source else "127.0.0.1"
+    conn = http.client.HTTPConnection(address, daemon.port, timeout=30, source_address=(source, 0))
     try:
         headers = {"authorization": f"Basic {token}", "content-length": "0"}
         conn.request(method, target, headers=headers)
@@ -135,7 +145,7 @@ def daemon_line(daemon: Daemon, method: str, target: str, password: str = PASSWO
 @pytest.fixture(scope="module")
 def disk(daemon: Daemon) -> str:
     """A VDI of the module's daemon holding :data:`DISK` (the tests only read it)."""
-    vdi = daemon.create(str(len(DISK)))
+    vdi = daemon.create(len(DISK))
     out = xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=DISK)
     assert imported(out, "-", DISK) == vdi
     return vdi
@@ -169,7 +179,7 @@ def test_export_of_a_sparse_disk_is_a_sparse_file(daemon: Daemon, tmp_path: Path
     """All-zero stretches of a raw export become holes in the output file (its content and
     the printed sha256 are the whole disk's)."""
     size, data = 64 * MiB, pattern(MiB, 31)
-    vdi = daemon.create(str(size))
+    vdi = daemon.create(size)
     xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
     out = tmp_path / "sparse.raw"
     printed = xfer_ok("export", *daemon.auth(), "--vdi", vdi, "--quiet", "-o", str(out))
@@ -185,7 +195,7 @@ def test_export_to_stdout_redirected_to_a_file_keeps_every_byte(
     """Standard output is written in full, zeros included, even when it is a regular file
     (holes are left only in the CLI's own output file, whose length it sets at the end)."""
     size, data = 8 * MiB, pattern(MiB, 32)
-    vdi = daemon.create(str(size))
+    vdi = daemon.create(size)
     xfer_ok("import", *daemon.auth(), "--vdi", vdi, "--quiet", "-", input=data)
     out = tmp_path / "stdout.raw"
     with out.open("wb") as stdout:
@@ -277,7 +287,7 @@ def test_cut_vhd_export_leaves_nothing(daemon: Daemon, disk: str, tmp_path: Path
 
 @ADDRESSES
 def test_import_a_file_with_its_length(daemon: Daemon, address: str, tmp_path: Path) -> None:
-    vdi = daemon.create(str(len(DISK)))
+    vdi = daemon.create(len(DISK))
     source = tmp_path / "disk.raw"
     source.write_bytes(DISK)
     with CuttingProxy(daemon.port, address=address) as proxy:
@@ -303,7 +313,7 @@ def test_import_stdin_is_chunked_into_a_new_vdi(daemon: Daemon, tmp_path: Path) 
     assert query == {"sr_id": daemon.sr, "format": "vhd", "name_label": "new disk"}
     assert fields.get("transfer-encoding") == "chunked" and "content-length" not in fields
     row = daemon.vdis()[created]
-    assert row["name_label"] == "new disk" and row["virtual_size"] == SIZE, row
+    assert row["name_label"] == "new disk" and int(row["virtual_size"]) == SIZE, row
     assert export_file(daemon, created, tmp_path / "back.raw") == CONTENT
 
 
@@ -388,21 +398,16 @@ def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
     proc = subprocess.Popen(
         [*XFER, *args], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=xfer_env()
     )
-    os.close(slave)
+    os.close(slave)  # the terminal's other end is then the child's alone: EIO once it exits
     seen = b""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the other end closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-        elif proc.poll() is not None:
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other end closed
             break
+        if not chunk:
+            break
+        seen += chunk
     os.close(master)
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -448,7 +453,7 @@ def test_raw_stdin_chunked_into_a_new_vdi(daemon: Daemon, address: str, tmp_path
     )
     vdi = imported(out, "-", data)
     row = daemon.vdis()[vdi]
-    assert row["name_label"] == "piped" and row["virtual_size"] == len(data), row
+    assert row["name_label"] == "piped" and int(row["virtual_size"]) == len(data), row
     assert export_file(daemon, vdi, tmp_path / "back.raw") == data
 
 
@@ -481,7 +486,7 @@ def test_vhd_round_trips(daemon: Daemon, address: str, tmp_path: Path) -> None:
     )
     new = imported(out, "-", data)
     assert new != vdi
-    assert daemon.vdis()[new]["virtual_size"] == SIZE
+    assert int(daemon.vdis()[new]["virtual_size"]) == SIZE
     assert export_file(daemon, new, tmp_path / "new.raw") == CONTENT
 
 
@@ -519,17 +524,23 @@ def test_progress_and_quiet_against_the_daemon(daemon: Daemon, tmp_path: Path) -
 def test_wrong_password_is_one_line_from_the_daemon(
     daemon: Daemon, address: str, tmp_path: Path
 ) -> None:
-    vdi = daemon.create("1M")
+    vdi = daemon.create(MiB)
     auth = daemon.auth(address, password="wrong")
     error = one_error_line(xfer_run("export", *auth, "--vdi", vdi, "-o", str(tmp_path / "o")))
     assert error.startswith("401 "), error
     # the daemon's own line, as it answers any client
-    assert error == daemon_line(daemon, "GET", f"/export_raw_vdi?vdi={vdi}", password="wrong")
+    line = daemon_line(
+        daemon, "GET", f"/export_raw_vdi?vdi={vdi}", password="wrong", source=next(STRANGERS)
+    )
+    assert error == line
     source = tmp_path / "disk.raw"
     source.write_bytes(bytes(MiB))
     error = one_error_line(xfer_run("import", *auth, "--vdi", vdi, str(source)))
     assert error.startswith("401 "), error
-    assert error == daemon_line(daemon, "PUT", f"/import_raw_vdi?vdi={vdi}", password="wrong")
+    line = daemon_line(
+        daemon, "PUT", f"/import_raw_vdi?vdi={vdi}", password="wrong", source=next(STRANGERS)
+    )
+    assert error == line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["disk.raw"]
 
 
@@ -548,7 +559,7 @@ def test_daemon_errors_are_one_line(daemon: Daemon, tmp_path: Path) -> None:
     assert error.startswith("404 "), error
     error = one_error_line(xfer_run("import", *daemon.auth(), "--sr", missing, str(source)))
     assert error.startswith("404 "), error
-    small = daemon.create("1M")
+    small = daemon.create(MiB)
     error = one_error_line(xfer_run("import", *daemon.auth(), "--vdi", small, str(source)))
     assert error.startswith("413 "), error
     bad = tmp_path / "bad.vhd"

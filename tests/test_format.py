@@ -342,6 +342,7 @@ def test_header_build_layout() -> None:
     assert raw[576 + 3 * 24 : 768] == bytes(5 * 24)
 
 
+@pytest.mark.slow
 @given(
     entries=st.integers(1, MAX_TABLE_ENTRIES),
     shift=st.integers(9, 28),

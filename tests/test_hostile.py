@@ -18,8 +18,11 @@ import psutil
 import pytest
 import trio
 
+from migrate.storage.sr import PART_SUFFIX
 from support import PASSWORD, TIMEOUT, wait_until
 from test_serve import port_of, serving
+
+pytestmark = pytest.mark.slow
 
 LIVENESS = 10.0
 """Seconds an answer may take while the daemon is under attack before the test calls it
@@ -121,6 +124,12 @@ async def trickling_uploads(
             await trio.aclose_forcefully(stream)
 
 
+def staged(tmp_path: Path) -> int:
+    """How many imports the daemon serving state in ``tmp_path`` is staging (each has its
+    task, its claim, and receives)."""
+    return sum(1 for p in (tmp_path / "state" / "sr").iterdir() if p.name.endswith(PART_SUFFIX))
+
+
 async def export_4k(host: Host, vdi: str) -> bytes:
     async with rpc_client() as client:
         answer = await client.get(
@@ -150,8 +159,8 @@ async def test_trickling_uploads_hold_no_thread(tmp_path: Path) -> None:
         host.session = await login(host)
         sr, vdi = await small_vdi(host)
         async with trickling_uploads(host, sr, 60):
+            await wait_until(lambda: staged(tmp_path) == 60, what="60 uploads staged")
             with trio.fail_after(LIVENESS):
-                await trio.sleep(0.5)  # the uploads have begun: staged, claimed, receiving
                 assert str(await login(host)).startswith("OpaqueRef:")
                 result, error = await call(host, "VDI.get_all", host.session)
                 assert error is None and len(result) >= 1
@@ -187,9 +196,8 @@ async def test_a_crash_leaves_no_task_pending(tmp_path: Path) -> None:
         host.session = await login(host)
         sr, _ = await small_vdi(host)
         async with trickling_uploads(host, sr, 1):
-            with trio.fail_after(LIVENESS):
-                while not (tasks := (await call(host, "task.get_all_records", host.session))[0]):
-                    await trio.sleep(0.05)
+            await wait_until(lambda: staged(tmp_path) == 1, what="the upload staged")
+            tasks, _ = await call(host, "task.get_all_records", host.session)
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=TIMEOUT)
     (ref, record), *_ = tasks.items()

@@ -196,6 +196,7 @@ def data_for(length: int, fill: str, seed: int) -> bytes:
     return pattern(length, seed)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=50,
     deadline=None,

@@ -153,6 +153,7 @@ XFER_WRITES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
 def test_xfer_writes_qemu_reads(tmp_path: Path, xfer: Xfer, qemu_img: str, fixed: bool) -> None:
     path = tmp_path / "disk.vhd"
@@ -303,6 +304,7 @@ def _has_data_at(path: Path, offset: int) -> bool:
             return False
 
 
+@pytest.mark.slow
 def test_xfer_convert_round_trip_checked_by_qemu(tmp_path: Path, xfer: Xfer, qemu_img: str) -> None:
     size = 24 * MiB + 3 * SECTOR
     rng = random.Random(99)
@@ -354,6 +356,7 @@ def test_xfer_convert_round_trip_checked_by_qemu(tmp_path: Path, xfer: Xfer, qem
     run(qemu_img, "compare", "-f", "vpc", "-F", "raw", str(img), str(raw))
 
 
+@pytest.mark.slow
 def test_xfer_convert_huge_sparse_round_trip(tmp_path: Path, xfer: Xfer, qemu_img: str) -> None:
     """130 GiB, past the largest CHS geometry, almost all holes: cheap, and sizes stay exact."""
     size = 130 * GiB
@@ -419,6 +422,7 @@ def test_xfer_convert_qemu_written_vhd_to_raw(
 # Differencing images: xfer reads them through the parent; qemu only reports their size
 
 
+@pytest.mark.slow
 def test_differencing_delta_and_full(tmp_path: Path, xfer: Xfer, qemu_img: str) -> None:
     size = 10 * MiB
     base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
@@ -500,6 +504,7 @@ def qemu_over(qemu_img: str, delta: Path, base: Path) -> bytes:
     return bytes(over)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["raw", "unrelated-vhd"])
 def test_delta_of_an_unrelated_source_holds_only_the_changed_blocks(
     tmp_path: Path, xfer: Xfer, qemu_img: str, source: str

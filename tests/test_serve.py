@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import selectors
 import signal
 import socket
 import subprocess
-import time
 import uuid
 import xmlrpc.client
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from migrate.interfaces import Interface, InterfaceAddress, read_interfaces
 from migrate.net import listener_url, open_listeners
 from migrate.state import credentials
 from migrate.state.store import Store
-from support import XFER
+from support import XFER, TimeoutTransport, wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 15.0
@@ -38,19 +36,17 @@ def _env() -> dict[str, str]:
 
 
 def _read_lines(proc: subprocess.Popen[bytes], count: int, stderr: Path) -> list[str]:
-    """The first ``count`` stdout lines of ``proc``, waiting at most TIMEOUT seconds."""
+    """The first ``count`` stdout lines of ``proc``, each awaited at most TIMEOUT seconds."""
     assert proc.stdout is not None
-    deadline = time.monotonic() + TIMEOUT
     data = b""
     with selectors.DefaultSelector() as selector:
         selector.register(proc.stdout, selectors.EVENT_READ)
         while data.count(b"\n") < count:
-            left = deadline - time.monotonic()
-            assert left > 0, f"no listeners after {TIMEOUT} s: {data!r} {stderr.read_text()}"
-            if selector.select(left):
-                chunk = os.read(proc.stdout.fileno(), 4096)
-                assert chunk, f"xfer serve exited: {data!r} {stderr.read_text()}"
-                data += chunk
+            ready = selector.select(TIMEOUT)
+            assert ready, f"nothing from xfer serve for {TIMEOUT} s: {data!r} {stderr.read_text()}"
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"xfer serve exited: {data!r} {stderr.read_text()}"
+            data += chunk
     return data.decode().splitlines()[:count]
 
 
@@ -60,7 +56,7 @@ def serving(
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[str], Path]]:
     """A running ``xfer serve --state-dir TMP/state ARGS``: the process, the URLs of its
     ``count`` listening lines and its stderr file; the process is always ended afterwards."""
-    stderr = tmp_path / f"stderr-{time.monotonic_ns()}"
+    stderr = tmp_path / f"stderr-{uuid.uuid4().hex}"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
             [*XFER, "serve", "--state-dir", str(tmp_path / "state"), *args],
@@ -101,18 +97,9 @@ def http_status_line(address: str, port: int) -> str:
     return data.split(b"\r\n", 1)[0].decode()
 
 
-class _Transport(xmlrpc.client.Transport):
-    """An XML-RPC transport whose connections time out."""
-
-    def make_connection(self, host: str | tuple[str, dict[str, str]]) -> http.client.HTTPConnection:
-        conn = super().make_connection(host)
-        conn.timeout = 10
-        return conn
-
-
 def login(url: str, user: str, password: str) -> dict[str, object]:
     """The XML-RPC answer to ``session.login_with_password`` at ``url``."""
-    proxy = xmlrpc.client.ServerProxy(url, transport=_Transport())
+    proxy = xmlrpc.client.ServerProxy(url, transport=TimeoutTransport())
     result = proxy.session.login_with_password(user, password, "1.0", "test")
     assert isinstance(result, dict), result
     return result
@@ -142,15 +129,14 @@ def test_wildcard_is_dual_stack(tmp_path: Path) -> None:
 def test_async_calls_run_in_the_daemon(tmp_path: Path) -> None:
     """The daemon runs ``Async.*`` calls: a task that ends in success with the VDI's ref."""
     with serving(tmp_path, "--listen", "[::1]:0", "--password", "pw") as (proc, urls, _):
-        proxy = xmlrpc.client.ServerProxy(urls[0], transport=_Transport())
+        proxy = xmlrpc.client.ServerProxy(urls[0], transport=TimeoutTransport())
         session = login(urls[0], "root", "pw")["Value"]
         sr = proxy.SR.get_all(session)["Value"][0]
         record = {"SR": sr, "virtual_size": str(1 << 30), "name_label": "async"}
         task = proxy.Async.VDI.create(session, record)["Value"]
-        deadline = time.monotonic() + 10
-        while proxy.task.get_status(session, task)["Value"] == "pending":
-            assert time.monotonic() < deadline, "task still pending after 10 s"
-            time.sleep(0.05)
+        wait_until_sync(
+            lambda: proxy.task.get_status(session, task)["Value"] != "pending", what="the task"
+        )
         assert proxy.task.get_status(session, task)["Value"] == "success"
         result = proxy.task.get_result(session, task)["Value"]
         vdis = proxy.VDI.get_all(session)["Value"]
@@ -241,6 +227,7 @@ def test_address_in_use_is_one_error_line(tmp_path: Path) -> None:
 # State
 
 
+@pytest.mark.slow
 def test_restart_keeps_host_sr_and_password(tmp_path: Path) -> None:
     listen = ("--listen", "127.0.0.1:0")
     with serving(tmp_path, *listen) as (proc, _, err):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from migrate.storage.sr import (
     ensure_sr,
     vdi_path,
 )
-from support import HOST, failure
+from support import HOST, failure, wait_until_sync
 from vhd.plan import differing_blocks
 
 MiB = 1 << 20
@@ -440,10 +439,7 @@ async def test_sdk_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
                 assert image.read(0, image.size) == content
             # Async, with the SDK's two-parameter form.
             task = x.Async.VDI.snapshot(vdi)
-            for _ in range(200):
-                if x.task.get_status(task) != "pending":
-                    break
-                time.sleep(0.05)
+            wait_until_sync(lambda: x.task.get_status(task) != "pending", what="the snapshot task")
             assert x.task.get_status(task) == "success"
             snap2 = x.task.get_result(task)
             snap2 = snap2.replace("<value>", "").replace("</value>", "")

@@ -588,6 +588,7 @@ def sliced(
         part.unlink(missing_ok=True)
 
 
+@pytest.mark.slow
 @SLICING
 @given(new=st.booleans(), data=st.data())
 def test_raw_body_in_any_slicing(
@@ -603,6 +604,7 @@ def test_raw_body_in_any_slicing(
     assert got == wholes[f"raw-{new}"]
 
 
+@pytest.mark.slow
 @SLICING
 @given(name=st.sampled_from(VHD_SLICED), data=st.data())
 def test_vhd_stream_in_any_slicing(

@@ -30,6 +30,7 @@ from support import (
     SIZE,
     Daemon,
     MiB,
+    TimeoutTransport,
     bat_of,
     close,
     disk_content,
@@ -40,13 +41,11 @@ from support import (
     read_all,
     run,
     running_daemon,
+    wait_until_sync,
 )
-from test_serve import _Transport
 
 TIMEOUT = 20
 """Longest a curl run or a socket operation may take, in seconds."""
-TASK_WAIT = 3.0
-"""Longest wait for a task to leave ``pending`` once its transfer is over."""
 EXPORT = "/export_raw_vdi"
 IMPORT = "/import_raw_vdi"
 BASIC = ("-u", f"root:{PASSWORD}")
@@ -270,7 +269,7 @@ class Xapi:
     """The SDK session the tests inspect the daemon with (VDIs, tasks)."""
 
     def __init__(self, daemon: Daemon, address: str = "::1") -> None:
-        self.session = XenAPI.Session(daemon.url("", address), transport=_Transport())
+        self.session = XenAPI.Session(daemon.url("", address), transport=TimeoutTransport())
         self.session.xenapi.login_with_password("root", PASSWORD, "1.0", "test_transfer_http")
         self.api: Any = self.session.xenapi
         self.sr = self.api.SR.get_by_uuid(daemon.sr)
@@ -292,29 +291,30 @@ class Xapi:
         return set(self.api.task.get_all())
 
     def new_task(self, before: set[str], label: str) -> str:
-        """The one task named ``label`` that is not in ``before``, waiting at most TASK_WAIT
-        for the daemon to create it."""
-        deadline = time.monotonic() + TASK_WAIT
-        while True:
+        """The one task named ``label`` that is not in ``before``, once the daemon made it."""
+
+        def made() -> dict[str, Any]:
             records = self.api.task.get_all_records()
-            refs = [r for r, t in records.items() if r not in before and t["name_label"] == label]
-            if refs or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert len(refs) == 1, (label, [records[r] for r in refs])
-        return refs[0]
+            return {
+                r: t for r, t in records.items() if r not in before and t["name_label"] == label
+            }
+
+        made_since = wait_until_sync(made, what=f"a task {label!r}")
+        assert len(made_since) == 1, (label, made_since)
+        return next(iter(made_since))
 
     def task(self, ref: str) -> dict[str, Any]:
         record: dict[str, Any] = self.api.task.get_record(ref)
         return record
 
     def finished(self, ref: str) -> dict[str, Any]:
-        """The task's record once it left pending (and cancelling), at most TASK_WAIT later."""
-        deadline = time.monotonic() + TASK_WAIT
-        while (record := self.task(ref))["status"] in ("pending", "cancelling"):
-            assert time.monotonic() < deadline, f"task still {record['status']}: {record}"
-            time.sleep(0.05)
-        return record
+        """The task's record once it left pending (and cancelling)."""
+
+        def ended() -> dict[str, Any] | None:
+            record = self.task(ref)
+            return None if record["status"] in ("pending", "cancelling") else record
+
+        return wait_until_sync(ended, what=f"task {ref} to end")
 
     def failed(self, ref: str, code: str, *words: str) -> list[str]:
         """The task's error_info, after checking it failed with ``code`` and its description
@@ -364,6 +364,15 @@ def http6(daemon: Daemon, xapi: Xapi) -> Http:
     return Http(daemon, "::1", xapi.ref)
 
 
+@pytest.fixture(scope="module")
+def shared(daemon: Daemon, xapi: Xapi) -> Vdi:
+    """A VDI of SIZE bytes holding CONTENT for the whole module: the tests using it only read
+    it, or check that what they sent left it as it was."""
+    vdi = xapi.create()
+    assert Http(daemon, "::1", xapi.ref).put(CONTENT, vdi=vdi.uuid).status == 200
+    return vdi
+
+
 @pytest.fixture
 def filled(http6: Http, xapi: Xapi) -> Vdi:
     """A new VDI of SIZE bytes holding CONTENT."""
@@ -377,11 +386,11 @@ def filled(http6: Http, xapi: Xapi) -> Vdi:
 
 
 @pytest.mark.parametrize("fmt", ["raw", "vhd"])
-def test_export_headers_and_bytes(http: Http, filled: Vdi, fmt: str, tmp_path: Path) -> None:
-    r = http.get(vdi=filled.uuid, format=fmt)
+def test_export_headers_and_bytes(http: Http, shared: Vdi, fmt: str, tmp_path: Path) -> None:
+    r = http.get(vdi=shared.uuid, format=fmt)
     assert r.status == 200
     assert r.headers["content-length"] == str(len(r.body))
-    assert r.headers["content-disposition"] == f'attachment; filename="{filled.uuid}.{fmt}"'
+    assert r.headers["content-disposition"] == f'attachment; filename="{shared.uuid}.{fmt}"'
     assert REF.fullmatch(r.headers["task-id"]), r.headers
     if fmt == "raw":
         assert r.headers["content-type"] == "application/octet-stream"
@@ -395,8 +404,8 @@ def test_export_headers_and_bytes(http: Http, filled: Vdi, fmt: str, tmp_path: P
         assert read_all(image) == CONTENT
 
 
-def test_export_task_succeeds(http6: Http, xapi: Xapi, filled: Vdi) -> None:
-    r = http6.get(vdi=filled.ref)  # a ref works as well as a uuid
+def test_export_task_succeeds(http6: Http, xapi: Xapi, shared: Vdi) -> None:
+    r = http6.get(vdi=shared.ref)  # a ref works as well as a uuid
     assert r.status == 200 and r.body == CONTENT
     record = xapi.finished(r.headers["task-id"])
     assert record["status"] == "success" and record["progress"] == 1.0, record
@@ -467,11 +476,11 @@ def test_xapi_chunked_framing(http: Http, filled: Vdi, framing: str, tmp_path: P
 
 
 def test_exported_vhd_reads_the_same_in_qemu_img(
-    http6: Http, filled: Vdi, qemu_img: str, tmp_path: Path
+    http6: Http, shared: Vdi, qemu_img: str, tmp_path: Path
 ) -> None:
     image = tmp_path / "export.vhd"
-    image.write_bytes(http6.export(filled.uuid, format="vhd"))
-    assert qemu_raw(qemu_img, image, tmp_path / "qemu.raw") == http6.export(filled.uuid)
+    image.write_bytes(http6.export(shared.uuid, format="vhd"))
+    assert qemu_raw(qemu_img, image, tmp_path / "qemu.raw") == http6.export(shared.uuid)
 
 
 # 3. A delta
@@ -643,6 +652,7 @@ def test_connection_kept_alive_after_an_import(http: Http, filled: Vdi) -> None:
         assert client.sock.recv(1) == b""  # closed
 
 
+@pytest.mark.slow
 def test_second_writer_is_refused(http: Http, xapi: Xapi, filled: Vdi) -> None:
     """While one import is mid-body another into the same VDI gets 409 VDI_IN_USE; the first
     then completes."""
@@ -674,6 +684,7 @@ def test_second_writer_waits_for_the_first(http: Http, filled: Vdi) -> None:
     assert http.export(filled.uuid) == second_body
 
 
+@pytest.mark.slow
 def test_upload_right_after_an_empty_probe(http: Http, filled: Vdi, tmp_path: Path) -> None:
     """Xen Orchestra's import of a VHD of unknown length: an empty PUT declaring 1 PiB,
     answered 200 at once and closed by the client, then at once the VHD, declaring 1 PiB
@@ -786,6 +797,7 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_full_disk(tmp_path: Path) -> None:
     """A second daemon with an SR on a 16 MiB tmpfs: a 24 MiB body of random bytes fills it,
@@ -861,11 +873,11 @@ def test_authentication(http: Http, xapi: Xapi, filled: Vdi, method: str, case: 
     assert http.export(filled.uuid) == expected
 
 
-def test_basic_credentials_verified_once_still_check_the_password(http: Http, filled: Vdi) -> None:
+def test_basic_credentials_verified_once_still_check_the_password(http: Http, shared: Vdi) -> None:
     """Right Basic credentials are remembered for a minute (no password hash per request),
     by user and password together: a wrong password right after is still refused."""
     for auth, status in [(BASIC, 200), (BASIC, 200), (("-u", "root:wrong"), 401), (BASIC, 200)]:
-        r = http.get(auth=auth, vdi=filled.uuid)
+        r = http.get(auth=auth, vdi=shared.uuid)
         assert r.status == status, r.body[:200]
 
 
@@ -882,8 +894,8 @@ def test_basic_credentials_verified_once_still_check_the_password(http: Http, fi
         ("0-0", 0, 1),
     ],
 )
-def test_range(http: Http, filled: Vdi, spec: str, start: int, stop: int) -> None:
-    r = http.get("-r", spec, vdi=filled.uuid)
+def test_range(http: Http, shared: Vdi, spec: str, start: int, stop: int) -> None:
+    r = http.get("-r", spec, vdi=shared.uuid)
     assert r.status == 206, r.body[:200]
     assert r.headers["content-range"] == f"bytes {start}-{stop - 1}/{SIZE}"
     assert r.headers["content-length"] == str(stop - start)
@@ -894,10 +906,10 @@ def test_range(http: Http, filled: Vdi, spec: str, start: int, stop: int) -> Non
     ("spec", "start"),
     [("0-" + "9" * 5000, 0), ("-" + "9" * 5000, 0), ("100-" + "0" * 30 + "199", 100)],
 )
-def test_range_of_thousands_of_digits(http: Http, filled: Vdi, spec: str, start: int) -> None:
+def test_range_of_thousands_of_digits(http: Http, shared: Vdi, spec: str, start: int) -> None:
     """Numbers in a range have no size limit (RFC 9110): ones past any offset mean the end
     of the disk, never a 500."""
-    r = http.get("-H", f"Range: bytes={spec}", vdi=filled.uuid)
+    r = http.get("-H", f"Range: bytes={spec}", vdi=shared.uuid)
     assert r.status == 206, r.line()
     stop = 200 if start == 100 else SIZE
     assert r.body == CONTENT[start:stop]
@@ -906,8 +918,8 @@ def test_range_of_thousands_of_digits(http: Http, filled: Vdi, spec: str, start:
 @pytest.mark.parametrize(
     "spec", [f"{SIZE}-", f"{SIZE + 1000}-{SIZE + 2000}", "-0", "9" * 5000 + "-"]
 )
-def test_range_past_the_end(http: Http, xapi: Xapi, filled: Vdi, spec: str) -> None:
-    r = http.get("-H", f"Range: bytes={spec}", vdi=filled.uuid)
+def test_range_past_the_end(http: Http, xapi: Xapi, shared: Vdi, spec: str) -> None:
+    r = http.get("-H", f"Range: bytes={spec}", vdi=shared.uuid)
     assert r.status == 416, r.body[:200]
     assert r.headers["content-range"] == f"bytes */{SIZE}"
     assert r.line() == f"416 Requested Range Not Satisfiable: range not within {SIZE} bytes"
@@ -942,6 +954,7 @@ def read_half(http: Http, vdi: Vdi) -> tuple[bytes, str]:
         return client.read(BIG // 2), headers["task-id"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cut", ["socket", "range"])
 def test_cut_export_resumes(http: Http, xapi: Xapi, big: Vdi, cut: str, tmp_path: Path) -> None:
     """An export cut half-way (by a client that closes, or as a ``curl -r`` prefix) and
@@ -963,6 +976,7 @@ def test_cut_export_resumes(http: Http, xapi: Xapi, big: Vdi, cut: str, tmp_path
 # 7. Progress
 
 
+@pytest.mark.slow
 def test_progress_moves_during_a_slow_import(http: Http, xapi: Xapi) -> None:
     """A client sending 16 MiB in 1 MiB pieces 0.1 s apart: the task (found by its name
     while it runs) shows progress between 0 and 1, never going back, then success at 1 with
@@ -975,7 +989,7 @@ def test_progress_moves_during_a_slow_import(http: Http, xapi: Xapi) -> None:
         task = xapi.new_task(before, import_label(vdi))
         for offset in range(0, len(body), MiB):
             client.send(body[offset : offset + MiB])
-            time.sleep(0.1)
+            time.sleep(0.1)  # a slow client, on purpose
             seen.append(float(xapi.task(task)["progress"]))
         r = client.response()
     assert r.status == 200, r.body
@@ -1013,7 +1027,7 @@ BAD_PARAMETERS = [
 def test_bad_parameters(
     http6: Http,
     xapi: Xapi,
-    filled: Vdi,
+    shared: Vdi,
     method: str,
     query: dict[str, str],
     status: int,
@@ -1021,8 +1035,8 @@ def test_bad_parameters(
 ) -> None:
     """Each refused with one line naming the parameter; the VDI untouched."""
     sr = xapi.api.SR.get_uuid(xapi.sr)
-    values = {k: v.format(vdi=filled.uuid, sr=sr) for k, v in query.items()}
+    values = {k: v.format(vdi=shared.uuid, sr=sr) for k, v in query.items()}
     r = http6.get(**values) if method == "GET" else http6.put(pattern(4096, 21), **values)
     assert r.status == status, r.body
     assert text in r.line(), r.line()
-    assert http6.export(filled.uuid) == CONTENT
+    assert http6.export(shared.uuid) == CONTENT

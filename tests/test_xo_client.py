@@ -35,6 +35,9 @@ HOST = "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0002"
 INSTALL_TIMEOUT = 300
 CLIENT_TIMEOUT = 60
 
+# the first test installs xen-api from the npm registry (INSTALL_TIMEOUT) before its run
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(INSTALL_TIMEOUT + 2 * CLIENT_TIMEOUT)]
+
 
 def _tools() -> tuple[str, str]:
     node, npm = shutil.which("node"), shutil.which("npm")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import xmlrpc.client
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +24,11 @@ from migrate.host.services import HostServices
 from migrate.http.routing import Router
 from migrate.http.server import serve
 from migrate.interfaces import Interface, InterfaceAddress
-from migrate.rpc import host, network, pif, sr, task, vdi
+from migrate.rpc import codec, host, network, pif, sr, task, vdi
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
 from migrate.storage.sr import create_vdi, vdi_path
-from support import HOST, TIMEOUT, close, failure, host_store, in_thread
+from support import HOST, TIMEOUT, close, failure, host_store, in_thread, wait_until
 
 HOST_ADDRESS = "2001:db8::10"
 MiB = 1 << 20
@@ -349,6 +350,40 @@ async def test_jsonrpc(server: Server) -> None:
                 assert response.status_code == 200
                 assert response.headers["content-type"] == "application/json"
                 assert response.json()["error"]["code"] == code
+
+
+async def test_a_large_body_is_decoded_beside_other_clients(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 14 MiB XML-RPC call takes seconds to decode: other clients are answered meanwhile
+    (decoded in the event loop, it held every connection until it was done)."""
+    big = xmlrpc.client.dumps(([0] * 500_000,), "no.such").encode()  # 14 MiB
+    order: list[str] = []
+    decoding = threading.Event()
+    decode = codec.decode_xmlrpc
+
+    def watched(body: bytes | bytearray) -> codec.Call:
+        if len(body) == len(big):
+            decoding.set()
+        return decode(body)
+
+    monkeypatch.setattr(codec, "decode_xmlrpc", watched)
+
+    async def send_big() -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            response = await client.post(server.url("/RPC2"), content=big)
+        assert xmlrpc.client.loads(response.content)[0][0]["ErrorDescription"][0] == (
+            "MESSAGE_METHOD_UNKNOWN"
+        )
+        order.append("big")
+
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(send_big)
+        await wait_until(decoding.is_set, what="the big body being decoded")
+        answer = await jsonrpc(client, server, "session.login_with_password", "root", "pw")
+        assert answer["result"].startswith("OpaqueRef:")
+        order.append("small")
+    assert order == ["small", "big"]
 
 
 # The dispatcher without HTTP

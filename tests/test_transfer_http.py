@@ -825,7 +825,8 @@ def test_full_disk(tmp_path: Path) -> None:
             import_failed(xapi, before, vdi, r, "SR_FULL", sr)
             assert http.export(vdi.uuid) == first + bytes(4 * SIZE - len(first))
             assert os.listdir(small) == [f"{vdi.uuid}.vhd"]  # the staged file went
-            assert free_bytes(small) == free
+            # no space kept (the first import's old file may be freed only now: more)
+            assert free_bytes(small) >= free
         finally:
             close(xapi.session)
 

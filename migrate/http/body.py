@@ -11,8 +11,9 @@ that stall or trickle (408).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import h11
 import trio
@@ -20,6 +21,8 @@ import trio
 from migrate.http.errors import HTTPError
 from migrate.http.limits import Limits
 from migrate.http.tls import TLSStream
+
+T = TypeVar("T")
 
 RECEIVE_SIZE = 65536
 """Bytes asked of the stream at a time when reading through h11."""
@@ -179,17 +182,22 @@ class BodyReader:
             raise state.error
         return 0  # Ended
 
-    async def _recv_into(self, view: memoryview) -> int:
-        """Body bytes straight off the stream into ``view``, the wait on the clock; a broken
-        stream is HTTPError 400 (the client went away mid-body: the handler learns it as a
-        failure of the request)."""
+    async def _waited(self, receive: Awaitable[T], count: Callable[[T], int]) -> T:
+        """What ``receive`` brings, its wait on the clock (:class:`BodyClock`); 408 when the
+        clock runs out first."""
         clock = self._clock
         start = trio.current_time()
         with trio.move_on_after(clock.left):
-            n = await self._recv_into_now(view)
-            clock.received(n, trio.current_time() - start)
-            return n
+            got = await receive
+            clock.received(count(got), trio.current_time() - start)
+            return got
         raise clock.expired()
+
+    async def _recv_into(self, view: memoryview) -> int:
+        """Body bytes straight off the stream into ``view``, waited for on the clock; a
+        broken stream is HTTPError 400 (the client went away mid-body: the handler learns it
+        as a failure of the request)."""
+        return await self._waited(self._recv_into_now(view), int)
 
     async def _recv_into_now(self, view: memoryview) -> int:
         if isinstance(self._stream, trio.SocketStream):
@@ -223,14 +231,8 @@ class BodyReader:
             except h11.RemoteProtocolError as e:  # a bad chunk, or the connection closed early
                 raise HTTPError(400, f"request body incomplete: {e}") from None
             if event is h11.NEED_DATA:
-                clock = self._clock
-                start = trio.current_time()
-                with trio.move_on_after(clock.left):
-                    data = await self._receive_some()
-                    clock.received(len(data), trio.current_time() - start)
-                    self._h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
-                    continue
-                raise clock.expired()
+                data = await self._waited(self._receive_some(), len)
+                self._h11.receive_data(cast(bytes, data))  # h11 takes any bytes-like
             elif isinstance(event, h11.Data):
                 if event.data:
                     return bytes(event.data)

@@ -2,7 +2,8 @@
 sends its one response through.
 
 The body comes from a :class:`~migrate.http.body.BodyReader` (``receive_into`` for bulk bytes,
-``read_body`` for a whole body within the server's :class:`~migrate.http.budget.BodyMemory`).
+``read_body`` for a whole body in a buffer of its own, held within the server's
+:class:`~migrate.http.budget.BodyMemory`).
 The response goes out through h11, large pieces without being copied (h11's data
 passthrough), file ranges by ``os.sendfile`` on a plain socket.
 """
@@ -72,11 +73,7 @@ class Connection:
         """
         return await self.body.receive_into(buffer)
 
-    async def read_body(self, max_body: int | None = None) -> bytes:
-        """The whole request body, as :meth:`read_body_buffer` reads it."""
-        return bytes(await self.read_body_buffer(max_body))
-
-    async def read_body_buffer(self, max_body: int | None = None) -> bytearray:
+    async def read_body(self, max_body: int | None = None) -> bytearray:
         """The whole request body (Content-Length or chunked) in a buffer of its own, to hand
         to a parser without another copy. HTTPError 413 beyond ``max_body`` bytes
         (``limits.max_body`` by default), refused before ``100 Continue``.

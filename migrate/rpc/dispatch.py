@@ -190,7 +190,7 @@ def register_rpc(router: Router, dispatcher: Dispatcher) -> None:
     host_services = dispatcher.host
 
     async def xmlrpc(request: Request, conn: Connection) -> None:
-        body = await conn.read_body_buffer(MAX_BODY)
+        body = await conn.read_body(MAX_BODY)
         try:
             call = await _decode(host_services, codec.decode_xmlrpc, body)
         except ProtocolError as e:
@@ -205,7 +205,7 @@ def register_rpc(router: Router, dispatcher: Dispatcher) -> None:
         await conn.respond(200, [("content-type", "text/xml")], answer)
 
     async def jsonrpc(request: Request, conn: Connection) -> None:
-        body = await conn.read_body_buffer(MAX_BODY)
+        body = await conn.read_body(MAX_BODY)
         try:
             call = await _decode(host_services, codec.decode_jsonrpc, body)
         except ProtocolError as e:

@@ -256,12 +256,14 @@ async def serve_connection(
 def _refusal(why: str) -> bytes:
     """The answer of a connection refused for a cap: 503, then closed."""
     body = error_body(503, f"too many connections: {why}")
-    head = (
-        f"HTTP/1.1 503 {phrase(503)}\r\n"
-        f"content-type: text/plain; charset=utf-8\r\ncontent-length: {len(body)}\r\n"
-        f"retry-after: {RETRY_AFTER}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode() + body
+    fields = [
+        *error_headers(),
+        ("content-length", str(len(body))),
+        ("retry-after", str(RETRY_AFTER)),
+        ("connection", "close"),
+    ]
+    lines = "".join(f"{name}: {value}\r\n" for name, value in fields)
+    return f"HTTP/1.1 503 {phrase(503)}\r\n{lines}\r\n".encode() + body
 
 
 async def serve(

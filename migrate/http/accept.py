@@ -24,7 +24,7 @@ import trio
 
 from migrate.addresses import client_network, sockaddr_host_port
 from migrate.http.limits import Limits
-from migrate.http.routing import client_address
+from migrate.http.routing import peer_address
 
 log = logging.getLogger("xfer.http")
 
@@ -145,7 +145,7 @@ async def _accept_loop(
                 paused = trio.current_time() - paused_since
                 log.warning("accepting connections on %s again after %.1f s", where, paused)
                 paused_since = None
-            client = _peer(stream)
+            client = peer_address(stream)
             network = client_network(client)
             why = caps.admit(network)
             if why is None:
@@ -186,13 +186,6 @@ def _refuse(stream: trio.SocketStream, answer: bytes) -> None:
         pass
     finally:
         sock.close()
-
-
-def _peer(stream: trio.SocketStream) -> str | None:
-    try:
-        return client_address(stream.socket.getpeername())
-    except OSError:
-        return None
 
 
 def _where(listener: trio.SocketListener) -> str:

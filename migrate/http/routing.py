@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
+import trio
 
 from migrate.addresses import AddressError, parse_host
 from migrate.http.errors import HTTPError
@@ -77,6 +78,15 @@ def client_address(sockaddr: object) -> str | None:
         return parse_host(sockaddr[0]).address
     except AddressError:
         return sockaddr[0]
+
+
+def peer_address(stream: trio.SocketStream) -> str | None:
+    """The canonical address of the peer of ``stream`` (:func:`client_address`), None if the
+    socket cannot tell."""
+    try:
+        return client_address(stream.socket.getpeername())
+    except OSError:
+        return None
 
 
 class Router:

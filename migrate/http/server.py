@@ -34,7 +34,7 @@ from migrate.http.errors import (
 )
 from migrate.http.exchange import Connection, encode_headers
 from migrate.http.limits import Limits
-from migrate.http.routing import Request, Router, client_address
+from migrate.http.routing import Request, Router, peer_address
 from migrate.http.tls import TLSStream
 
 log = logging.getLogger("xfer.http")
@@ -233,10 +233,7 @@ async def serve_connection(
     memory (shared by the connections of a server) to one of this connection's own."""
     limits = limits or Limits()
     if client is None and isinstance(stream, trio.SocketStream):
-        try:
-            client = client_address(stream.socket.getpeername())
-        except OSError:
-            client = None
+        client = peer_address(stream)
     if body_memory is None:
         body_memory = BodyMemory(limits.body_memory, limits.body_memory_wait)
     session = _Session(stream, router, limits, client, body_memory)

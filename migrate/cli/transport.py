@@ -33,25 +33,17 @@ READ_SIZE = 256 << 10
 
 class Transport(httpx.AsyncHTTPTransport):
     """httpx's transport with connections from :func:`migrate.net.connect`, verified with
-    ``context`` when https, reading ``read_size`` bytes at a time."""
+    ``context`` when https."""
 
-    def __init__(
-        self, context: ssl.SSLContext, *, prefer: Family = PREFER, read_size: int = READ_SIZE
-    ) -> None:
+    def __init__(self, context: ssl.SSLContext) -> None:
         super().__init__(verify=context, trust_env=False)
         # httpx takes no network backend: its pool is replaced by one with ours
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=context, network_backend=_Backend(prefer, read_size)
-        )
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=context, network_backend=_Backend())
 
 
 class _Backend(httpcore.TrioBackend):
-    """httpcore's connections through :func:`migrate.net.connect`; its streams are
-    :class:`_Stream`."""
-
-    def __init__(self, prefer: Family, read_size: int) -> None:
-        self.prefer = prefer
-        self.read_size = read_size
+    """httpcore's connections through :func:`migrate.net.connect`, :data:`PREFER` first; its
+    streams are :class:`_Stream`."""
 
     async def connect_tcp(
         self,
@@ -63,30 +55,29 @@ class _Backend(httpcore.TrioBackend):
     ) -> httpcore.AsyncNetworkStream:
         target = parse_url_host(host)
         try:
-            stream = await connect(target, port, prefer=self.prefer, timeout=_seconds(timeout))
+            stream = await connect(target, port, prefer=PREFER, timeout=_seconds(timeout))
         except ConnectTimeout as e:
             raise httpcore.ConnectTimeout(str(e)) from None
         except OSError as e:
             raise httpcore.ConnectError(str(e)) from e
         for option in socket_options or ():
             stream.setsockopt(*option)
-        return _Stream(stream, self.read_size)
+        return _Stream(stream)
 
 
 class _Stream(httpcore.AsyncNetworkStream):
     """A trio socket stream, or a :class:`~migrate.http.tls.TLSStream` over one, for
-    httpcore: reads ask for at least ``size`` bytes, trio's failures become httpcore's. TLS is
-    ``TLSStream``'s, as ``trio.SSLStream`` returns one 16 KiB record per read after
-    allocating the whole read's size."""
+    httpcore: reads ask for at least :data:`READ_SIZE` bytes, trio's failures become
+    httpcore's. TLS is ``TLSStream``'s, as ``trio.SSLStream`` returns one 16 KiB record per
+    read after allocating the whole read's size."""
 
-    def __init__(self, stream: trio.SocketStream | TLSStream, size: int) -> None:
+    def __init__(self, stream: trio.SocketStream | TLSStream) -> None:
         self._stream = stream
-        self._size = size
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
             with trio.fail_after(_seconds(timeout)):
-                return await self._stream.receive_some(max(max_bytes, self._size))
+                return await self._stream.receive_some(max(max_bytes, READ_SIZE))
         except trio.TooSlowError:
             raise httpcore.ReadTimeout(f"nothing received for {timeout} s") from None
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
@@ -124,7 +115,7 @@ class _Stream(httpcore.AsyncNetworkStream):
         except trio.BrokenResourceError as e:
             await trio.aclose_forcefully(self._stream)
             raise httpcore.ConnectError(str(e)) from e
-        return _Stream(tls, self._size)
+        return _Stream(tls)
 
     def get_extra_info(self, info: str) -> Any:
         tls = self._stream if isinstance(self._stream, TLSStream) else None

@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import socket
+import sqlite3
 import struct
 import subprocess
 import tempfile
@@ -732,6 +733,21 @@ def test_destroy_and_snapshot_during_an_import(http: Http, xapi: Xapi, filled: V
         assert importing.response().status == 200
     assert http.export(filled.uuid) == body
     xapi.api.VDI.destroy(filled.ref)  # free again
+
+
+def test_a_new_vdi_refused_for_its_task_leaves_nothing(
+    http6: Http, xapi: Xapi, daemon: Daemon
+) -> None:
+    """An sr_id import whose task_id names no pending task is refused (400) before any byte,
+    and the new VDI's row it had begun is gone again, not left for the next start."""
+    r = http6.put(pattern(4096, 22), sr_id=xapi.api.SR.get_uuid(xapi.sr), task_id=UNKNOWN_SESSION)
+    assert r.status == 400 and "task_id" in r.line(), r.line()
+    db = sqlite3.connect(f"file:{daemon.state / 'xfer.db'}?mode=ro", uri=True)
+    try:
+        creating = db.execute("SELECT count(*) FROM vdi WHERE state = 'creating'").fetchone()
+    finally:
+        db.close()
+    assert creating == (0,)
 
 
 def test_a_snapshot_is_never_written(http: Http, xapi: Xapi, filled: Vdi) -> None:

@@ -156,12 +156,16 @@ def _begin(
         if store.all("VDI", parent=row["uuid"]) or not row["managed"]:
             raise HTTPError(409, f"{VDI_IN_USE}: VDI {row['uuid']} is the base of other VDIs")
         uuid, created, size = row["uuid"], False, int(row["virtual_size"])
-        job.open(session, f"import_raw_vdi {uuid}")
     else:
         assert sr_param is not None
         sr_row = lookup(store, "SR", "sr_id", sr_param)
         uuid, created, size = storage.begin_vdi(store, sr_row["uuid"], name), True, None
+    try:
         job.open(session, f"import_raw_vdi {uuid}")
+    except BaseException:
+        if created:  # the new VDI's row goes again
+            storage.abandon_vdi(store, uuid)
+        raise
     if not host.claims.claim_writer(uuid):
         message = f"VDI {uuid} is being written by an import"
         tasks.finish(store, job.uuid, error=ApiError(VDI_IN_USE, ref(uuid), message))
@@ -275,7 +279,6 @@ async def _import(
                 staged.published()
             else:
                 staged.discard()
-            _abandon(host.store, target)
 
         await host.db.call(commit)
         # before the answer, the claim released: the client may write the VDI again

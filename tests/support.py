@@ -7,6 +7,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -264,6 +265,32 @@ def failure(fn: Callable[[], object]) -> list[str]:
     with pytest.raises(XenAPI.Failure) as info:
         fn()
     return list(info.value.details)
+
+
+# Network namespaces
+
+
+def ip(*args: str) -> None:
+    """``ip ARGS`` (iproute2), failing the test if it fails."""
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+
+@contextmanager
+def network_namespace(prefix: str) -> Iterator[str]:
+    """A fresh network namespace (named ``prefix`` and this process's id) with its loopback
+    up, removed afterwards; the test is skipped where namespaces cannot be made."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create a network namespace (CI runs as root)")
+    name = f"{prefix}-{os.getpid()}"
+    try:
+        ip("netns", "add", name)
+    except subprocess.CalledProcessError as e:
+        pytest.skip(f"cannot create a network namespace here: {e.stderr.decode().strip()}")
+    try:
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        ip("netns", "del", name)
 
 
 # A running xfer serve

@@ -4,7 +4,6 @@ HTTP and HTTPS (a certificate for the bare address). Needs root and ``ip netns``
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -15,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from support import PASSWORD, ROOT, UUID, XFER, pattern, xfer_env
-from test_serve import _read_lines, stop
+from support import PASSWORD, ROOT, UUID, XFER, ip, network_namespace, pattern, xfer_env
+from test_serve import serving, stop
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -25,10 +24,6 @@ ADDRESS = "fe80::1"
 HTTP_PORT = 8080
 """The daemon's port over HTTP: ``xfer serve``'s own, so host text without a port reaches it."""
 HTTPS_PORT = 8443
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
 @dataclass
@@ -81,55 +76,30 @@ def certificate_for(directory: Path, address: str) -> tuple[Path, Path]:
 
 
 @contextmanager
-def serving(namespace: str, state: Path, *args: str) -> Iterator[str]:
-    """``xfer serve ARGS`` inside ``namespace``: the URL it listens on; stopped afterwards."""
-    command = ["ip", "netns", "exec", namespace, *XFER, "serve", "--state-dir", str(state)]
-    stderr = state.parent / f"{state.name}.stderr"
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [*command, "--password", PASSWORD, *args],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            cwd=ROOT,
-            env={**xfer_env(), "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        (line,) = _read_lines(proc, 1, stderr)
-        yield line.removeprefix("listening on ")
+def daemon_in(namespace: str, tmp: Path, *args: str) -> Iterator[str]:
+    """``xfer serve ARGS`` inside ``namespace``: the URL it listens on; stopped afterwards,
+    checked to exit 0."""
+    tmp.mkdir()
+    with serving(tmp, "--password", PASSWORD, *args, netns=namespace) as (proc, (url,), _):
+        yield url
         assert stop(proc) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
 def namespace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
     """The namespace with a daemon on ``[fe80::1%lo]:8080`` and one on ``:8443`` over TLS."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create a network namespace (CI runs as root)")
-    name = f"xfer-cli-{os.getpid()}"
-    try:
-        _ip("netns", "add", name)
-    except subprocess.CalledProcessError as e:
-        pytest.skip(f"cannot create a network namespace here: {e.stderr.decode().strip()}")
-    tmp = tmp_path_factory.mktemp("link-local")
-    try:
-        _ip("-n", name, "link", "set", "lo", "up")
-        _ip("-n", name, "address", "add", f"{ADDRESS}/64", "dev", "lo", "nodad")
+    with network_namespace("xfer-cli") as name:
+        tmp = tmp_path_factory.mktemp("link-local")
+        ip("-n", name, "address", "add", f"{ADDRESS}/64", "dev", "lo", "nodad")
         cert, key = certificate_for(tmp, ADDRESS)
         tls = ("--tls-cert", str(cert), "--tls-key", str(key))
         with (
-            serving(name, tmp / "plain", "--listen", f"[{ADDRESS}%lo]:{HTTP_PORT}") as plain,
-            serving(name, tmp / "tls", "--listen", f"[{ADDRESS}%lo]:{HTTPS_PORT}", *tls) as https,
+            daemon_in(name, tmp / "plain", "--listen", f"[{ADDRESS}%lo]:{HTTP_PORT}") as plain,
+            daemon_in(name, tmp / "tls", "--listen", f"[{ADDRESS}%lo]:{HTTPS_PORT}", *tls) as https,
         ):
             assert plain == f"http://[{ADDRESS}%25lo]:{HTTP_PORT}/", plain
             assert https == f"https://[{ADDRESS}%25lo]:{HTTPS_PORT}/", https
             yield Namespace(name, cert)
-    finally:
-        _ip("netns", "del", name)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[bytes]) -> str:

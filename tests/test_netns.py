@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,11 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from support import XFER, wait_until_sync
+from support import ip, network_namespace, wait_until_sync
+from test_serve import serving
 
 pytestmark = pytest.mark.root
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # Asks the daemon, from inside the namespace, for every PIF's device and IPv6 addresses.
 CLIENT = """
@@ -29,25 +26,11 @@ print(json.dumps({p["device"]: p["IPv6"] for p in pifs}))
 """
 
 
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def namespace() -> Iterator[str]:
     """A fresh network namespace with its loopback up, removed afterwards."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create a network namespace (CI runs as root)")
-    name = f"xfer-test-{os.getpid()}"
-    try:
-        _ip("netns", "add", name)
-    except subprocess.CalledProcessError as e:
-        pytest.skip(f"cannot create a network namespace here: {e.stderr.decode().strip()}")
-    try:
-        _ip("-n", name, "link", "set", "lo", "up")
+    with network_namespace("xfer-test") as name:
         yield name
-    finally:
-        _ip("netns", "del", name)
 
 
 def pifs(namespace: str, url: str) -> dict[str, list[str]]:
@@ -64,19 +47,13 @@ def pifs(namespace: str, url: str) -> dict[str, list[str]]:
 
 @pytest.mark.slow
 def test_new_addresses_reach_the_pifs_while_serving(namespace: str, tmp_path: Path) -> None:
-    command = ["ip", "netns", "exec", namespace, *XFER, "serve", "--state-dir", str(tmp_path)]
-    command += ["--listen", "[::1]:0", "--password", "pw", "--interface-poll", "0.2"]
-    with (tmp_path / "stderr").open("wb") as err:
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode().strip()
-        assert line.startswith("listening on http://[::1]:"), line
-        url = line.removeprefix("listening on ")
+    args = ("--listen", "[::1]:0", "--password", "pw", "--interface-poll", "0.2")
+    with serving(tmp_path, *args, netns=namespace) as (_, (url,), _):
+        assert url.startswith("http://[::1]:"), url
         assert pifs(namespace, url) == {"lo": ["::1/128"]}
 
-        _ip("-n", namespace, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-        _ip("-n", namespace, "addr", "add", "2001:db8:5::10/64", "dev", "v0", "nodad")
+        ip("-n", namespace, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+        ip("-n", namespace, "addr", "add", "2001:db8:5::10/64", "dev", "v0", "nodad")
 
         def mirrored() -> dict[str, list[str]] | None:
             seen = pifs(namespace, url)
@@ -85,10 +62,5 @@ def test_new_addresses_reach_the_pifs_while_serving(namespace: str, tmp_path: Pa
         seen = wait_until_sync(mirrored, what="2001:db8:5::10/64 in v0's PIF")
         assert set(seen) == {"lo", "v0", "v1"}
 
-        _ip("-n", namespace, "link", "del", "v0")  # takes its peer v1 along
+        ip("-n", namespace, "link", "del", "v0")  # takes its peer v1 along
         wait_until_sync(lambda: set(pifs(namespace, url)) == {"lo"}, what="v0 and v1's PIFs gone")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()

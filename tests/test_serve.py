@@ -52,14 +52,20 @@ def _read_lines(proc: subprocess.Popen[bytes], count: int, stderr: Path) -> list
 
 @contextmanager
 def serving(
-    tmp_path: Path, *args: str, count: int = 1, env: dict[str, str] | None = None
+    tmp_path: Path,
+    *args: str,
+    count: int = 1,
+    env: dict[str, str] | None = None,
+    netns: str | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], list[str], Path]]:
-    """A running ``xfer serve --state-dir TMP/state ARGS``: the process, the URLs of its
-    ``count`` listening lines and its stderr file; the process is always ended afterwards."""
+    """A running ``xfer serve --state-dir TMP/state ARGS`` (inside the network namespace
+    ``netns`` if given): the process, the URLs of its ``count`` listening lines and its stderr
+    file; the process is always ended afterwards."""
     stderr = tmp_path / f"stderr-{uuid.uuid4().hex}"
+    inside = ["ip", "netns", "exec", netns] if netns else []
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
-            [*XFER, "serve", "--state-dir", str(tmp_path / "state"), *args],
+            [*inside, *XFER, "serve", "--state-dir", str(tmp_path / "state"), *args],
             stdout=subprocess.PIPE,
             stderr=err,
             cwd=ROOT,

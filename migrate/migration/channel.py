@@ -151,9 +151,9 @@ class Channel:
                 length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
                 if sep and length and len(body) >= int(length.group(1)):
                     break
-        head, _, body = bytes(data).partition(b"\r\n\r\n")
-        status = head.split(b"\r\n", 1)[0].decode("latin-1")
-        text = body.decode("utf-8", "replace").strip()
+        first, _, rest = bytes(data).partition(b"\r\n\r\n")
+        status = first.split(b"\r\n", 1)[0].decode("latin-1")
+        text = rest.decode("utf-8", "replace").strip()
         return f"{status}: {text}" if text else status
 
     async def _wait(self, operation: Awaitable[T], what: str) -> T:

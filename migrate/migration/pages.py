@@ -94,7 +94,7 @@ class PageSender:
         data = pfns if zero is None else pfns[~zero]
         runs = page_runs(data)
         if len(runs) > SCATTERED:
-            self._queue(memoryview(self.words[data]).cast("B"))
+            self._queue(self.words[data].data.cast("B"))
         else:
             memory = self.memory
             for start, end in runs.tolist():
@@ -144,7 +144,7 @@ class PageReceiver:
         self.written[data] = True
         if len(pages.runs) > SCATTERED:
             bounce = np.empty((len(data), WORDS), dtype=np.uint64)
-            await self.channel.recv_exactly_into(memoryview(bounce).cast("B"))
+            await self.channel.recv_exactly_into(bounce.data.cast("B"))
             self.words[data] = bounce
             return
         memory = self.memory

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -87,6 +88,28 @@ def peer_address(stream: trio.SocketStream) -> str | None:
         return client_address(stream.socket.getpeername())
     except OSError:
         return None
+
+
+def cookies(request: Request) -> dict[str, str]:
+    """The request's cookies by name (malformed ones ignored)."""
+    jar: SimpleCookie = SimpleCookie()
+    for field, value in request.headers:
+        if field == "cookie":
+            try:
+                jar.load(value)
+            except CookieError:
+                continue
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def param(request: Request, name: str) -> str | None:
+    """Parameter ``name`` from the query, else from a cookie; HTTPError 400 if repeated."""
+    values = request.query.get(name)
+    if values:
+        if len(set(values)) > 1:
+            raise HTTPError(400, f"parameter {name} given {len(values)} times")
+        return values[0]
+    return cookies(request).get(name)
 
 
 class Router:

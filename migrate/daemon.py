@@ -31,8 +31,8 @@ from migrate.http.limits import Limits
 from migrate.http.routing import Router
 from migrate.http.server import serve, serve_tls
 from migrate.http.tls import TlsError, server_ssl_context
-from migrate.net import listener_url, open_listeners
 from migrate.migration.service import MigrationService
+from migrate.net import listener_url, open_listeners
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
 from migrate.transfer import export_raw_vdi, import_raw_vdi

@@ -107,15 +107,15 @@ async def _save(
             if power == "Running" and domain.paused:
                 with contextlib.suppress(GuestError):
                     await domain.unpause()
+            await channel.aclose()
         log.info("saving VM %s failed: %s", metadata.uuid, e)
         if isinstance(e, ChannelError):
             return
         raise
-    finally:
-        await channel.aclose()
-    with trio.CancelScope(shield=True):
+    with trio.CancelScope(shield=True):  # recorded before the client sees the end
         await domain.destroy()
         await host.db.call(vms.set_power_state, host.store, metadata.uuid, "Halted", None)
+        await channel.aclose()
     log.info("VM %s saved (%d bytes)", metadata.uuid, sender.report.bytes)
 
 

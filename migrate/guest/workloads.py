@@ -39,8 +39,10 @@ TICK = 0.001
 """Seconds between steps of a workload that writes (the ledger's resolution)."""
 IDLE_TICK = 0.05
 
-_TERM_SLOTS = 8  # regs words 0..7: magic, version, pages, fingerprint; 8..: one per term
-_MAX_TERMS = REGS_SIZE // 8 - _TERM_SLOTS
+TERM_SLOTS = 8
+"""Register words 0..7 are magic, version, RAM pages, fingerprint; word ``TERM_SLOTS + i``
+is the counter of term ``i`` (pages written so far, or the ledger's last seq)."""
+_MAX_TERMS = REGS_SIZE // 8 - TERM_SLOTS
 _U64 = np.uint64
 
 
@@ -237,7 +239,7 @@ class Machine:
         regs = self.regs
         wl = self.workload
         if int(regs[0]) == 0:
-            regs[_TERM_SLOTS : _TERM_SLOTS + len(wl.terms)] = 0
+            regs[TERM_SLOTS : TERM_SLOTS + len(wl.terms)] = 0
             regs[1:4] = (VERSION, wl.memory // PAGE_SIZE, wl.fingerprint)
             if wl.ledger is not None:
                 at = wl.ledger.header_page * WORDS_PER_PAGE
@@ -252,7 +254,7 @@ class Machine:
         """One tick: ``seconds`` since the previous (the page writers' pace), ``now_ns`` the
         ledger's timestamp."""
         for index, term in enumerate(self.workload.terms):
-            slot = _TERM_SLOTS + index
+            slot = TERM_SLOTS + index
             if isinstance(term, Ledger):
                 self._ledger(slot, now_ns)
                 continue

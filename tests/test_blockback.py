@@ -44,7 +44,8 @@ async def test_read_write_flush(served: tuple[BlockClient, BlockBackend, Path]) 
 
 async def test_out_of_bounds_refused(served: tuple[BlockClient, BlockBackend, Path]) -> None:
     client, _, path = served
-    with pytest.raises(BlockIOError, match=f"write of 4 bytes at {SIZE - 2} is beyond the {SIZE}-byte disk"):
+    beyond = f"write of 4 bytes at {SIZE - 2} is beyond the {SIZE}-byte disk"
+    with pytest.raises(BlockIOError, match=beyond):
         await trio.to_thread.run_sync(client.write, SIZE - 2, b"four")
     assert path.stat().st_size == SIZE
     with pytest.raises(BlockIOError) as caught:

@@ -137,7 +137,7 @@ async def test_pause_really_stops(hypervisor: ProcessHypervisor) -> None:
 
 @pytest.mark.parametrize("with_disk", [False, True])
 async def test_resume_of_a_copy(
-    hypervisor: ProcessHypervisor, tmp_path: Path, with_disk: bool
+    hypervisor: ProcessHypervisor, nursery: trio.Nursery, tmp_path: Path, with_disk: bool
 ) -> None:
     """Memory and CPU state copied into a domain created paused: its unpause continues the
     ledger with nothing lost or reordered, in RAM and on the (shared) disk, and the largest
@@ -154,8 +154,9 @@ async def test_resume_of_a_copy(
     await source.pause()
     stopped = time.time_ns()
     at_pause = _counter(source, 1)
-    hypervisor._forget(source)  # the destination's copy takes the VM's uuid, as on a peer
-    destination = await hypervisor.create(spec, paused=True)
+    peer = ProcessHypervisor()  # the destination host's
+    await nursery.start(peer.serve)
+    destination = await peer.create(spec, paused=True)
     assert destination.paused and _state(destination.pid) == "T"
     assert not any(destination.memory)  # created with zero RAM
     destination.memory[:] = source.memory
@@ -305,6 +306,18 @@ async def test_create_refusals(hypervisor: ProcessHypervisor, tmp_path: Path) ->
     with pytest.raises(GuestError, match="already has a domain"):
         await hypervisor.create(GuestSpec("a", 4 * MIB))
     assert [d.spec.uuid for d in hypervisor.domains()] == ["a"]
+    outcomes: list[object] = []
+
+    async def make() -> None:
+        try:
+            outcomes.append(await hypervisor.create(GuestSpec("b", 4 * MIB)))
+        except GuestError as e:
+            outcomes.append(e)
+
+    async with trio.open_nursery() as racing:  # the same uuid twice at once: one domain
+        racing.start_soon(make)
+        racing.start_soon(make)
+    assert sorted(type(o).__name__ for o in outcomes) == ["GuestError", "ProcessDomain"]
     assert not [line for line in _mapped().splitlines() if "xfer-guest-a " in line][1:]
 
 

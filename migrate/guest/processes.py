@@ -20,7 +20,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,8 @@ class ProcessDomain:
         A pause wins over the throttle."""
         if not 0 <= duty < 1:
             raise GuestError(f"throttle duty {duty} is outside 0 .. <1")
-        self._check_alive()
+        if duty:
+            self._check_alive()
         self._duty = float(duty)
         if duty and not self._throttling:
             self._throttling = True
@@ -273,6 +275,7 @@ class ProcessHypervisor:
     def __init__(self, *, python: str = sys.executable) -> None:
         self._python = python
         self._domains: dict[str, ProcessDomain] = {}
+        self._creating: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._support: tuple[str | None] | None = None
 
@@ -308,7 +311,7 @@ class ProcessHypervisor:
         before it runs anything. GuestError when it cannot be made."""
         if self._nursery is None:
             raise GuestError("the hypervisor is not serving (run serve() first)")
-        if spec.uuid in self._domains:
+        if spec.uuid in self._domains or spec.uuid in self._creating:
             raise GuestError(f"VM {spec.uuid} already has a domain")
         if spec.memory <= 0 or spec.memory % PAGE_SIZE:
             raise GuestError(f"memory {spec.memory} is not a positive multiple of {PAGE_SIZE}")
@@ -318,6 +321,15 @@ class ProcessHypervisor:
             workload = workloads.parse(spec.workload, spec.memory)
         except workloads.WorkloadError as e:
             raise GuestError(str(e)) from None
+        self._creating.add(spec.uuid)
+        try:
+            return await self._create(spec, workload, paused)
+        finally:
+            self._creating.discard(spec.uuid)
+
+    async def _create(
+        self, spec: GuestSpec, workload: workloads.Workload, paused: bool
+    ) -> ProcessDomain:
         with contextlib.ExitStack() as undo:
             ram = _shared_memory(f"xfer-guest-{spec.uuid}", spec.memory, undo)
             regs = _shared_memory(f"xfer-regs-{spec.uuid}", workloads.REGS_SIZE, undo)
@@ -355,7 +367,7 @@ class ProcessHypervisor:
         self._domains[spec.uuid] = domain
         self._start(domain._reap)
         for backend in backends:
-            self._nursery.start_soon(domain._serve_disk, backend)
+            self._start(partial(domain._serve_disk, backend))
         if paused:
             try:
                 await domain._wait_stopped()
@@ -402,10 +414,10 @@ class ProcessHypervisor:
         except OSError as e:
             raise GuestError(f"cannot start the guest program: {e}") from None
 
-    def _start(self, task: object) -> None:
+    def _start(self, task: Callable[[], Awaitable[object]]) -> None:
         if self._nursery is None:
             raise GuestError("the hypervisor is not serving (run serve() first)")
-        self._nursery.start_soon(task)  # type: ignore[arg-type]
+        self._nursery.start_soon(task)
 
     def _forget(self, domain: ProcessDomain) -> None:
         if self._domains.get(domain.spec.uuid) is domain:

@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -278,6 +279,53 @@ async def test_killed_guest_noticed(hypervisor: ProcessHypervisor) -> None:
     with pytest.raises(GuestError, match="exited"):
         await domain.unpause()
     await domain.destroy()
+
+
+async def test_guest_outlives_the_forking_thread(
+    hypervisor: ProcessHypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trio forks in a worker thread that exits when idle: the guest must not die with it
+    (as it would with PR_SET_PDEATHSIG)."""
+    monkeypatch.setattr(trio._core._thread_cache, "IDLE_TIMEOUT", 0.1)
+    domain = await hypervisor.create(GuestSpec("l", 4 * MIB))
+    await trio.sleep(1)
+    assert not domain.exited and _state(domain.pid) in "RS"
+
+
+_ORPHANING_DAEMON = """
+import os, trio
+from migrate.guest.hypervisor import GuestSpec
+from migrate.guest.processes import ProcessHypervisor
+
+async def main():
+    hv = ProcessHypervisor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.serve)
+        running = await hv.create(GuestSpec("a", 4 << 20, workload="ledger"))
+        created_paused = await hv.create(GuestSpec("b", 4 << 20), paused=True)
+        paused = await hv.create(GuestSpec("c", 4 << 20, workload="uniform:1M"))
+        await paused.pause()
+        print(running.pid, created_paused.pid, paused.pid, flush=True)
+        os._exit(0)
+
+trio.run(main)
+"""
+
+
+async def test_guests_die_with_the_daemon() -> None:
+    """A daemon killed without destroying its domains takes its guests along, running,
+    created paused or paused."""
+    daemon = await trio.run_process([sys.executable, "-c", _ORPHANING_DAEMON], capture_stdout=True)
+    pids = [int(pid) for pid in daemon.stdout.split()]
+    assert len(pids) == 3
+    await _until(lambda: all(_gone(pid) for pid in pids), "the guests' end")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return _state(pid) in "ZX"
+    except FileNotFoundError:
+        return True
 
 
 async def test_create_refusals(hypervisor: ProcessHypervisor, tmp_path: Path) -> None:

@@ -54,9 +54,11 @@ class ProcessDomain:
         ram: tuple[int, mmap.mmap],
         regs: tuple[int, mmap.mmap],
         backends: list[BlockBackend],
+        control: socket.socket,
         paused: bool,
     ) -> None:
         self._hypervisor = hypervisor
+        self._control = control  # open while the domain is: its end closed tells the guest
         self._spec = spec
         self._workload = workload
         self._process = process
@@ -257,6 +259,7 @@ class ProcessDomain:
         if self._log is not None:
             self._log.close()
         os.close(self._stat)
+        self._control.close()
         view, self._view = self._view, None
         for mapping, fd in ((self._ram, self._ram_fd), (self._regs, self._regs_fd)):
             with contextlib.suppress(BufferError):  # views still held: freed with the last
@@ -353,7 +356,9 @@ class ProcessHypervisor:
             domain = None
             try:
                 report = await _ready(process, control)
-                domain = ProcessDomain(self, spec, workload, process, ram, regs, backends, paused)
+                domain = ProcessDomain(
+                    self, spec, workload, process, ram, regs, backends, control, paused
+                )
                 domain._attach_log(report)
             except BaseException:
                 if domain is not None:
@@ -363,7 +368,6 @@ class ProcessHypervisor:
                     await process.wait()
                 raise
             undo.pop_all()
-        control.close()
         self._domains[spec.uuid] = domain
         self._start(domain._reap)
         for backend in backends:
@@ -410,6 +414,7 @@ class ProcessHypervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env=env,
+                process_group=0,  # orphaned by the daemon's death: see migrate.guest.program
             )
         except OSError as e:
             raise GuestError(f"cannot start the guest program: {e}") from None

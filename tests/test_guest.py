@@ -333,6 +333,8 @@ async def test_create_refusals(hypervisor: ProcessHypervisor, tmp_path: Path) ->
         await hypervisor.create(GuestSpec("a", 4 * MIB, workload="hotset:1M"))
     with pytest.raises(GuestError, match="memory 1000 is not a positive multiple"):
         await hypervisor.create(GuestSpec("a", 1000))
+    with pytest.raises(GuestError, match="memory 1125899906842624 exceeds this host's"):
+        await hypervisor.create(GuestSpec("a", 1 << 50))
     with pytest.raises(GuestError, match="vcpus 0"):
         await hypervisor.create(GuestSpec("a", 4 * MIB, vcpus=0))
     missing = DiskAttachment("xvda", str(tmp_path / "missing"))

@@ -411,6 +411,7 @@ async def test_disk_writes_land_in_the_file(hypervisor: ProcessHypervisor, tmp_p
         domain = await hypervisor.create(spec)
         await _until(lambda: _counter_running(domain) > 200, "the ledger")  # noqa: B023
         await domain.pause()
+        await domain.sync_disks()
         data = path.read_bytes()
         verdict = check_ledger(read_disk_ledger(data[: 1 * MIB]))
         assert verdict.intact and verdict.last >= _counter(domain) > 200

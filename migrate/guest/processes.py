@@ -142,6 +142,11 @@ class ProcessDomain:
         for backend in self._backends:
             await backend.quiesce()
 
+    async def sync_disks(self) -> None:
+        """Make every disk write the guest was told is done durable."""
+        for backend in self._backends:
+            await backend.sync()
+
     async def unpause(self) -> None:
         """SIGCONT (the throttle, if on, goes on stopping the guest part of the time)."""
         self._check_alive()

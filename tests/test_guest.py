@@ -442,6 +442,20 @@ async def test_disk_writes_land_in_the_file(hypervisor: ProcessHypervisor, tmp_p
         await domain.destroy()
 
 
+async def test_two_disks(hypervisor: ProcessHypervisor, tmp_path: Path) -> None:
+    """Each disk has its backend; the ledger writes to the first."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_bytes(bytes(1 * MIB))
+    second.write_bytes(b"x" * MIB)
+    disks = (DiskAttachment("xvda", str(first)), DiskAttachment("xvdb", str(second)))
+    domain = await hypervisor.create(GuestSpec("2", 8 * MIB, workload="ledger", disks=disks))
+    await _until(lambda: _counter_running(domain) > 20, "the ledger")
+    await domain.pause()
+    assert check_ledger(read_disk_ledger(first.read_bytes())).last >= _counter(domain)
+    assert second.read_bytes() == b"x" * MIB
+    await domain.destroy()
+
+
 def _mapped() -> str:
     return Path("/proc/self/maps").read_text()
 

@@ -4,6 +4,7 @@ the VM records across a restart of xfer serve."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
 import uuid as uuidlib
@@ -29,6 +30,7 @@ from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.schema import MIGRATIONS, VERSION
 from migrate.state.store import Store
 from migrate.state.vms import halt_orphans, insert_vm, set_power_state
+from migrate.transfer import import_raw_vdi
 from support import (
     HOST,
     PASSWORD,
@@ -93,10 +95,12 @@ class Server:
 
 @pytest.fixture
 async def server(nursery: trio.Nursery, store: Store) -> Server:
-    """The XenAPI of a host with real guests, on ::1: its tasks and guests served."""
+    """The XenAPI (and the imports) of a host with real guests, on ::1: its tasks and
+    guests served."""
     host = HostServices.open(store, HOST, ProcessHypervisor())
     router = Router()
     register_rpc(router, Dispatcher(host))
+    import_raw_vdi.register(router, host)
     listeners = await trio.open_tcp_listeners(0, host="::1")
     host.port = listeners[0].socket.getsockname()[1]
     await nursery.start(host.guests.serve)
@@ -410,13 +414,17 @@ async def test_vbds(server: Server) -> None:
                 "halted",
                 "running",
             ]
-            assert failure(lambda: x.VDI.destroy(vdi)) == ["VDI_IN_USE", vdi, "destroy"]
+            holder = f"VM {x.VM.get_uuid(vm)}"
+            assert failure(lambda: x.VDI.destroy(vdi)) == ["VDI_IN_USE", vdi, holder]
+            assert failure(lambda: x.VDI.snapshot(vdi, {})) == ["VDI_IN_USE", vdi, holder]
+            status, body = put_raw(server, session.handle, vdi, b"\1" * 4 * MiB)
+            assert status == 409 and f"being written by {holder}" in body, (status, body)
             other = new_vm(x, "other")
             x.VBD.create({**duplicate, "VM": other, "VDI": vdi})
             assert failure(lambda: x.VM.start(other, False, False)) == [
                 "VDI_IN_USE",
                 vdi,
-                "start",
+                holder,
             ]
             x.VM.hard_shutdown(vm)
 
@@ -436,6 +444,17 @@ async def test_vbds(server: Server) -> None:
             close(session)
 
     await in_thread(run)
+
+
+def put_raw(server: Server, session: str, vdi: str, data: bytes) -> tuple[int, str]:
+    """The status and body of ``PUT /import_raw_vdi`` of ``data`` into ``vdi``."""
+    conn = http.client.HTTPConnection("::1", server.port, timeout=30)
+    try:
+        conn.request("PUT", f"/import_raw_vdi?vdi={vdi}&session_id={session}", body=data)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
 
 
 # host.migrate_receive and VM.migrate_send

@@ -391,6 +391,11 @@ async def test_vbds(server: Server) -> None:
             assert failure(lambda: x.VBD.create(cd))[:3] == ["INVALID_VALUE", "type", "CD"]
             bad_device = {**duplicate, "userdevice": "16"}
             assert failure(lambda: x.VBD.create(bad_device))[:2] == ["INVALID_VALUE", "userdevice"]
+            x.VDI.snapshot(sparse, {})
+            records = x.VDI.get_all_records()
+            base = next(ref for ref, record in records.items() if not record["managed"])
+            error = failure(lambda: x.VBD.create({**duplicate, "userdevice": "1", "VDI": base}))
+            assert error == ["OPERATION_NOT_ALLOWED", f"VDI {base} is a base copy (not managed)"]
             gone = {**duplicate, "VDI": "OpaqueRef:NULL"}
             assert failure(lambda: x.VBD.create(gone)) == [
                 "HANDLE_INVALID",

@@ -196,6 +196,9 @@ async def test_vm_create_refusals(server: Server) -> None:
                 "other_config",
             ]
             assert failure(lambda: x.VM.create("not a record")) == ["FIELD_TYPE_ERROR", "args"]
+            bad = failure(lambda: new_vm(x, other_config={"xfer_workload": "warp:9"}))
+            assert bad[:3] == ["INVALID_VALUE", "other_config:xfer_workload", "warp:9"]
+            assert "workload term 'warp:9': unknown workload" in bad[3], bad
             assert x.VM.get_all() == []
         finally:
             close(session)
@@ -338,15 +341,35 @@ async def test_a_guest_that_dies_leaves_its_vm_halted(server: Server) -> None:
 
 
 async def test_an_unstartable_guest_is_a_clear_error(server: Server) -> None:
+    """A guest that cannot be made (here: its disk's file is gone) fails the start with the
+    guest's reason, and leaves the VM Halted and its disk unclaimed."""
+    store = server.host.store
+    sr = store.all("SR")[0]
+
     def run() -> None:
         session = server.session()
         x = session.xenapi
         try:
-            vm = new_vm(x, other_config={"xfer_workload": "warp:9"})
+            vdi = x.VDI.create(
+                {
+                    "SR": f"OpaqueRef:{sr['uuid']}",
+                    "virtual_size": str(MiB),
+                    "sm_config": {"type": "raw"},
+                }
+            )
+            vm = new_vm(x)
+            x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "mode": "RW", "type": "Disk"})
+            path = Path(sr["path"]) / f"{x.VDI.get_uuid(vdi)}.vhd"
+            path.rename(path.with_suffix(".moved"))
             error = failure(lambda: x.VM.start(vm, False, False))
-            assert error[0] == "INTERNAL_ERROR" and "warp" in error[1], error
+            assert error[0] == "INTERNAL_ERROR" and "cannot open" in error[1], error
             assert x.VM.get_power_state(vm) == "Halted"
             assert x.VM.get_resident_on(vm) == NULL
+            assert not server.host.claims.writing(x.VDI.get_uuid(vdi))
+            path.with_suffix(".moved").rename(path)
+            x.VM.start(vm, False, False)
+            assert x.VM.get_power_state(vm) == "Running"
+            x.VM.hard_shutdown(vm)
         finally:
             close(session)
 

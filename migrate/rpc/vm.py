@@ -17,7 +17,9 @@ from typing import Any
 import trio
 
 from migrate.formats.xapi import NULL_REF, ref
+from migrate.guest import workloads
 from migrate.guest.hypervisor import PAGE_SIZE, DiskAttachment, Domain, GuestError, GuestSpec
+from migrate.guest.workloads import WorkloadError
 from migrate.host.errors import (
     FIELD_TYPE_ERROR,
     HOST_NOT_ENOUGH_FREE_MEMORY,
@@ -163,7 +165,8 @@ def _physical_memory() -> int:
 def create(host: HostServices, session: str, args: Any) -> str:
     """A new Halted VM from a record: ``name_label``, ``memory_static_max`` (bytes, a
     positive multiple of 4096), ``VCPUs_max`` (default 1) and ``other_config["xfer_workload"]``
-    (default ``idle``) are read, other fields ignored; its ref."""
+    (default ``idle``, checked: :mod:`migrate.guest.workloads`) are read, other fields
+    ignored; its ref."""
     if not isinstance(args, dict):
         raise ApiError(FIELD_TYPE_ERROR, "args")
     if "memory_static_max" not in args:
@@ -182,6 +185,10 @@ def create(host: HostServices, session: str, args: Any) -> str:
     name_label = api_str(args.get("name_label", ""), "name_label")
     other_config = api_map(args.get("other_config", {}), "other_config")
     workload = other_config.get(WORKLOAD_KEY, DEFAULT_WORKLOAD)
+    try:
+        workloads.parse(workload, memory)
+    except WorkloadError as e:
+        raise ApiError(INVALID_VALUE, f"other_config:{WORKLOAD_KEY}", workload, str(e)) from None
     return ref(vms.insert_vm(host.store, name_label, memory, vcpus, workload))
 
 

@@ -156,6 +156,17 @@ async def test_vm_create_and_accessors(server: Server) -> None:
             assert x.VM.get_name_label(vm) == "renamed"
             assert x.host.get_resident_VMs(HOST_REF) == []
 
+            found = getattr(x.event, "from")(["vm"], "", 1.0)
+            assert found["valid_ref_counts"] == {"vm": "1"}
+            (event,) = found["events"]
+            assert (event["class"], event["operation"], event["ref"]) == ("vm", "add", vm)
+            assert event["snapshot"]["name_label"] == "renamed"
+            x.VM.set_name_label(vm, "watched")
+            later = getattr(x.event, "from")(["vm"], found["token"], 1.0)
+            assert [(e["operation"], e["snapshot"]["name_label"]) for e in later["events"]] == [
+                ("mod", "watched")
+            ]
+
             other = new_vm(x, "second")  # defaults: one vCPU, the idle workload
             assert x.VM.get_other_config(other) == {"xfer_workload": "idle"}
             assert sorted(x.VM.get_all()) == sorted([vm, other])

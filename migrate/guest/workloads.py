@@ -3,7 +3,8 @@
 A spec is terms joined by ``+``: ``idle``; ``uniform:RATE`` (random pages over all RAM at
 RATE bytes/s); ``hotset:RATE:SIZE`` (random pages within the first SIZE bytes); ``ledger``
 (a sequence-numbered, CLOCK_REALTIME-stamped record per tick into a ring in RAM and, when the
-guest has a disk, onto the disk). Sizes and rates take binary K/M/G/T suffixes.
+guest has a disk, onto the disk); ``fill`` (pseudo-random contents over all RAM once, then
+nothing: a guest without zero pages). Sizes and rates take binary K/M/G/T suffixes.
 
 All of a workload's state lives in the guest's memory: the counters in the register area
 (the "CPU context", :data:`REGS_SIZE` bytes), the ledger's ring in RAM. Each step reads its
@@ -39,8 +40,10 @@ TICK = 0.001
 """Seconds between steps of a workload that writes (the ledger's resolution)."""
 IDLE_TICK = 0.05
 
-_TERM_SLOTS = 8  # regs words 0..7: magic, version, pages, fingerprint; 8..: one per term
-_MAX_TERMS = REGS_SIZE // 8 - _TERM_SLOTS
+TERM_SLOTS = 8
+"""Register words 0..7 are magic, version, RAM pages, fingerprint; word ``TERM_SLOTS + i``
+is the counter of term ``i`` (pages written so far, or the ledger's last seq)."""
+_MAX_TERMS = REGS_SIZE // 8 - TERM_SLOTS
 _U64 = np.uint64
 
 
@@ -96,7 +99,15 @@ class Ledger:
     """Appends a record per tick to the ring in RAM (and to the first disk)."""
 
 
-Term = Uniform | Hotset | Ledger
+@dataclass(frozen=True)
+class Fill:
+    """Fills the RAM the workloads may write with pseudo-random data, :data:`FILL_CHUNK`
+    bytes a step, then does nothing."""
+
+
+FILL_CHUNK = 16 << 20
+
+Term = Uniform | Hotset | Ledger | Fill
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,7 @@ class Workload:
     @property
     def rate(self) -> int:
         """Bytes/s the page-writing terms write in total."""
-        return sum(t.rate for t in self.terms if not isinstance(t, Ledger))
+        return sum(t.rate for t in self.terms if isinstance(t, Uniform | Hotset))
 
 
 def parse(spec: str, memory: int) -> Workload:
@@ -171,6 +182,9 @@ def parse(spec: str, memory: int) -> Workload:
                     raise ValueError("ledger appears twice")
                 ledger = LedgerLayout.of(memory)
                 terms.append(Ledger())
+            elif name == "fill":
+                _arity(args, 0, "fill")
+                terms.append(Fill())
             elif name == "uniform":
                 _arity(args, 1, "uniform:RATE")
                 terms.append(Uniform(_rate(args[0])))
@@ -181,7 +195,9 @@ def parse(spec: str, memory: int) -> Workload:
                     raise ValueError(f"SIZE {args[1]} is less than a page ({PAGE_SIZE} bytes)")
                 terms.append(Hotset(_rate(args[0]), size))
             else:
-                raise ValueError("unknown workload (idle, uniform:RATE, hotset:RATE:SIZE, ledger)")
+                raise ValueError(
+                    "unknown workload (idle, uniform:RATE, hotset:RATE:SIZE, ledger, fill)"
+                )
         except ValueError as e:
             raise WorkloadError(f"workload term {word!r}: {e}") from None
     free_pages = ledger.header_page if ledger else memory // PAGE_SIZE
@@ -237,7 +253,7 @@ class Machine:
         regs = self.regs
         wl = self.workload
         if int(regs[0]) == 0:
-            regs[_TERM_SLOTS : _TERM_SLOTS + len(wl.terms)] = 0
+            regs[TERM_SLOTS : TERM_SLOTS + len(wl.terms)] = 0
             regs[1:4] = (VERSION, wl.memory // PAGE_SIZE, wl.fingerprint)
             if wl.ledger is not None:
                 at = wl.ledger.header_page * WORDS_PER_PAGE
@@ -252,9 +268,12 @@ class Machine:
         """One tick: ``seconds`` since the previous (the page writers' pace), ``now_ns`` the
         ledger's timestamp."""
         for index, term in enumerate(self.workload.terms):
-            slot = _TERM_SLOTS + index
+            slot = TERM_SLOTS + index
             if isinstance(term, Ledger):
                 self._ledger(slot, now_ns)
+                continue
+            if isinstance(term, Fill):
+                self._fill(slot)
                 continue
             credit = self._credit[index] + term.rate * seconds
             count = int(credit // PAGE_SIZE)
@@ -270,6 +289,16 @@ class Machine:
         page, word, value = page_writes(slot, first, count, pages)
         self.ram[page * _U64(WORDS_PER_PAGE) + word] = value
         self.regs[slot] = first + count
+
+    def _fill(self, slot: int) -> None:
+        chunk = int(self.regs[slot])
+        words = FILL_CHUNK // 8
+        end = self.workload.free_pages * WORDS_PER_PAGE
+        if chunk * words >= end:
+            return
+        part = self.ram[chunk * words : min((chunk + 1) * words, end)]
+        np.random.Generator(np.random.SFC64(chunk)).random(out=part.view(np.float64))
+        self.regs[slot] = chunk + 1
 
     def _ledger(self, slot: int, now_ns: int) -> None:
         layout = self.workload.ledger

@@ -267,13 +267,14 @@ async def start(
 
 
 async def _halt(host: HostServices, uuid: str, domain: Domain | None, clean: bool) -> None:
-    """Destroy VM ``uuid``'s domain (``clean``: paused first, so that every disk write it
-    was told is done is durable), wait for its disks' release and record it Halted; not
-    interrupted once begun."""
+    """Destroy VM ``uuid``'s domain (``clean``: paused and its disks synced first, so that
+    every disk write it was told is done is durable), wait for its disks' release and record
+    it Halted; not interrupted once begun."""
     with trio.CancelScope(shield=True):
         if domain is not None:
             if clean:
                 await domain.pause()
+                await domain.sync_disks()
             await domain.destroy()
         for vdi in host.claims.held_by(vm_holder(uuid)):
             await host.claims.wait_for_writer(vdi, CLAIM_WAIT)
@@ -281,7 +282,7 @@ async def _halt(host: HostServices, uuid: str, domain: Domain | None, clean: boo
 
 
 async def clean_shutdown(host: HostServices, session: str, vm: str) -> None:
-    """Stop a Running VM: its guest paused (disk writes made durable), then destroyed."""
+    """Stop a Running VM: its guest paused, its disk writes made durable, then destroyed."""
     uuid = await host.db.call(_uuid, host.store, vm)
     with host.operations.exclusive(uuid, "clean_shutdown"):
         await host.db.call(_in_state, host.store, vm, ("Running",))

@@ -20,6 +20,7 @@ import trio
 import XenAPI
 
 from migrate.guest.processes import ProcessHypervisor
+from migrate.guest.workloads import check_ledger, read_disk_ledger, read_ledger
 from migrate.host import tasks
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
@@ -494,6 +495,34 @@ def put_raw(server: Server, session: str, vdi: str, data: bytes) -> tuple[int, s
         return response.status, response.read().decode()
     finally:
         conn.close()
+
+
+async def test_a_guest_writes_its_disk_through_its_vbd(server: Server) -> None:
+    """A ledger guest on a raw VDI: every record it committed in RAM is on the VDI's file
+    after a clean shutdown, none lost or reordered."""
+    store = server.host.store
+    sr = store.all("SR")[0]
+    session = await in_thread(server.session)
+    x = session.xenapi
+    args = {"SR": f"OpaqueRef:{sr['uuid']}", "virtual_size": str(4 * MiB)}
+    vdi = await in_thread(lambda: x.VDI.create({**args, "sm_config": {"type": "raw"}}))
+    vm = await in_thread(lambda: new_vm(x, other_config={"xfer_workload": "ledger"}))
+    vbd = {"VM": vm, "VDI": vdi, "userdevice": "0", "mode": "RW", "type": "Disk"}
+    await in_thread(lambda: x.VBD.create(vbd))
+    await in_thread(lambda: x.VM.start(vm, False, False))
+    domain = server.host.guests.domain(vm.removeprefix("OpaqueRef:"))
+    assert domain is not None
+    last = await wait_until(
+        lambda: len(found := read_ledger(domain.memory)) >= 50 and int(found[-1][0]),
+        what="50 ledger records in the guest's RAM",
+    )
+    await in_thread(lambda: x.VM.clean_shutdown(vm))
+    path = Path(sr["path"]) / f"{vdi.removeprefix('OpaqueRef:')}.vhd"
+    records = read_disk_ledger(path.read_bytes()[: 4 * MiB])
+    verdict = check_ledger(records)
+    assert verdict.intact, verdict
+    assert verdict.last >= last, (verdict, last)
+    await in_thread(lambda: close(session))
 
 
 # host.migrate_receive and VM.migrate_send

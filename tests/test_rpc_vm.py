@@ -116,6 +116,19 @@ def new_vm(x: Any, name: str = "vm", memory: Any = str(MEMORY), **more: Any) -> 
     return ref
 
 
+def jsonrpc(server: Server, method: str, *params: Any) -> Any:
+    """The result of a JSON-RPC call (checked to succeed)."""
+    conn = http.client.HTTPConnection("::1", server.port, timeout=30)
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+        conn.request("POST", "/jsonrpc", body=body, headers={"content-type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert "result" in answer, answer
+    return answer["result"]
+
+
 def wait_task(x: Any, task: str) -> str:
     """The status of ``task`` once it ended."""
     return str(
@@ -167,6 +180,9 @@ async def test_vm_create_and_accessors(server: Server) -> None:
             assert [(e["operation"], e["snapshot"]["name_label"]) for e in later["events"]] == [
                 ("mod", "watched")
             ]
+
+            # JSON-RPC carries the same int64 as a number
+            assert jsonrpc(server, "VM.get_memory_static_max", session.handle, vm) == MEMORY
 
             other = new_vm(x, "second")  # defaults: one vCPU, the idle workload
             assert x.VM.get_other_config(other) == {"xfer_workload": "idle"}

@@ -4,6 +4,7 @@ the VM records across a restart of xfer serve."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
 import uuid as uuidlib
@@ -19,6 +20,7 @@ import trio
 import XenAPI
 
 from migrate.guest.processes import ProcessHypervisor
+from migrate.guest.workloads import check_ledger, read_disk_ledger, read_ledger
 from migrate.host import tasks
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
@@ -29,6 +31,7 @@ from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.schema import MIGRATIONS, VERSION
 from migrate.state.store import Store
 from migrate.state.vms import halt_orphans, insert_vm, set_power_state
+from migrate.transfer import import_raw_vdi
 from support import (
     HOST,
     PASSWORD,
@@ -93,10 +96,12 @@ class Server:
 
 @pytest.fixture
 async def server(nursery: trio.Nursery, store: Store) -> Server:
-    """The XenAPI of a host with real guests, on ::1: its tasks and guests served."""
+    """The XenAPI (and the imports) of a host with real guests, on ::1: its tasks and
+    guests served."""
     host = HostServices.open(store, HOST, ProcessHypervisor())
     router = Router()
     register_rpc(router, Dispatcher(host))
+    import_raw_vdi.register(router, host)
     listeners = await trio.open_tcp_listeners(0, host="::1")
     host.port = listeners[0].socket.getsockname()[1]
     await nursery.start(host.guests.serve)
@@ -109,6 +114,19 @@ def new_vm(x: Any, name: str = "vm", memory: Any = str(MEMORY), **more: Any) -> 
     record = {"name_label": name, "memory_static_max": memory, "VCPUs_max": "1", **more}
     ref: str = x.VM.create(record)
     return ref
+
+
+def jsonrpc(server: Server, method: str, *params: Any) -> Any:
+    """The result of a JSON-RPC call (checked to succeed)."""
+    conn = http.client.HTTPConnection("::1", server.port, timeout=30)
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+        conn.request("POST", "/jsonrpc", body=body, headers={"content-type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert "result" in answer, answer
+    return answer["result"]
 
 
 def wait_task(x: Any, task: str) -> str:
@@ -152,6 +170,20 @@ async def test_vm_create_and_accessors(server: Server) -> None:
             assert x.VM.get_name_label(vm) == "renamed"
             assert x.host.get_resident_VMs(HOST_REF) == []
 
+            found = getattr(x.event, "from")(["vm"], "", 1.0)
+            assert found["valid_ref_counts"] == {"vm": "1"}
+            (event,) = found["events"]
+            assert (event["class"], event["operation"], event["ref"]) == ("vm", "add", vm)
+            assert event["snapshot"]["name_label"] == "renamed"
+            x.VM.set_name_label(vm, "watched")
+            later = getattr(x.event, "from")(["vm"], found["token"], 1.0)
+            assert [(e["operation"], e["snapshot"]["name_label"]) for e in later["events"]] == [
+                ("mod", "watched")
+            ]
+
+            # JSON-RPC carries the same int64 as a number
+            assert jsonrpc(server, "VM.get_memory_static_max", session.handle, vm) == MEMORY
+
             other = new_vm(x, "second")  # defaults: one vCPU, the idle workload
             assert x.VM.get_other_config(other) == {"xfer_workload": "idle"}
             assert sorted(x.VM.get_all()) == sorted([vm, other])
@@ -192,6 +224,9 @@ async def test_vm_create_refusals(server: Server) -> None:
                 "other_config",
             ]
             assert failure(lambda: x.VM.create("not a record")) == ["FIELD_TYPE_ERROR", "args"]
+            bad = failure(lambda: new_vm(x, other_config={"xfer_workload": "warp:9"}))
+            assert bad[:3] == ["INVALID_VALUE", "other_config:xfer_workload", "warp:9"]
+            assert "workload term 'warp:9': unknown workload" in bad[3], bad
             assert x.VM.get_all() == []
         finally:
             close(session)
@@ -334,15 +369,35 @@ async def test_a_guest_that_dies_leaves_its_vm_halted(server: Server) -> None:
 
 
 async def test_an_unstartable_guest_is_a_clear_error(server: Server) -> None:
+    """A guest that cannot be made (here: its disk's file is gone) fails the start with the
+    guest's reason, and leaves the VM Halted and its disk unclaimed."""
+    store = server.host.store
+    sr = store.all("SR")[0]
+
     def run() -> None:
         session = server.session()
         x = session.xenapi
         try:
-            vm = new_vm(x, other_config={"xfer_workload": "warp:9"})
+            vdi = x.VDI.create(
+                {
+                    "SR": f"OpaqueRef:{sr['uuid']}",
+                    "virtual_size": str(MiB),
+                    "sm_config": {"type": "raw"},
+                }
+            )
+            vm = new_vm(x)
+            x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "mode": "RW", "type": "Disk"})
+            path = Path(sr["path"]) / f"{x.VDI.get_uuid(vdi)}.vhd"
+            path.rename(path.with_suffix(".moved"))
             error = failure(lambda: x.VM.start(vm, False, False))
-            assert error[0] == "INTERNAL_ERROR" and "warp" in error[1], error
+            assert error[0] == "INTERNAL_ERROR" and "cannot open" in error[1], error
             assert x.VM.get_power_state(vm) == "Halted"
             assert x.VM.get_resident_on(vm) == NULL
+            assert not server.host.claims.writing(x.VDI.get_uuid(vdi))
+            path.with_suffix(".moved").rename(path)
+            x.VM.start(vm, False, False)
+            assert x.VM.get_power_state(vm) == "Running"
+            x.VM.hard_shutdown(vm)
         finally:
             close(session)
 
@@ -387,6 +442,11 @@ async def test_vbds(server: Server) -> None:
             assert failure(lambda: x.VBD.create(cd))[:3] == ["INVALID_VALUE", "type", "CD"]
             bad_device = {**duplicate, "userdevice": "16"}
             assert failure(lambda: x.VBD.create(bad_device))[:2] == ["INVALID_VALUE", "userdevice"]
+            x.VDI.snapshot(sparse, {})
+            records = x.VDI.get_all_records()
+            base = next(ref for ref, record in records.items() if not record["managed"])
+            error = failure(lambda: x.VBD.create({**duplicate, "userdevice": "1", "VDI": base}))
+            assert error == ["OPERATION_NOT_ALLOWED", f"VDI {base} is a base copy (not managed)"]
             gone = {**duplicate, "VDI": "OpaqueRef:NULL"}
             assert failure(lambda: x.VBD.create(gone)) == [
                 "HANDLE_INVALID",
@@ -410,13 +470,17 @@ async def test_vbds(server: Server) -> None:
                 "halted",
                 "running",
             ]
-            assert failure(lambda: x.VDI.destroy(vdi)) == ["VDI_IN_USE", vdi, "destroy"]
+            holder = f"VM {x.VM.get_uuid(vm)}"
+            assert failure(lambda: x.VDI.destroy(vdi)) == ["VDI_IN_USE", vdi, holder]
+            assert failure(lambda: x.VDI.snapshot(vdi, {})) == ["VDI_IN_USE", vdi, holder]
+            status, body = put_raw(server, session.handle, vdi, b"\1" * 4 * MiB)
+            assert status == 409 and f"being written by {holder}" in body, (status, body)
             other = new_vm(x, "other")
             x.VBD.create({**duplicate, "VM": other, "VDI": vdi})
             assert failure(lambda: x.VM.start(other, False, False)) == [
                 "VDI_IN_USE",
                 vdi,
-                "start",
+                holder,
             ]
             x.VM.hard_shutdown(vm)
 
@@ -436,6 +500,45 @@ async def test_vbds(server: Server) -> None:
             close(session)
 
     await in_thread(run)
+
+
+def put_raw(server: Server, session: str, vdi: str, data: bytes) -> tuple[int, str]:
+    """The status and body of ``PUT /import_raw_vdi`` of ``data`` into ``vdi``."""
+    conn = http.client.HTTPConnection("::1", server.port, timeout=30)
+    try:
+        conn.request("PUT", f"/import_raw_vdi?vdi={vdi}&session_id={session}", body=data)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+async def test_a_guest_writes_its_disk_through_its_vbd(server: Server) -> None:
+    """A ledger guest on a raw VDI: every record it committed in RAM is on the VDI's file
+    after a clean shutdown, none lost or reordered."""
+    store = server.host.store
+    sr = store.all("SR")[0]
+    session = await in_thread(server.session)
+    x = session.xenapi
+    args = {"SR": f"OpaqueRef:{sr['uuid']}", "virtual_size": str(4 * MiB)}
+    vdi = await in_thread(lambda: x.VDI.create({**args, "sm_config": {"type": "raw"}}))
+    vm = await in_thread(lambda: new_vm(x, other_config={"xfer_workload": "ledger"}))
+    vbd = {"VM": vm, "VDI": vdi, "userdevice": "0", "mode": "RW", "type": "Disk"}
+    await in_thread(lambda: x.VBD.create(vbd))
+    await in_thread(lambda: x.VM.start(vm, False, False))
+    domain = server.host.guests.domain(vm.removeprefix("OpaqueRef:"))
+    assert domain is not None
+    last = await wait_until(
+        lambda: len(found := read_ledger(domain.memory)) >= 50 and int(found[-1][0]),
+        what="50 ledger records in the guest's RAM",
+    )
+    await in_thread(lambda: x.VM.clean_shutdown(vm))
+    path = Path(sr["path"]) / f"{vdi.removeprefix('OpaqueRef:')}.vhd"
+    records = read_disk_ledger(path.read_bytes()[: 4 * MiB])
+    verdict = check_ledger(records)
+    assert verdict.intact, verdict
+    assert verdict.last >= last, (verdict, last)
+    await in_thread(lambda: close(session))
 
 
 # host.migrate_receive and VM.migrate_send

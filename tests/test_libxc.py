@@ -166,8 +166,10 @@ def test_page_data_header_refuses(pfns: np.ndarray, zero: np.ndarray | None, mes
 def test_writers_refuse() -> None:
     with pytest.raises(ValueError, match="empty"):
         libxc.hvm_context(b"")
-    with pytest.raises(ValueError, match="128 MiB"):
-        libxc.hvm_context(bytes(libxc.REC_LENGTH_MAX + 1))
+    with pytest.raises(ValueError, match="exceeds 16777216"):
+        libxc.hvm_context(bytes(libxc.HVM_CONTEXT_MAX + 1))
+    with pytest.raises(ValueError, match="1025 HVM parameters exceed 1024"):
+        libxc.hvm_params([(1, 2)] * 1025)
 
 
 def test_page_runs() -> None:
@@ -371,8 +373,8 @@ def test_record_over_128_mib() -> None:
     error = refused(stream(header, tail=b""))
     assert (error.record, error.offset) == ("HVM_CONTEXT", AFTER_SDE)
     assert "134217729 bytes exceeds the 128 MiB limit" in str(error)
-    # The limit itself is accepted as far as the header goes: the stream is then truncated.
-    header = struct.pack("<II", 9, 128 << 20)
+    # The limit itself is accepted (an optional record, skipped): the stream is then truncated.
+    header = struct.pack("<II", 0x80000001, 128 << 20)
     error = refused(stream(header, tail=b""))
     assert "ends" in str(error)
     # An optional record over the limit is refused too, never skipped.
@@ -499,6 +501,8 @@ def test_bad_page_data(body: bytes, memory_pages: int, message: str) -> None:
         (record(0x0A, bytes(8 + 8)), "HVM_PARAMS", "not 8 + 16 bytes per parameter"),
         (record(0x0A, struct.pack("<II", 2, 0) + bytes(16)), "HVM_PARAMS", "count 2"),
         (record(0x0A, struct.pack("<II", 0, 1)), "HVM_PARAMS", "reserved"),
+        (struct.pack("<II", 0x0A, 8 + 16 * 1025), "HVM_PARAMS", "holds over 1024 parameters"),
+        (struct.pack("<II", 9, (16 << 20) + 1), "HVM_CONTEXT", "16777217 bytes exceeds 16777216"),
         (struct.pack("<II", 9, 3) + b"abc" + b"\x00\x00\x01\x00\x00", "HVM_CONTEXT", "padding"),
     ],
 )

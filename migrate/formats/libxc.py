@@ -256,11 +256,15 @@ def page_data_header(pfns: npt.ArrayLike, zero: npt.NDArray[np.bool_] | None = N
 
 
 def page_runs(pfns: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
-    """``pfns`` in order as (k, 2) int64 ``[start, end)`` runs, neighbours ``p, p + 1`` merged."""
-    p = np.asarray(pfns).astype(np.int64, copy=False)
+    """``pfns`` (below 2**63) in order as (k, 2) int64 ``[start, end)`` runs, neighbours
+    ``p, p + 1`` merged."""
+    p = np.asarray(pfns)
+    p = p.view(np.int64) if p.dtype == np.uint64 else p.astype(np.int64, copy=False)
     if len(p) == 0:
         return np.empty((0, 2), dtype=np.int64)
     breaks = np.flatnonzero(p[1:] - p[:-1] != 1)
+    if len(breaks) == 0:  # one run, as a whole round's ascending pages mostly are
+        return np.array([[p[0], p[-1] + 1]], dtype=np.int64)
     runs = np.empty((len(breaks) + 1, 2), dtype=np.int64)
     runs[0, 0] = p[0]
     runs[1:, 0] = p[breaks + 1]
@@ -488,7 +492,7 @@ class StreamReader:
 
     @staticmethod
     def _name(rtype: int) -> str:
-        return RECORD_NAMES.get(rtype, f"record type {rtype:#x}")
+        return RECORD_NAMES.get(rtype) or f"record type {rtype:#x}"
 
     def _expect(self, state: str, size: int) -> None:
         self._state = state
@@ -670,14 +674,20 @@ class StreamReader:
     def _page_entries(self, buf: bytes) -> Event:
         where = ("PAGE_DATA", self._unit_offset)
         entries = np.frombuffer(buf, dtype="<u8")
-        types = (entries >> np.uint64(TYPE_SHIFT)).astype(np.uint8)
         pfns = entries & np.uint64(PFN_MASK)
-        invalid = ~_VALID_TYPES[types]
-        reserved = (entries & np.uint64(PFN_RESERVED_MASK)) != 0
-        beyond = pfns >= np.uint64(self.memory_pages)
-        if (invalid | reserved | beyond).any():
-            self._refuse_entries(entries, types, pfns, invalid, reserved, beyond)
-        data = _DATA_TYPES[types]
+        high = entries >> np.uint64(52)  # type and reserved bits
+        types = (high >> np.uint64(8)).astype(np.uint8)
+        data = high == 0
+        zero = high == np.uint64(TYPE_XALLOC << 8)
+        if not ((data | zero).all() and int(pfns.max()) < self.memory_pages):
+            # Not only normal and XALLOC pages within memory: the full checks.
+            invalid = ~_VALID_TYPES[types]
+            reserved = (high & np.uint64(0xFF)) != 0
+            beyond = pfns >= np.uint64(self.memory_pages)
+            if (invalid | reserved | beyond).any():
+                self._refuse_entries(entries, types, pfns, invalid, reserved, beyond)
+            data = _DATA_TYPES[types]
+            zero = ~data
         data_pages = int(np.count_nonzero(data))
         expected = _PAGE_HEADER.size + 8 * self._count + PAGE_SIZE * data_pages
         if self._length != expected:
@@ -694,6 +704,6 @@ class StreamReader:
             types=types,
             data=data,
             runs=page_runs(pfns[data]),
-            zero_runs=page_runs(pfns[~data]),
+            zero_runs=page_runs(pfns[zero]),
             payload=self._payload,
         )

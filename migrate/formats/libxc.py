@@ -16,10 +16,10 @@ pages straight into the guest's memory::
     while (n := reader.need()) > 0:          # 0 once END has been read
         event = reader.feed(await receive_at_most(n))   # 1..n bytes; None until a unit completes
         if isinstance(event, Pages):
-            for start, end in event.runs:    # data pages, in payload order
-                await recv_into_exactly(memory[start * PAGE : end * PAGE])
-            for start, end in event.zero_runs:
+            for start, end in event.zero_runs:   # XALLOC pages first: they hold zeros
                 memory[start * PAGE : end * PAGE] = zeros
+            for start, end in event.runs:    # then the data pages, in payload order
+                await recv_into_exactly(memory[start * PAGE : end * PAGE])
             reader.payload_done()            # after ``reader.payload()`` bytes were consumed
         elif isinstance(event, HvmContext): ...
     # on EOF before that: reader.end_of_input() raises StreamError saying where it stopped
@@ -310,7 +310,9 @@ class Pages:
     ``pfns`` (uint64) and ``types`` (uint8) are the entries in record order; ``data`` marks
     the entries that carry 4096 bytes; ``runs`` are their pfns as (k, 2) int64 ``[start, end)``
     runs in the order their data follows (so ``runs`` cover exactly ``payload`` bytes);
-    ``zero_runs`` likewise for the XALLOC pages, whose memory the receiver zeroes.
+    ``zero_runs`` likewise for the XALLOC pages, whose memory the receiver zeroes *before*
+    receiving the data: a pfn listed both ways in one record ends with its data, as in libxc
+    (where XALLOC only allocates).
     """
 
     pfns: npt.NDArray[np.uint64]

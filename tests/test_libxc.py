@@ -594,3 +594,14 @@ def test_random_streams_round_trip(
     events, memory = read_stream(data, piece=piece)
     assert memory == model
     assert sum(isinstance(e, Pages) for e in events) == len(records)
+
+
+def test_a_refusal_stays() -> None:
+    """After a refusal every call raises the same error: no half-read state is ever used."""
+    reader = StreamReader(MEMORY_PAGES)
+    with pytest.raises(StreamError) as first:
+        reader.feed(b"\x00" * 24)
+    for call in (reader.need, reader.end_of_input, reader.payload, lambda: reader.feed(b"x")):
+        with pytest.raises(StreamError) as again:
+            call()
+        assert again.value is first.value

@@ -435,11 +435,7 @@ class StreamReader:
         self.offset += len(data)
         if self._remaining:
             return None
-        try:
-            return self._complete()
-        except StreamError as e:
-            self._error = e
-            raise
+        return self._complete()  # a refusal stays: _fail keeps the error for later calls
 
     def payload(self) -> int:
         """Bytes of page data the caller must consume itself after a :class:`Pages` event."""

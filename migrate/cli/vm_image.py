@@ -30,6 +30,7 @@ from migrate.cli.http_client import (
     run_client,
 )
 from migrate.cli.import_client import send_file
+from migrate.formats.suspend import end_of_image
 from migrate.formats.xapi import REF_PREFIX, VM_RESTORE_PATH, VM_SAVE_PATH
 
 _UUID = re.compile(

@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from migrate.formats import libxc
 from migrate.formats.libxc import (
@@ -50,14 +52,14 @@ def read_stream(
         events.append(event)
         if isinstance(event, Pages):
             assert reader.payload() == event.payload
+            for start, stop in event.zero_runs:
+                memory[start * PAGE_SIZE : stop * PAGE_SIZE] = bytes((stop - start) * PAGE_SIZE)
             for start, stop in event.runs:
                 size = (stop - start) * PAGE_SIZE
                 if pos + size > len(data):
                     reader.end_of_input()
                 memory[start * PAGE_SIZE : stop * PAGE_SIZE] = data[pos : pos + size]
                 pos += size
-            for start, stop in event.zero_runs:
-                memory[start * PAGE_SIZE : stop * PAGE_SIZE] = bytes((stop - start) * PAGE_SIZE)
             reader.payload_done()
     reader.feed(data[pos:])  # anything after the end is refused
     assert reader.done
@@ -166,8 +168,10 @@ def test_page_data_header_refuses(pfns: np.ndarray, zero: np.ndarray | None, mes
 def test_writers_refuse() -> None:
     with pytest.raises(ValueError, match="empty"):
         libxc.hvm_context(b"")
-    with pytest.raises(ValueError, match="128 MiB"):
-        libxc.hvm_context(bytes(libxc.REC_LENGTH_MAX + 1))
+    with pytest.raises(ValueError, match="exceeds 16777216"):
+        libxc.hvm_context(bytes(libxc.HVM_CONTEXT_MAX + 1))
+    with pytest.raises(ValueError, match="1025 HVM parameters exceed 1024"):
+        libxc.hvm_params([(1, 2)] * 1025)
 
 
 def test_page_runs() -> None:
@@ -371,8 +375,8 @@ def test_record_over_128_mib() -> None:
     error = refused(stream(header, tail=b""))
     assert (error.record, error.offset) == ("HVM_CONTEXT", AFTER_SDE)
     assert "134217729 bytes exceeds the 128 MiB limit" in str(error)
-    # The limit itself is accepted as far as the header goes: the stream is then truncated.
-    header = struct.pack("<II", 9, 128 << 20)
+    # The limit itself is accepted (an optional record, skipped): the stream is then truncated.
+    header = struct.pack("<II", 0x80000001, 128 << 20)
     error = refused(stream(header, tail=b""))
     assert "ends" in str(error)
     # An optional record over the limit is refused too, never skipped.
@@ -499,6 +503,8 @@ def test_bad_page_data(body: bytes, memory_pages: int, message: str) -> None:
         (record(0x0A, bytes(8 + 8)), "HVM_PARAMS", "not 8 + 16 bytes per parameter"),
         (record(0x0A, struct.pack("<II", 2, 0) + bytes(16)), "HVM_PARAMS", "count 2"),
         (record(0x0A, struct.pack("<II", 0, 1)), "HVM_PARAMS", "reserved"),
+        (struct.pack("<II", 0x0A, 8 + 16 * 1025), "HVM_PARAMS", "holds over 1024 parameters"),
+        (struct.pack("<II", 9, (16 << 20) + 1), "HVM_CONTEXT", "16777217 bytes exceeds 16777216"),
         (struct.pack("<II", 9, 3) + b"abc" + b"\x00\x00\x01\x00\x00", "HVM_CONTEXT", "padding"),
     ],
 )
@@ -558,3 +564,44 @@ def test_truncation_messages() -> None:
         read_stream(data[:page_at])
     with pytest.raises(StreamError, match=f"record at stream offset {page_at}: .*record header"):
         read_stream(data[: page_at + 3])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    records=st.lists(
+        st.lists(
+            st.tuples(st.integers(0, MEMORY_PAGES - 1), st.booleans()), min_size=1, max_size=40
+        ),
+        max_size=6,
+    ),
+    piece=st.sampled_from([None, 1, 5, 8, 100]),
+)
+def test_random_streams_round_trip(
+    records: list[list[tuple[int, bool]]], piece: int | None
+) -> None:
+    """Any sequence of records reads back to the memory a page-by-page model expects: in a
+    record, XALLOC pages zeroed first, then the data pages in order (a pfn listed both ways ends
+    with its data, as libxc, whose XALLOC never clears a page)."""
+    model = bytearray(b"\xaa" * MEMORY_PAGES * PAGE_SIZE)
+    for entries in records:
+        for pfn, zero in entries:
+            if zero:
+                model[pfn * PAGE_SIZE : (pfn + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)
+        for pfn, zero in entries:
+            if not zero:
+                model[pfn * PAGE_SIZE : (pfn + 1) * PAGE_SIZE] = page(pfn)
+    data = stream(*(pages_record([p for p, _ in r], [z for _, z in r]) for r in records))
+    events, memory = read_stream(data, piece=piece)
+    assert memory == model
+    assert sum(isinstance(e, Pages) for e in events) == len(records)
+
+
+def test_a_refusal_stays() -> None:
+    """After a refusal every call raises the same error: no half-read state is ever used."""
+    reader = StreamReader(MEMORY_PAGES)
+    with pytest.raises(StreamError) as first:
+        reader.feed(b"\x00" * 24)
+    for call in (reader.need, reader.end_of_input, reader.payload, lambda: reader.feed(b"x")):
+        with pytest.raises(StreamError) as again:
+            call()
+        assert again.value is first.value

@@ -276,7 +276,9 @@ def test_truncation_at_every_byte() -> None:
 
 
 def test_truncation_messages() -> None:
-    with pytest.raises(StreamError, match="signature at stream offset 0: the image ends at offset 3"):
+    with pytest.raises(
+        StreamError, match="signature at stream offset 0: the image ends at offset 3"
+    ):
         read_image(SIGNATURE[:3])
     with pytest.raises(StreamError, match=f"image at stream offset {LIBXC_AT}: ends before"):
         read_image(SIGNATURE + xenops_record(METADATA))

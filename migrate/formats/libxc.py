@@ -16,10 +16,10 @@ pages straight into the guest's memory::
     while (n := reader.need()) > 0:          # 0 once END has been read
         event = reader.feed(await receive_at_most(n))   # 1..n bytes; None until a unit completes
         if isinstance(event, Pages):
-            for start, end in event.runs:    # data pages, in payload order
-                await recv_into_exactly(memory[start * PAGE : end * PAGE])
-            for start, end in event.zero_runs:
+            for start, end in event.zero_runs:   # XALLOC pages first: they hold zeros
                 memory[start * PAGE : end * PAGE] = zeros
+            for start, end in event.runs:    # then the data pages, in payload order
+                await recv_into_exactly(memory[start * PAGE : end * PAGE])
             reader.payload_done()            # after ``reader.payload()`` bytes were consumed
         elif isinstance(event, HvmContext): ...
     # on EOF before that: reader.end_of_input() raises StreamError saying where it stopped
@@ -41,6 +41,8 @@ import numpy.typing as npt
 
 __all__ = [
     "DOMAIN_HEADER_SIZE",
+    "HVM_CONTEXT_MAX",
+    "HVM_PARAMS_MAX",
     "IMAGE_HEADER_SIZE",
     "MAX_NEED",
     "PAGE_DATA_MAX",
@@ -165,6 +167,10 @@ _TYPE_PROBLEMS = {
 
 _TSC_INFO = struct.Struct("<IIQII")
 _HVM_PARAMS_HEADER = struct.Struct("<II")
+HVM_PARAMS_MAX = 1024
+"""Most HVM parameters in one record accepted (Xen defines fewer than 64)."""
+HVM_CONTEXT_MAX = 16 << 20
+"""Largest HVM_CONTEXT accepted: a bound on what one record makes the receiver hold."""
 
 MAX_NEED = 1 << 20
 """The most bytes :meth:`StreamReader.need` ever asks for at once."""
@@ -199,6 +205,8 @@ def tsc_info(mode: int = 0, khz: int = 0, nsec: int = 0, incarnation: int = 0) -
 def hvm_params(params: Iterable[tuple[int, int]]) -> bytes:
     """An HVM_PARAMS record of (index, value) pairs."""
     table = np.array(list(params), dtype="<u8").reshape(-1, 2)
+    if len(table) > HVM_PARAMS_MAX:
+        raise ValueError(f"{len(table)} HVM parameters exceed {HVM_PARAMS_MAX}")
     return _record(REC_HVM_PARAMS, _HVM_PARAMS_HEADER.pack(len(table), 0) + table.tobytes())
 
 
@@ -206,6 +214,8 @@ def hvm_context(data: bytes) -> bytes:
     """An HVM_CONTEXT record carrying the CPU state ``data`` (opaque, not empty)."""
     if not data:
         raise ValueError("HVM_CONTEXT must not be empty")
+    if len(data) > HVM_CONTEXT_MAX:
+        raise ValueError(f"HVM_CONTEXT of {len(data)} bytes exceeds {HVM_CONTEXT_MAX}")
     return _record(REC_HVM_CONTEXT, bytes(data))
 
 
@@ -246,14 +256,21 @@ def page_data_header(pfns: npt.ArrayLike, zero: npt.NDArray[np.bool_] | None = N
 
 
 def page_runs(pfns: npt.NDArray[np.integer]) -> npt.NDArray[np.int64]:
-    """``pfns`` in order as (k, 2) int64 ``[start, end)`` runs, neighbours ``p, p + 1`` merged."""
-    p = np.asarray(pfns, dtype=np.int64)
+    """``pfns`` (below 2**63) in order as (k, 2) int64 ``[start, end)`` runs, neighbours
+    ``p, p + 1`` merged."""
+    p = np.asarray(pfns)
+    p = p.view(np.int64) if p.dtype == np.uint64 else p.astype(np.int64, copy=False)
     if len(p) == 0:
         return np.empty((0, 2), dtype=np.int64)
-    breaks = np.flatnonzero(np.diff(p) != 1) + 1
-    starts = p[np.concatenate(([0], breaks))]
-    ends = p[np.concatenate((breaks - 1, [len(p) - 1]))] + 1
-    return np.stack((starts, ends), axis=1)
+    breaks = np.flatnonzero(p[1:] - p[:-1] != 1)
+    if len(breaks) == 0:  # one run, as a whole round's ascending pages mostly are
+        return np.array([[p[0], p[-1] + 1]], dtype=np.int64)
+    runs = np.empty((len(breaks) + 1, 2), dtype=np.int64)
+    runs[0, 0] = p[0]
+    runs[1:, 0] = p[breaks + 1]
+    runs[:-1, 1] = p[breaks] + 1
+    runs[-1, 1] = p[-1] + 1
+    return runs
 
 
 class StreamError(ValueError):
@@ -293,7 +310,9 @@ class Pages:
     ``pfns`` (uint64) and ``types`` (uint8) are the entries in record order; ``data`` marks
     the entries that carry 4096 bytes; ``runs`` are their pfns as (k, 2) int64 ``[start, end)``
     runs in the order their data follows (so ``runs`` cover exactly ``payload`` bytes);
-    ``zero_runs`` likewise for the XALLOC pages, whose memory the receiver zeroes.
+    ``zero_runs`` likewise for the XALLOC pages, whose memory the receiver zeroes *before*
+    receiving the data: a pfn listed both ways in one record ends with its data, as in libxc
+    (where XALLOC only allocates).
     """
 
     pfns: npt.NDArray[np.uint64]
@@ -416,11 +435,7 @@ class StreamReader:
         self.offset += len(data)
         if self._remaining:
             return None
-        try:
-            return self._complete()
-        except StreamError as e:
-            self._error = e
-            raise
+        return self._complete()  # a refusal stays: _fail keeps the error for later calls
 
     def payload(self) -> int:
         """Bytes of page data the caller must consume itself after a :class:`Pages` event."""
@@ -475,7 +490,7 @@ class StreamReader:
 
     @staticmethod
     def _name(rtype: int) -> str:
-        return RECORD_NAMES.get(rtype, f"record type {rtype:#x}")
+        return RECORD_NAMES.get(rtype) or f"record type {rtype:#x}"
 
     def _expect(self, state: str, size: int) -> None:
         self._state = state
@@ -573,12 +588,15 @@ class StreamReader:
         expected = {REC_END: 0, REC_STATIC_DATA_END: 0, REC_X86_TSC_INFO: _TSC_INFO.size}
         if rtype in expected and length != expected[rtype]:
             self._fail(*where, f"body of {length} bytes, expected {expected[rtype]}")
-        if rtype == REC_HVM_CONTEXT and length == 0:
-            self._fail(*where, "empty")
+        if rtype == REC_HVM_CONTEXT and not 0 < length <= HVM_CONTEXT_MAX:
+            problem = f"body of {length} bytes exceeds {HVM_CONTEXT_MAX}" if length else "empty"
+            self._fail(*where, problem)
         if rtype == REC_HVM_PARAMS and (
             length < _HVM_PARAMS_HEADER.size or (length - _HVM_PARAMS_HEADER.size) % 16
         ):
             self._fail(*where, f"body of {length} bytes is not 8 + 16 bytes per parameter")
+        if rtype == REC_HVM_PARAMS and length > _HVM_PARAMS_HEADER.size + 16 * HVM_PARAMS_MAX:
+            self._fail(*where, f"body of {length} bytes holds over {HVM_PARAMS_MAX} parameters")
         seen.add(rtype)
         if padded == 0:
             return self._body(b"")
@@ -627,28 +645,47 @@ class StreamReader:
         self._count = count
         self._expect(_PAGE_ENTRIES, 8 * count)
 
+    def _refuse_entries(
+        self,
+        entries: npt.NDArray[np.uint64],
+        types: npt.NDArray[np.uint8],
+        pfns: npt.NDArray[np.uint64],
+        invalid: npt.NDArray[np.bool_],
+        reserved: npt.NDArray[np.bool_],
+        beyond: npt.NDArray[np.bool_],
+    ) -> NoReturn:
+        """Name the first bad entry: an invalid type, then reserved bits, then a pfn too high."""
+        where = ("PAGE_DATA", self._unit_offset)
+        if invalid.any():
+            i = int(np.argmax(invalid))
+            problem = _TYPE_PROBLEMS.get(int(types[i]), "is invalid")
+            self._fail(*where, f"entry {i}: page type {int(types[i]):#x} {problem}")
+        if reserved.any():
+            i = int(np.argmax(reserved))
+            self._fail(*where, f"entry {i}: reserved bits 59-52 are set ({int(entries[i]):#x})")
+        i = int(np.argmax(beyond))
+        self._fail(
+            *where,
+            f"entry {i}: pfn {int(pfns[i]):#x} is beyond the guest's {self.memory_pages} pages",
+        )
+
     def _page_entries(self, buf: bytes) -> Event:
         where = ("PAGE_DATA", self._unit_offset)
         entries = np.frombuffer(buf, dtype="<u8")
-        types = (entries >> np.uint64(TYPE_SHIFT)).astype(np.uint8)
-        bad = np.flatnonzero(~_VALID_TYPES[types])
-        if len(bad):
-            i = int(bad[0])
-            problem = _TYPE_PROBLEMS.get(int(types[i]), "is invalid")
-            self._fail(*where, f"entry {i}: page type {int(types[i]):#x} {problem}")
-        reserved = np.flatnonzero(entries & np.uint64(PFN_RESERVED_MASK))
-        if len(reserved):
-            i = int(reserved[0])
-            self._fail(*where, f"entry {i}: reserved bits 59-52 are set ({int(entries[i]):#x})")
         pfns = entries & np.uint64(PFN_MASK)
-        beyond = np.flatnonzero(pfns >= np.uint64(self.memory_pages))
-        if len(beyond):
-            i = int(beyond[0])
-            self._fail(
-                *where,
-                f"entry {i}: pfn {int(pfns[i]):#x} is beyond the guest's {self.memory_pages} pages",
-            )
-        data = _DATA_TYPES[types]
+        high = entries >> np.uint64(52)  # type and reserved bits
+        types = (high >> np.uint64(8)).astype(np.uint8)
+        data = high == 0
+        zero = high == np.uint64(TYPE_XALLOC << 8)
+        if not ((data | zero).all() and int(pfns.max()) < self.memory_pages):
+            # Not only normal and XALLOC pages within memory: the full checks.
+            invalid = ~_VALID_TYPES[types]
+            reserved = (high & np.uint64(0xFF)) != 0
+            beyond = pfns >= np.uint64(self.memory_pages)
+            if (invalid | reserved | beyond).any():
+                self._refuse_entries(entries, types, pfns, invalid, reserved, beyond)
+            data = _DATA_TYPES[types]
+            zero = ~data
         data_pages = int(np.count_nonzero(data))
         expected = _PAGE_HEADER.size + 8 * self._count + PAGE_SIZE * data_pages
         if self._length != expected:
@@ -665,6 +702,6 @@ class StreamReader:
             types=types,
             data=data,
             runs=page_runs(pfns[data]),
-            zero_runs=page_runs(pfns[~data]),
+            zero_runs=page_runs(pfns[zero]),
             payload=self._payload,
         )

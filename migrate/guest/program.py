@@ -1,0 +1,116 @@
+"""The guest program: ``python -m migrate.guest.program``, one process per domain.
+
+Started by :mod:`migrate.guest.processes` with its RAM memfd, its register-area memfd, a
+control socket and a socket per disk passed as descriptors. It dies with the daemon
+(PR_SET_PDEATHSIG), maps its memory, registers the RAM for the kernel's dirty log, reports
+ready on the control socket (a JSON line), stops itself if created paused, then runs its
+workload. It keeps nothing of its own that matters: every counter is in the register area
+and the ledger in RAM, so the same program over the same memory on another host continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import mmap
+import os
+import signal
+import socket
+import sys
+import time
+
+import numpy as np
+
+from migrate.guest import dirtylog, workloads
+from migrate.guest.blockwire import BlockClient, BlockIOError
+
+_PR_SET_PDEATHSIG = 1
+EXIT_FAILED = 2
+"""Exit status of a guest that could not start (the reason went to the control socket)."""
+EXIT_DISK = 3
+"""Exit status of a guest whose disk failed (the reason went to stderr)."""
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m migrate.guest.program")
+    parser.add_argument("--parent", type=int, required=True, help="the daemon's pid")
+    parser.add_argument("--control", type=int, required=True, help="control socket fd")
+    parser.add_argument("--ram", type=int, required=True, help="RAM memfd")
+    parser.add_argument("--regs", type=int, required=True, help="register area memfd")
+    parser.add_argument("--memory", type=int, required=True, help="RAM bytes")
+    parser.add_argument("--workload", required=True)
+    parser.add_argument("--disk", action="append", default=[], help="FD:SIZE of a disk socket")
+    parser.add_argument("--paused", action="store_true", help="stop before running")
+    return parser.parse_args(argv)
+
+
+def _die_with_parent(parent: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # the daemon died before the prctl
+        os._exit(EXIT_FAILED)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the guest until killed."""
+    args = _arguments(argv)
+    _die_with_parent(args.parent)
+    control = socket.socket(fileno=args.control)
+    try:
+        workload = workloads.parse(args.workload, args.memory)
+        ram = mmap.mmap(args.ram, args.memory)
+        regs = mmap.mmap(args.regs, workloads.REGS_SIZE)
+        start = dirtylog.mapping_address(ram)
+        report: dict[str, object] = {"pid": os.getpid(), "start": start, "wp": True}
+        try:
+            # The fd stays open for the life of the process: closing it ends the log.
+            dirtylog.register_wp_async(start, args.memory)
+        except OSError as e:
+            report.update(wp=False, wp_error=f"{dirtylog.UNAVAILABLE} ({e.strerror or e})")
+        disks = []
+        for text in args.disk:
+            fd, size = (int(part) for part in text.split(":"))
+            disks.append(BlockClient(socket.socket(fileno=fd), size))
+    except Exception as e:
+        control.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
+        os._exit(EXIT_FAILED)
+    control.sendall(json.dumps(report).encode() + b"\n")
+    control.close()
+    if args.paused:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    disk = disks[0] if disks else None
+    machine = workloads.Machine(
+        workload,
+        np.frombuffer(ram, dtype=np.uint64),
+        np.frombuffer(regs, dtype=np.uint64),
+        disk.write if disk else None,
+        disk.size if disk else 0,
+    )
+    try:
+        machine.boot()
+        _run(machine)
+    except (BlockIOError, workloads.WorkloadError) as e:
+        print(f"guest {os.getpid()}: {e}", file=sys.stderr)
+        os._exit(EXIT_DISK)
+
+
+def _run(machine: workloads.Machine) -> None:
+    tick = machine.workload.tick
+    last = deadline = time.monotonic()
+    while True:
+        now = time.monotonic()
+        # A guest kept stopped (paused, throttled) did no work meanwhile: no catching up.
+        machine.step(min(now - last, 2 * tick), time.time_ns())
+        last = now
+        deadline += tick
+        delay = deadline - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -10 * tick:
+            deadline = time.monotonic()
+
+
+if __name__ == "__main__":
+    main()

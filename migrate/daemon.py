@@ -4,7 +4,9 @@ Start-up (in a worker thread, the database being plain synchronous code) brings 
 to date (:mod:`migrate.host.startup`). Then one listening socket per address (by default
 ``[::]:8080``, dual-stack), a ``listening on <URL>`` line for each on stdout, and, until
 SIGINT or SIGTERM, the host's services with the RPC face and the disk transfers served over
-HTTP (or HTTPS, given a certificate and key) beside the interface watcher.
+HTTP (or HTTPS, given a certificate and key) beside the interface watcher and the VMs'
+guests (:mod:`migrate.guest.processes`; a log line says whether this kernel allows live
+migration). Other hosts are told the first listener's port (``host.migrate_receive``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 
 from migrate.addresses import Family, Host
 from migrate.formats.xapi import DEFAULT_PORT
+from migrate.guest.processes import ProcessHypervisor
 from migrate.host.identity import watch_interfaces
 from migrate.host.services import HostServices
 from migrate.host.startup import prepare_state
@@ -116,7 +119,15 @@ async def run_daemon(
                     config.password,
                     config.srs,
                 )
-                host = HostServices.open(store, host_uuid)
+                guests = ProcessHypervisor()
+                host = HostServices.open(store, host_uuid, guests)
+                host.scheme = scheme
+                host.port = listeners[0].socket.getsockname()[1]
+                refusal = guests.live_migration_support()
+                if refusal is None:
+                    log.info("live migration available (kernel dirty tracking)")
+                else:
+                    log.warning("live migration unavailable on this kernel: %s", refusal)
                 router = Router()
                 register_rpc(router, Dispatcher(host))  # XenAPI over XML-RPC and JSON-RPC
                 export_raw_vdi.register(router, host)
@@ -124,6 +135,7 @@ async def run_daemon(
                 for where, listener in zip(config.listen, listeners, strict=True):
                     print(f"listening on {listener_url(where, listener, scheme)}", flush=True)
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(guests.serve)  # the VMs' domains
                     await nursery.start(host.tasks.serve)  # runs the Async.* calls
                     await nursery.start(
                         watch_interfaces,

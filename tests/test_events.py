@@ -16,6 +16,7 @@ import trio
 import trio.testing
 import XenAPI
 
+from migrate.guest.processes import ProcessHypervisor
 from migrate.host import tasks
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
@@ -48,7 +49,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def api(store: Store) -> Dispatcher:
-    return Dispatcher(HostServices.open(store, HOST))
+    return Dispatcher(HostServices.open(store, HOST, ProcessHypervisor()))
 
 
 @pytest.fixture
@@ -113,7 +114,9 @@ async def test_pool(url: str, api: Dispatcher) -> None:
             close(session)
 
     await in_thread(run)
-    assert pool_uuid(api.host) == pool_uuid(HostServices.open(api.host.store, HOST))  # stable
+    assert pool_uuid(api.host) == pool_uuid(
+        HostServices.open(api.host.store, HOST, ProcessHypervisor())
+    )  # stable
 
 
 async def test_event_from(url: str, api: Dispatcher) -> None:

@@ -19,12 +19,13 @@ import trio
 import XenAPI
 
 from migrate.addresses import parse_host
+from migrate.guest.processes import ProcessHypervisor
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
 from migrate.http.routing import Router
 from migrate.http.server import serve
 from migrate.interfaces import Interface, InterfaceAddress
-from migrate.rpc import codec, host, network, pif, sr, task, vdi
+from migrate.rpc import codec, host, network, pif, sr, task, vbd, vdi, vm
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
 from migrate.storage.sr import create_vdi, vdi_path
@@ -54,7 +55,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def api(store: Store) -> Dispatcher:
-    return Dispatcher(HostServices.open(store, HOST))
+    return Dispatcher(HostServices.open(store, HOST, ProcessHypervisor()))
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ async def test_sdk_failures(server: Server) -> None:
                 "junk",
             ]
             assert failure(lambda: x.VDI.get_by_uuid("nope")) == ["UUID_INVALID", "VDI", "nope"]
-            assert failure(lambda: x.VM.get_all()) == ["MESSAGE_METHOD_UNKNOWN", "VM.get_all"]
+            assert failure(lambda: x.VIF.get_all()) == ["MESSAGE_METHOD_UNKNOWN", "VIF.get_all"]
             assert failure(lambda: x.host.get_address()) == [
                 "MESSAGE_PARAMETER_COUNT_MISMATCH",
                 "host.get_address",
@@ -494,8 +495,11 @@ async def test_generated_accessors(api: Dispatcher, store: Store) -> None:
     session = await api.run("session.login_with_password", ["root", "pw"])
     create_vdi(store, store.all("SR")[0]["uuid"], 2 * MiB, "disk")
     task_ref = api.call("task.create", [session, "work"])
+    vm_ref = api.call("VM.create", [session, {"memory_static_max": str(MiB)}])
+    vdi_ref = api.call("VDI.get_all", [session])[0]
+    api.call("VBD.create", [session, {"VM": vm_ref, "VDI": vdi_ref}])
     methods = set(api.methods())
-    for module in (host, sr, vdi, network, pif, task):
+    for module in (host, sr, vdi, vm, vbd, network, pif, task):
         cls = module.CLASS
         records = api.call(f"{cls}.get_all_records", [session])
         assert records, cls

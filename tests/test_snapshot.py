@@ -14,6 +14,7 @@ import trio
 import XenAPI
 
 import vhd
+from migrate.guest.processes import ProcessHypervisor
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
 from migrate.rpc.dispatch import Dispatcher
@@ -170,7 +171,7 @@ def test_migration_2_on_a_version_1_database(tmp_path: Path) -> None:
     db.close()
     store = Store.open(db_path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 2
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == VERSION
         row = store.get("VDI", "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0003")
         assert (row["is_a_snapshot"], row["snapshot_of"], row["managed"]) == (0, None, 1)
     finally:
@@ -345,7 +346,9 @@ async def test_api_snapshot_records(store: Store, sr_uuid: str, vdi: str) -> Non
         },
     )
     store.set_password("root", "pw")
-    api = Dispatcher(HostServices.open(store, "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001"))
+    api = Dispatcher(
+        HostServices.open(store, "5e0e0b5c-8a8f-4d1b-9c53-1f4a6f6f0001", ProcessHypervisor())
+    )
     session = await api.run("session.login_with_password", ["root", "pw"])
     ref = f"OpaqueRef:{vdi}"
     snap = api.call("VDI.snapshot", [session, ref])
@@ -392,7 +395,7 @@ async def test_sdk_snapshot(nursery: trio.Nursery, tmp_path: Path) -> None:
     sr_dir = ensure_sr(store, str(tmp_path / "sr"), "Local storage", default=True)
     directory = sr_path(store, sr_dir)
     store.set_password("root", "pw")
-    api = Dispatcher(HostServices.open(store, host))
+    api = Dispatcher(HostServices.open(store, host, ProcessHypervisor()))
     await nursery.start(api.host.tasks.serve)
     router = Router()
     register_rpc(router, api)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import trio
 
+from migrate.guest.processes import ProcessHypervisor
 from migrate.host.services import HostServices
 from migrate.http.limits import Limits
 from migrate.http.routing import Router
@@ -101,7 +102,7 @@ async def test_xen_orchestra_client(
     xen_api: str, store: Store, nursery: trio.Nursery, transport: str
 ) -> None:
     """``auto`` is the library's default: JSON-RPC on /jsonrpc; ``xml-rpc`` is /xmlrpc."""
-    api = Dispatcher(HostServices.open(store, HOST))
+    api = Dispatcher(HostServices.open(store, HOST, ProcessHypervisor()))
     calls: list[str] = []
     run = api.run
 
@@ -172,7 +173,7 @@ async def test_xen_orchestra_moves_a_disk(
     for offset, data in writes:
         expected[offset : offset + len(data)] = data
 
-    host = HostServices.open(store, HOST)
+    host = HostServices.open(store, HOST, ProcessHypervisor())
     router = Router()
     register_rpc(router, Dispatcher(host))
     export_raw_vdi.register(router, host)

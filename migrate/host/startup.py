@@ -1,6 +1,7 @@
 """The host's state brought up to date at start, before anything is served: its record and
 interfaces, its SRs (made on first start, every one reconciled after a crash), the tasks an
-earlier run left unfinished, and the password of its user."""
+earlier run left unfinished, the VMs whose domains ended with it, and the password of its
+user."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from migrate.formats.xapi import DEFAULT_USER
 from migrate.host import tasks
 from migrate.host.identity import prepare_host
 from migrate.state.store import Store
+from migrate.state.vms import halt_orphans
 from migrate.storage.reconcile import reconcile
 from migrate.storage.sr import ensure_sr
 
@@ -43,6 +45,8 @@ def prepare_state(
         log.info("SR %s at %s: %d repair(s)", sr["uuid"], sr["path"], len(repairs))
     for uuid in tasks.fail_unfinished(store):
         log.warning("task %s: left unfinished by an earlier run, ended as failed", uuid)
+    for uuid in halt_orphans(store):
+        log.warning("VM %s: its domain ended with an earlier run, now Halted", uuid)
     _set_password(store, password)
     return host_uuid
 

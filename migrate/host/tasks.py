@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -90,6 +90,21 @@ def set_progress(store: Store, uuid: str, progress: float) -> None:
         row = store.get("task", uuid)
         if row["status"] == "pending" and abs(row["progress"] - progress) >= 0.001:
             store.update("task", uuid, {"progress": progress})
+
+
+def set_other_config(store: Store, uuid: str, key: str, value: str) -> None:
+    """Set one key of a task's ``other_config`` (a JSON map of strings: migration keeps its
+    rounds report there); nothing if the task was destroyed."""
+    with contextlib.suppress(NotFound), store.change():
+        other_config = other_config_of(store.get("task", uuid))
+        other_config[key] = value
+        store.update("task", uuid, {"other_config": json.dumps(other_config)})
+
+
+def other_config_of(row: dict[str, Any]) -> dict[str, str]:
+    """The ``other_config`` map of a task row."""
+    value = json.loads(row["other_config"] or "{}")
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def request_cancel(store: Store, uuid: str) -> bool:
@@ -170,6 +185,48 @@ class Tasks:
         if self._nursery is None:
             raise ApiError(INTERNAL_ERROR, "Async calls are not served (Tasks.serve)")
         self._nursery.start_soon(self._run, uuid, call)
+
+    def spawn(self, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``work(*args)`` in the background, beside the ``Async.*`` calls (a domain's
+        watcher); its exceptions are logged. ApiError INTERNAL_ERROR when tasks are not
+        served."""
+        if self._nursery is None:
+            raise ApiError(INTERNAL_ERROR, "background work is not served (Tasks.serve)")
+        self._nursery.start_soon(self._background, work, args)
+
+    async def _background(
+        self, work: Callable[..., Awaitable[None]], args: tuple[Any, ...]
+    ) -> None:
+        try:
+            await work(*args)
+        except Exception:
+            log.exception("background work %s failed", getattr(work, "__name__", work))
+
+    def start_async(self, uuid: str, work: Callable[[str], Awaitable[Any]]) -> None:
+        """Run the coroutine ``work(uuid)`` as the work of the pending task ``uuid``, its
+        outcome recorded (ApiError as a failure, any other exception as INTERNAL_ERROR) and
+        ``task.cancel`` cancelling it; ApiError INTERNAL_ERROR when tasks are not served."""
+        if self._nursery is None:
+            raise ApiError(INTERNAL_ERROR, "Async calls are not served (Tasks.serve)")
+        self._nursery.start_soon(self._run_async, uuid, work)
+
+    async def _run_async(self, uuid: str, work: Callable[[str], Awaitable[Any]]) -> None:
+        outcome: tuple[Any, ApiError | None] | None = None
+        with self.cancellable(uuid) as scope, scope:
+            if not await self.db.call(begin, self.db.store, uuid):
+                return
+            try:
+                outcome = (await work(uuid), None)
+            except ApiError as e:
+                outcome = (None, e)
+            except Exception as e:
+                log.exception("task %s failed", uuid)
+                outcome = (None, ApiError(INTERNAL_ERROR, f"{type(e).__name__}: {e}"))
+        with trio.CancelScope(shield=True):
+            if scope.cancel_called and (outcome is None or outcome[1] is not None):
+                await self.db.call(finish_cancelled, self.db.store, uuid)
+            elif outcome is not None:
+                await self.db.call(finish, self.db.store, uuid, *outcome)
 
     async def _run(self, uuid: str, call: Callable[[], Any]) -> None:
         with self.cancellable(uuid) as scope, scope:

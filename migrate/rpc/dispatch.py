@@ -9,7 +9,8 @@ Three kinds of call: plain ones run as one database call (the session check incl
 :class:`~migrate.host.database.Database`); coroutines (logging in, waiting for events,
 cancelling a task) use the host's services themselves; ``Async.<name>`` (for the names a module
 lists as ``ASYNC``) stores a pending task and runs the call as the host's task
-(:class:`~migrate.host.tasks.Tasks`).
+(:class:`~migrate.host.tasks.Tasks`): a coroutine among them is told the task's uuid as
+``task=`` if it takes one (to report progress; ``task.cancel`` cancels it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,21 @@ from migrate.host.errors import (
 from migrate.host.services import HostServices
 from migrate.http.exchange import Connection
 from migrate.http.routing import Request, Router
-from migrate.rpc import accessors, codec, event, host, network, pif, pool, session, sr, task, vdi
+from migrate.rpc import (
+    accessors,
+    codec,
+    event,
+    host,
+    network,
+    pif,
+    pool,
+    session,
+    sr,
+    task,
+    vbd,
+    vdi,
+    vm,
+)
 from migrate.rpc.codec import Call, ProtocolError
 
 log = logging.getLogger("xfer.rpc")
@@ -48,7 +63,7 @@ ASYNC_PREFIX = "Async."
 LOGIN = "session.login_with_password"
 LIST_METHODS = "system.listMethods"
 
-_MODULES = (session, host, pool, sr, vdi, network, pif, task, event)
+_MODULES = (session, host, pool, sr, vdi, vm, vbd, network, pif, task, event)
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ class _Method:
     """A coroutine function: it uses the host's services itself."""
     wants_client: bool = False
     """It takes the caller's address as ``client=``."""
+    wants_task: bool = False
+    """A coroutine that takes the uuid of the task it runs as (``Async.``) as ``task=``."""
     task: str | None = None
     """For ``Async.<name>``: ``<name>``, run as a task."""
 
@@ -77,6 +94,7 @@ def _method(name: str, function: Callable[..., Any], unauthenticated: frozenset[
         len(parameters),
         inspect.iscoroutinefunction(function),
         any(p.name == "client" and p.kind is p.KEYWORD_ONLY for p in signature),
+        any(p.name == "task" and p.kind is p.KEYWORD_ONLY for p in signature),
     )
 
 
@@ -173,7 +191,19 @@ class Dispatcher:
             await self.host.db.call(begin)
         except Exception as e:
             raise self._failed(ASYNC_PREFIX + name, params, client, e) from None
-        self.host.tasks.start(uuid, lambda: self.call(name, params, client))
+        entry = self._methods[name]
+        if not entry.awaitable:
+            self.host.tasks.start(uuid, lambda: self.call(name, params, client))
+            return ref(uuid)
+
+        async def work(task: str) -> Any:
+            extra = {"task": task} if entry.wants_task else {}
+            try:
+                return await entry.function(self.host, *params, **extra)
+            except Exception as e:
+                raise self._failed(name, params, client, e) from None
+
+        self.host.tasks.start_async(uuid, work)
         return ref(uuid)
 
 

@@ -33,7 +33,7 @@ from migrate.host.errors import (
     ApiError,
 )
 from migrate.host.services import HostServices
-from migrate.rpc import host, network, pif, pool, refs, sr, task, vdi
+from migrate.rpc import host, network, pif, pool, refs, sr, task, vbd, vdi, vm
 from migrate.state.store import NotFound
 
 MAX_TIMEOUT = 600.0
@@ -47,6 +47,8 @@ RECORDS: dict[str, Callable[[HostServices, dict[str, Any]], dict[str, Any]]] = {
     "PIF": pif.record,
     "SR": sr.record,
     "VDI": vdi.record,
+    "VM": vm.record,
+    "VBD": vbd.record,
     "task": task.record,
 }
 """Stored classes and how their rows become records."""

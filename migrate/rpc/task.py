@@ -55,7 +55,7 @@ def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
         "finished": _time(row["finished"]),
         "resident_on": ref(host.uuid),
         "allowed_operations": [],
-        "other_config": {},
+        "other_config": tasks.other_config_of(row),
     }
 
 

@@ -17,10 +17,14 @@ from migrate.host.errors import (
 )
 from migrate.host.services import HostServices
 from migrate.rpc import refs
+from migrate.rpc.values import api_int, api_map
 from migrate.state.store import NotFound
+from migrate.state.vms import LIVE, vbds_of_vdi
 from migrate.storage.snapshot import snapshot_vdi
 from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, vdi_file_size
 
+SM_TYPES = ("vhd", "raw")
+"""``sm_config["type"]`` of a new VDI."""
 CLASS = "VDI"
 FIELDS = (
     "uuid name_label name_description SR virtual_size physical_utilisation type sharable"
@@ -55,7 +59,7 @@ def record(host: HostServices, row: dict[str, Any], sr_path: str | None = None) 
         "snapshot_of": snapshot_of,
         "snapshots": [ref(snapshot["uuid"]) for snapshot in snapshots],
         "location": row["uuid"],
-        "VBDs": [],
+        "VBDs": [ref(vbd["uuid"]) for vbd in vbds_of_vdi(host.store, row["uuid"])],
         "sm_config": sm_config,
         "other_config": {},
         "xenstore_data": {},
@@ -80,35 +84,26 @@ def set_name_label(host: HostServices, session: str, self: str, value: str) -> N
     host.store.update("VDI", row["uuid"], {"name_label": value})
 
 
-def _int(value: Any, field: str) -> int:
-    """An API int: a JSON number, or the decimal string XML-RPC carries."""
-    if isinstance(value, bool):
-        raise ApiError(FIELD_TYPE_ERROR, field)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    raise ApiError(FIELD_TYPE_ERROR, field)
-
-
 def create(host: HostServices, session: str, args: dict[str, Any]) -> str:
-    """A new empty VDI from a record's ``SR``, ``virtual_size`` and ``name_label`` (other
-    fields are ignored); its ref."""
+    """A new empty VDI from a record's ``SR``, ``virtual_size``, ``name_label`` and
+    ``sm_config["type"]`` (other fields are ignored); its ref. As on xapi's file SRs,
+    ``type`` ``raw`` makes a disk whose data lies raw in its file (here a fixed VHD: what a
+    VM's disk must be), ``vhd`` (the default) a sparse dynamic VHD."""
     if not isinstance(args, dict):
         raise ApiError(FIELD_TYPE_ERROR, "args")
     for field in ("SR", "virtual_size"):
         if field not in args:
             raise ApiError(FIELD_TYPE_ERROR, field)
     sr_uuid = refs.row(host.store, "SR", args["SR"])["uuid"]
-    size = _int(args["virtual_size"], "virtual_size")
+    size = api_int(args["virtual_size"], "virtual_size")
     name_label = args.get("name_label", "")
     if not isinstance(name_label, str):
         raise ApiError(FIELD_TYPE_ERROR, "name_label")
+    sm_type = api_map(args.get("sm_config", {}), "sm_config").get("type", "vhd")
+    if sm_type not in SM_TYPES:
+        raise ApiError(INVALID_VALUE, "sm_config", sm_type, "type must be vhd or raw")
     try:
-        uuid = create_vdi(host.store, sr_uuid, size, name_label)
+        uuid = create_vdi(host.store, sr_uuid, size, name_label, fixed=sm_type == "raw")
     except vhd.VhdError as e:
         raise ApiError(INVALID_VALUE, "virtual_size", args["virtual_size"], str(e)) from None
     return ref(uuid)
@@ -120,10 +115,18 @@ def _not_being_written(host: HostServices, uuid: str, vdi: str) -> None:
 
 
 def destroy(host: HostServices, session: str, self: str) -> None:
-    """Destroy a VDI and its file; VDI_IN_USE while other VDIs name it as their parent or
-    an import writes it."""
+    """Destroy a VDI, its file and the VBDs of Halted VMs that attach it; VDI_IN_USE while
+    other VDIs name it as their parent, an import writes it or a live VM attaches it."""
     row = refs.row(host.store, "VDI", self)
     _not_being_written(host, row["uuid"], self)
+    attached = vbds_of_vdi(host.store, row["uuid"])
+    if any(host.store.get("VM", vbd["vm"])["power_state"] in LIVE for vbd in attached):
+        raise ApiError(VDI_IN_USE, self, "destroy")
+    if host.store.all("VDI", parent=row["uuid"]):
+        raise ApiError(VDI_IN_USE, self)
+    with host.store.change():
+        for vbd in attached:
+            host.store.delete("VBD", vbd["uuid"])
     try:
         destroy_vdi(host.store, row["uuid"])
     except VdiInUse:

@@ -108,6 +108,33 @@ MIGRATIONS: list[str] = [
     ALTER TABLE vdi ADD COLUMN snapshot_of TEXT;
     ALTER TABLE vdi ADD COLUMN managed INTEGER NOT NULL DEFAULT 1;
     """,
+    # 3: VMs and their VBDs (disks attached to VDIs); a task's other_config (a JSON map)
+    """
+    CREATE TABLE vm (
+        uuid TEXT PRIMARY KEY,
+        name_label TEXT NOT NULL,
+        memory INTEGER NOT NULL,
+        vcpus INTEGER NOT NULL,
+        workload TEXT NOT NULL,
+        power_state TEXT NOT NULL
+            CHECK (power_state IN ('Halted', 'Running', 'Paused', 'Suspended')),
+        resident_on TEXT,
+        generation INTEGER NOT NULL
+    );
+
+    CREATE TABLE vbd (
+        uuid TEXT PRIMARY KEY,
+        vm TEXT NOT NULL REFERENCES vm (uuid) ON DELETE CASCADE,
+        vdi TEXT NOT NULL REFERENCES vdi (uuid) ON DELETE CASCADE,
+        device TEXT NOT NULL,
+        mode TEXT NOT NULL CHECK (mode IN ('RW', 'RO')),
+        generation INTEGER NOT NULL,
+        UNIQUE (vm, device)
+    );
+    CREATE INDEX vbd_vdi ON vbd (vdi);
+
+    ALTER TABLE task ADD COLUMN other_config TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 """Migration N (1-based) takes a database from user_version N-1 to N. Append, never edit."""
 

@@ -23,6 +23,8 @@ TABLES = {
     "PIF": "pif",
     "SR": "sr",
     "VDI": "vdi",
+    "VM": "vm",
+    "VBD": "vbd",
     "task": "task",
 }
 """XenAPI class name -> table. Tables without a generation column (sessions, credentials,

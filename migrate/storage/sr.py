@@ -129,8 +129,11 @@ def abandon_vdi(store: Store, vdi_uuid: str) -> None:
         files.fsync_dir(sr_path)
 
 
-def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -> str:
-    """Create an empty dynamic VDI of ``virtual_size`` bytes in SR ``sr_uuid``; its uuid.
+def create_vdi(
+    store: Store, sr_uuid: str, virtual_size: int, name_label: str, *, fixed: bool = False
+) -> str:
+    """Create an empty dynamic VDI of ``virtual_size`` bytes in SR ``sr_uuid`` (``fixed``:
+    a fixed VHD, its data raw in place, as a guest's block backend serves it); its uuid.
 
     Row (``creating``) first, then the file under a temporary name, synced and renamed, then the
     row ``ready``. On error the partial file and the row are removed and the error re-raised
@@ -138,7 +141,7 @@ def create_vdi(store: Store, sr_uuid: str, virtual_size: int, name_label: str) -
     """
     uuid = begin_vdi(store, sr_uuid, name_label, virtual_size)
     try:
-        vhd.create(part_path(store, uuid), virtual_size, uuid=uuidlib.UUID(uuid))
+        vhd.create(part_path(store, uuid), virtual_size, fixed=fixed, uuid=uuidlib.UUID(uuid))
         publish_vdi(store, uuid)
     except BaseException:
         abandon_vdi(store, uuid)

@@ -454,7 +454,9 @@ class CuttingProxy:
     connection accepted on ``address`` (port :attr:`port`, chosen by the system) is joined to
     ``[target]:target_port`` and bytes are relayed both ways. With ``cut``, both sides are
     closed once ``cut`` bytes of the server's answer (its head included) went through: a
-    connection cut in the middle of a body. The first ``keep`` bytes each way are recorded
+    connection cut in the middle of a body; with ``cut_request`` likewise once that many bytes
+    the client sent went through. ``only``: the index of the one connection (in the order
+    they were accepted) the cuts apply to. The first ``keep`` bytes each way are recorded
     (:attr:`connections`), so a test reads the request and response heads off the wire.
 
     A context manager: on exit the listener and every connection are closed and the relay's
@@ -468,11 +470,15 @@ class CuttingProxy:
         address: str = "::1",
         target: str = "::1",
         cut: int | None = None,
+        cut_request: int | None = None,
+        only: int | None = None,
         timeout: float = 30.0,
         keep: int = 64 * KiB,
     ) -> None:
         self.target = (target, target_port)
         self.cut = cut
+        self.cut_request = cut_request
+        self.only = only
         self.timeout = timeout
         self.keep = keep
         self.connections: list[Relayed] = []
@@ -541,9 +547,11 @@ class CuttingProxy:
         relayed = Relayed(bytearray(), bytearray())
         with self._lock:
             self._sockets.append(server)
+            cutting = self.only is None or self.only == len(self.connections)
             self.connections.append(relayed)
-        self._start(self._pump, client, server, relayed.request, None)
-        self._pump(server, client, relayed.response, self.cut)
+        cut, cut_request = (self.cut, self.cut_request) if cutting else (None, None)
+        self._start(self._pump, client, server, relayed.request, cut_request)
+        self._pump(server, client, relayed.response, cut)
 
     def _pump(
         self, src: socket.socket, dst: socket.socket, record: bytearray, cut: int | None

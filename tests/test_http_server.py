@@ -88,6 +88,19 @@ async def pausing(request: Request, conn: Connection) -> None:
     await conn.respond(200, body=str(total).encode())
 
 
+async def raw(request: Request, conn: Connection) -> None:
+    """Detach, then echo raw bytes upper-cased (the tail of the path first) until the end."""
+    stream, buffered = conn.detach()
+    await stream.send_all(request.path.rsplit("/", 1)[1].encode() + b":" + buffered.upper())
+    while data := await stream.receive_some(65536):
+        await stream.send_all(bytes(data).upper())
+
+
+async def detach_late(request: Request, conn: Connection) -> None:
+    await conn.read_body()
+    conn.detach()
+
+
 def make_router() -> Router:
     router = Router()
     router.add("POST", "/echo", echo)
@@ -98,6 +111,8 @@ def make_router() -> Router:
     router.add("GET", "/boom", boom)
     router.add("GET", "/teapot", teapot)
     router.add("PUT", "/pausing", pausing)
+    router.add_prefix("PUT", "/raw", raw)
+    router.add("PUT", "/late", detach_late)
     return router
 
 
@@ -231,6 +246,26 @@ def test_router_resolves_404_405_and_trailing_slash() -> None:
     assert e.value.headers == [("allow", "POST, PUT")]
 
 
+def test_router_prefixes() -> None:
+    router = make_router()
+    assert router.resolve("PUT", "/raw/x/y") is raw
+    assert router.resolve("PUT", "/raw/x/") is raw
+    with pytest.raises(HTTPError) as e:
+        router.resolve("PUT", "/raw")  # the prefix itself is not below it
+    assert e.value.status == 404
+    with pytest.raises(HTTPError) as e:
+        router.resolve("PUT", "/rawer/x")
+    assert e.value.status == 404
+    with pytest.raises(HTTPError) as e:
+        router.resolve("GET", "/raw/x")
+    assert e.value.status == 405
+    router.add_prefix("PUT", "/raw/x", echo)  # the longest prefix wins
+    assert router.resolve("PUT", "/raw/x/y") is echo
+    assert router.resolve("PUT", "/raw/z") is raw
+    router.add("PUT", "/raw/x/y", info)  # an exact route before any prefix
+    assert router.resolve("PUT", "/raw/x/y") is info
+
+
 # real clients
 
 
@@ -355,6 +390,30 @@ async def test_keep_alive_pipelining_and_routing_errors(server: Server) -> None:
     assert responses[3].body == b"418 I'm a Teapot: short and stout\n"
     assert json.loads(responses[4].body)["query"] == {"a": ["b"]}
     assert all("connection" not in r.headers for r in responses)
+
+
+async def test_detached_stream_carries_raw_bytes(server: Server) -> None:
+    # a request with no body framing, its raw bytes in the same packet and after it
+    stream = await server.connect()
+    await stream.send_all(b"PUT /raw/id7 HTTP/1.1\r\nhost: x\r\ncookie: a=b\r\n\r\nfirst")
+    received = bytearray()
+    while len(received) < len(b"id7:FIRST"):
+        received += await stream.receive_some(100)
+    assert received == b"id7:FIRST"  # no HTTP answer: raw bytes only
+    await stream.send_all(b"\x00second")
+    received = bytearray()
+    while len(received) < 7:
+        received += await stream.receive_some(100)
+    assert received == b"\x00SECOND"
+    await stream.send_eof()
+    assert await read_all(stream) == b""  # the server closed, no answer of its own
+
+
+async def test_detach_after_reading_the_body_is_a_500(server: Server) -> None:
+    stream = await server.connect()
+    await stream.send_all(b"PUT /late HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab")
+    response = await read_all(stream)
+    assert response.startswith(b"HTTP/1.1 500 ")
 
 
 async def test_connection_close_is_honoured(server: Server) -> None:

@@ -111,6 +111,8 @@ class BodyReader:
         self.state: BodyState = (
             NotStarted() if h11_conn.their_state is h11.SEND_BODY else Ended(after=None)
         )
+        self.started = False
+        """Whether the handler asked for body bytes."""
 
     @property
     def complete(self) -> bool:
@@ -122,6 +124,7 @@ class BodyReader:
         after it). HTTPError 408 when the client is too slow (:class:`BodyClock`), 400 when it
         closes early or sends a malformed chunk; bytes received before such an error are
         returned first, the next call raises it."""
+        self.started = True
         filled = 0
         while filled < len(buffer):
             try:

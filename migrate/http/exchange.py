@@ -61,6 +61,22 @@ class Connection:
         self._body_memory = body_memory
         self._reserved = 0
         self._ended = False
+        self.detached = False
+        """Whether :meth:`detach` took the stream: the server then closes the connection
+        when the handler returns, with no answer of its own."""
+
+    def detach(self) -> tuple[trio.abc.Stream, bytes]:
+        """Take the connection off HTTP after the request head, as xenopsd's migration
+        connections are: the stream, and the bytes already received past the head (what the
+        peer sent next), for the handler to go on with raw bytes. Nothing is answered through
+        this Connection afterwards; the server closes the stream once the handler returns.
+        RuntimeError once a response started or the body began to be read."""
+        if self.status is not None:
+            raise RuntimeError("cannot detach: a response started")
+        if self.detached or self.body.started:
+            raise RuntimeError("cannot detach: the body is being read")
+        self.detached = True
+        return self._stream, bytes(self._h11.trailing_data[0])
 
     async def receive_into(self, buffer: memoryview) -> int:
         """Fill ``buffer`` with the next request body bytes; how many (fewer at the end of the

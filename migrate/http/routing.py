@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -89,26 +90,64 @@ def peer_address(stream: trio.SocketStream) -> str | None:
         return None
 
 
+def cookies(request: Request) -> dict[str, str]:
+    """The request's cookies by name (malformed ones ignored)."""
+    jar: SimpleCookie = SimpleCookie()
+    for field, value in request.headers:
+        if field == "cookie":
+            try:
+                jar.load(value)
+            except CookieError:
+                continue
+    return {name: morsel.value for name, morsel in jar.items()}
+
+
+def param(request: Request, name: str) -> str | None:
+    """Parameter ``name`` from the query, else from a cookie; HTTPError 400 if repeated."""
+    values = request.query.get(name)
+    if values:
+        if len(set(values)) > 1:
+            raise HTTPError(400, f"parameter {name} given {len(values)} times")
+        return values[0]
+    return cookies(request).get(name)
+
+
 class Router:
-    """Handlers by method and path; a trailing slash is ignored and HEAD falls back to GET."""
+    """Handlers by method and path; a trailing slash is ignored and HEAD falls back to GET.
+    A path is routed as itself, else as the longest prefix routed with :meth:`add_prefix`
+    that it continues (``/a/b`` under ``/a``)."""
 
     def __init__(self) -> None:
         self._routes: dict[str, dict[str, Handler]] = {}
+        self._prefixes: dict[str, dict[str, Handler]] = {}
 
     def add(self, method: str, path: str, handler: Handler) -> None:
         """Route ``method path`` to ``handler``."""
         self._routes.setdefault(_route_path(path), {})[method.upper()] = handler
 
+    def add_prefix(self, method: str, prefix: str, handler: Handler) -> None:
+        """Route ``method`` on every path below ``prefix`` (``prefix/anything``) to
+        ``handler``, which reads the rest of the path from the request."""
+        self._prefixes.setdefault(_route_path(prefix), {})[method.upper()] = handler
+
+    def _handlers(self, path: str) -> dict[str, Handler] | None:
+        routed = _route_path(path)
+        handlers = self._routes.get(routed)
+        if handlers is not None:
+            return handlers
+        below = [p for p in self._prefixes if routed.startswith(p.rstrip("/") + "/")]
+        return self._prefixes[max(below, key=len)] if below else None
+
     def allowed(self, path: str) -> list[str]:
         """The methods ``path`` answers, sorted (HEAD included wherever GET is)."""
-        methods = set(self._routes.get(_route_path(path), {}))
+        methods = set(self._handlers(path) or {})
         if "GET" in methods:
             methods.add("HEAD")
         return sorted(methods)
 
     def resolve(self, method: str, path: str) -> Handler:
         """The handler for a request; HTTPError 404 for an unknown path, 405 with ``Allow``."""
-        handlers = self._routes.get(_route_path(path))
+        handlers = self._handlers(path)
         if handlers is None:
             raise HTTPError(404, f"no resource at {path}")
         handler = handlers.get(method) or (handlers.get("GET") if method == "HEAD" else None)

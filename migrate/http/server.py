@@ -65,6 +65,8 @@ class _Session:
         self.body_memory = body_memory
         self.h11 = self._fresh_h11()
         self.eof = False
+        self.detached = False
+        """Whether a handler took the stream off HTTP (:meth:`Connection.detach`)."""
 
     def _fresh_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_head)
@@ -152,6 +154,9 @@ class _Session:
     async def _run_handler(self, request: Request, conn: Connection) -> Connection | None:
         try:
             await self.router.resolve(request.method, request.path)(request, conn)
+            if conn.detached:
+                self.detached = True
+                return None
             if conn.status is None:
                 raise RuntimeError("handler returned without a response")
             await conn.end()
@@ -178,6 +183,9 @@ class _Session:
         """Answer an error if no response has started; False (close) if one has."""
         request = conn.request
         log.debug("%s %s %s -> %s %s", self.client, request.method, request.target, status, message)
+        if conn.detached:
+            self.detached = True
+            return False
         if conn.status is not None:
             return False
         try:
@@ -205,7 +213,9 @@ class _Session:
     async def linger(self) -> None:
         """Half-close and drain what the client still sends, so that it reads our last answer
         instead of a reset; bounded in time and bytes."""
-        if self.eof or not isinstance(self.stream, trio.abc.HalfCloseableStream):
+        if self.eof or self.detached:
+            return
+        if not isinstance(self.stream, trio.abc.HalfCloseableStream):
             return
         with trio.move_on_after(LINGER):
             try:

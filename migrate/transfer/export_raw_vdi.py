@@ -1,6 +1,6 @@
 """xapi's ``GET /export_raw_vdi``: a VDI's content as raw bytes or a VHD, planned then sent.
 
-Authenticated as xapi does (:mod:`migrate.transfer.auth`), run as a XenAPI task whose
+Authenticated as xapi does (:mod:`migrate.host.http_auth`), run as a XenAPI task whose
 progress moves while bytes do. Planning reads metadata only (footers, BATs, bitmaps) and gives
 the exact length before the first byte; sending executes the elements: literal bytes and zeros
 through h11, copies with ``os.sendfile`` on plain sockets (large buffered reads under TLS).
@@ -20,13 +20,13 @@ import trio
 
 import vhd
 from migrate.formats.xapi import EXPORT_PATH, FORMATS
+from migrate.host import http_auth
 from migrate.host.errors import INVALID_VALUE, TASK_CANCELLED, VDI_IO_ERROR
 from migrate.host.services import HostServices
 from migrate.http.errors import HTTPError
 from migrate.http.exchange import Connection
-from migrate.http.routing import Request, Router
-from migrate.transfer import auth
-from migrate.transfer.params import disk_format, lookup, param, vdi_file
+from migrate.http.routing import Request, Router, param
+from migrate.transfer.params import disk_format, lookup, vdi_file
 from migrate.transfer.task import TransferTask
 from vhd.convert import vhd_export_plan
 from vhd.file import File
@@ -134,7 +134,7 @@ async def export_vdi(host: HostServices, request: Request, conn: Connection) -> 
         raise HTTPError(400, "parameter vdi missing")
     base_param = param(request, "base") if fmt == "vhd" else None
     job = TransferTask(host, param(request, "task_id"))
-    async with auth.authenticated(host, request) as session:
+    async with http_auth.authenticated(host, request) as session:
         with job.cancellable():
             uuid, path, base = await host.db.call(_begin, host, job, session, vdi_param, base_param)
             async with job.ends():

@@ -1,6 +1,6 @@
 """xapi's ``PUT /import_raw_vdi``: a request body into a VDI, or into a new one, atomically.
 
-Authenticated as xapi does (:mod:`migrate.transfer.auth`), run as a XenAPI task whose
+Authenticated as xapi does (:mod:`migrate.host.http_auth`), run as a XenAPI task whose
 progress moves while bytes do. The body is written into a staged image beside the VDI, put in
 place only when the whole body arrived and validated; whatever goes wrong before (a cut
 connection, a malformed VHD, a body larger than the VDI, a full disk, the task cancelled) the
@@ -23,7 +23,7 @@ import trio
 import vhd
 from migrate.formats.chunked import ChunkError
 from migrate.formats.xapi import IMPORT_PATH, ref
-from migrate.host import tasks
+from migrate.host import http_auth, tasks
 from migrate.host.errors import (
     IMPORT_ERROR,
     OPERATION_NOT_ALLOWED,
@@ -37,13 +37,12 @@ from migrate.host.errors import (
 from migrate.host.services import HostServices
 from migrate.http.errors import HTTPError
 from migrate.http.exchange import Connection
-from migrate.http.routing import Request, Router
+from migrate.http.routing import Request, Router, param
 from migrate.state.store import NotFound, Store
 from migrate.storage import sr as storage
 from migrate.storage.staging import StagedImage, StagingError, disk_full
-from migrate.transfer import auth
 from migrate.transfer.decoders import importer
-from migrate.transfer.params import disk_format, lookup, param, vdi_file
+from migrate.transfer.params import disk_format, lookup, vdi_file
 from migrate.transfer.receive import BUFFER_SIZE, receive_body
 from migrate.transfer.task import TransferTask
 from vhd.format import MAX_VIRTUAL_SIZE
@@ -117,7 +116,7 @@ async def import_vdi(host: HostServices, request: Request, conn: Connection) -> 
         raise HTTPError(400, "chunked=true takes format=raw only")
     name = param(request, "name_label") or ""
     job = TransferTask(host, param(request, "task_id"))
-    async with auth.authenticated(host, request) as session:
+    async with http_auth.authenticated(host, request) as session:
         if vdi_param:
             vdi = await host.db.call(lookup, host.store, "VDI", "vdi", vdi_param)
             await host.claims.wait_for_writer(vdi["uuid"], CLAIM_WAIT)

@@ -4,36 +4,13 @@ cookie (xapi lets every query parameter come as one); and the records they name.
 
 from __future__ import annotations
 
-from http.cookies import CookieError, SimpleCookie
 from typing import Any
 
 from migrate.formats.xapi import FORMATS, REF_PREFIX, ref_uuid
 from migrate.http.errors import HTTPError
-from migrate.http.routing import Request
+from migrate.http.routing import Request, param
 from migrate.state.store import NotFound, Store
 from migrate.storage.sr import vdi_path
-
-
-def cookies(request: Request) -> dict[str, str]:
-    """The request's cookies by name (malformed ones ignored)."""
-    jar: SimpleCookie = SimpleCookie()
-    for field, value in request.headers:
-        if field == "cookie":
-            try:
-                jar.load(value)
-            except CookieError:
-                continue
-    return {name: morsel.value for name, morsel in jar.items()}
-
-
-def param(request: Request, name: str) -> str | None:
-    """Parameter ``name`` from the query, else from a cookie; HTTPError 400 if repeated."""
-    values = request.query.get(name)
-    if values:
-        if len(set(values)) > 1:
-            raise HTTPError(400, f"parameter {name} given {len(values)} times")
-        return values[0]
-    return cookies(request).get(name)
 
 
 def disk_format(request: Request) -> str:

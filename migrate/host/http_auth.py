@@ -1,8 +1,9 @@
-"""Who may use the HTTP transfer endpoints, as xapi decides it.
+"""Who may use the host's HTTP endpoints (disk transfers, VM save and restore, migration),
+as xapi decides it.
 
 A request names its session with ``session_id`` in the query or in a cookie; or it carries
 ``Authorization: Basic`` credentials, for which a temporary session is logged in (and out again
-when the transfer ends) through the host's sessions (:mod:`migrate.host.sessions`: failed
+when the request ends) through the host's sessions (:mod:`migrate.host.sessions`: failed
 logins slow their sender down, credentials verified in the last minute are not hashed again).
 Anything else is answered 401 with ``WWW-Authenticate: Basic``.
 """
@@ -19,8 +20,7 @@ import trio
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
 from migrate.http.errors import HTTPError
-from migrate.http.routing import Request
-from migrate.transfer.params import param
+from migrate.http.routing import Request, param
 
 REALM = "xapi"
 CHALLENGE = ("www-authenticate", f'Basic realm="{REALM}"')

@@ -1,0 +1,141 @@
+"""The source's side of a memory image: a domain's memory as a libxc v3 stream with pre-copy
+rounds, then the CPU state, onto a migration connection.
+
+Live: the first scan of the dirty log arms it; round 0 sends every page that is not all zero
+(zero pages as XALLOC entries); each later round sends what the guest wrote during the one
+before, the policy (:mod:`migrate.migration.policy`) deciding after each round whether to go
+on (throttling the guest if it outruns the link) or to stop the guest and send the rest. Not
+live: the guest is paused first and its memory sent once, like round 0. Then TSC info, HVM
+params, HVM_CONTEXT (the guest's register area) and END. The guest stays paused: the caller
+resumes it on failure or destroys it once the destination runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import trio
+
+from migrate.formats import libxc
+from migrate.guest.hypervisor import Domain
+from migrate.migration.channel import Channel
+from migrate.migration.pages import PageSender, expand_runs
+from migrate.migration.policy import PAGE_SIZE, PolicyConfig, Round, decide
+
+HVM_PARAMS: tuple[tuple[int, int], ...] = ()
+"""xfer's guests have no HVM parameters to carry (the record is sent, empty)."""
+
+
+@dataclass
+class SendReport:
+    """What the sender did: rounds, why it stopped, when the guest was paused."""
+
+    rounds: list[Round] = field(default_factory=list)
+    stop_reason: str = ""
+    paused_at: float | None = None
+    """trio time of the pause (the downtime starts there)."""
+    final_pages: int = 0
+    bytes: int = 0
+    digest: str | None = None
+    """sha256 of the memory at the pause (when asked)."""
+
+
+class MemorySender:
+    """Sends ``domain``'s libxc stream on ``channel``; ``progress(fraction)`` and
+    ``on_round(report)`` are called as it goes."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        channel: Channel,
+        config: PolicyConfig,
+        *,
+        live: bool,
+        verify: bool = False,
+        progress: Callable[[float], None] | None = None,
+        on_round: Callable[[SendReport], None] | None = None,
+    ) -> None:
+        self.domain = domain
+        self.channel = channel
+        self.config = config
+        self.live = live
+        self.verify = verify
+        self.report = SendReport()
+        self._progress = progress
+        self._on_round = on_round
+        self.pages = domain.spec.memory // PAGE_SIZE
+        self._estimate = float(domain.spec.memory)
+        """Bytes the whole stream is expected to take (grows as rounds come)."""
+        self.pages_out = PageSender(domain.memory, channel, self._sent)
+
+    def _sent(self, sent: int) -> None:
+        self.report.bytes = sent
+        if self._progress is not None:
+            self._progress(min(0.99, sent / max(self._estimate, sent, 1)))
+
+    async def send(self, prefix: bytes = b"") -> SendReport:
+        """Send ``prefix`` (the suspend image's records before the stream), then the stream
+        up to END; the guest is left paused."""
+        out = self.pages_out
+        await out.send_bytes(prefix + libxc.image_header() + libxc.domain_header())
+        await out.send_bytes(libxc.static_data_end())
+        everything = np.arange(self.pages, dtype=np.int64)
+        if not self.live:
+            await self._pause()
+            await out.send_pages(everything, detect_zero=True)
+            self.report.stop_reason = "not live: paused, memory sent once"
+        else:
+            await self._precopy(everything)
+        await out.send_bytes(
+            libxc.tsc_info()
+            + libxc.hvm_params(HVM_PARAMS)
+            + libxc.hvm_context(self.domain.cpu_state())
+            + libxc.end()
+        )
+        await out.flush()
+        if self.verify:
+            self.report.digest = await trio.to_thread.run_sync(memory_digest, self.domain.memory)
+        return self.report
+
+    async def _precopy(self, everything: np.ndarray) -> None:
+        domain, out, config = self.domain, self.pages_out, self.config
+        domain.scan_dirty()  # arms the dirty log: every page is sent in round 0
+        pfns, detect_zero, throttle = everything, True, 0.0
+        while True:
+            start = trio.current_time()
+            size = await out.send_pages(pfns, detect_zero)
+            await out.flush()
+            dirty = domain.scan_dirty()
+            seconds = trio.current_time() - start
+            count = int((dirty[:, 1] - dirty[:, 0]).sum()) if len(dirty) else 0
+            index = len(self.report.rounds)
+            self.report.rounds.append(Round(index, len(pfns), size, seconds, count, throttle))
+            decision = decide(self.report.rounds, count, self.pages, config)
+            self._estimate = self.report.bytes + count * PAGE_SIZE
+            if self._on_round is not None:
+                self._on_round(self.report)
+            if decision.stop:
+                self.report.stop_reason = decision.reason
+                break
+            if decision.throttle != throttle:
+                throttle = decision.throttle
+                domain.set_throttle(throttle)
+            pfns, detect_zero = expand_runs(dirty), False
+        await self._pause()
+        domain.set_throttle(0.0)
+        # what the last round left, and what the guest wrote since, each page once
+        final = np.union1d(expand_runs(dirty), expand_runs(domain.scan_dirty()))
+        self.report.final_pages = len(final)
+        await out.send_pages(final, detect_zero=False)
+
+    async def _pause(self) -> None:
+        await self.domain.pause()
+        self.report.paused_at = trio.current_time()
+
+
+def memory_digest(memory: memoryview) -> str:
+    """sha256 of a guest's memory, hex (run in a thread: hashlib releases the GIL)."""
+    return hashlib.sha256(memory).hexdigest()

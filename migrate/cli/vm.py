@@ -55,12 +55,19 @@ async def vm_create(session: Session, args: argparse.Namespace) -> int:
 
 
 async def _attach_new_disk(session: Session, vm: str, args: argparse.Namespace) -> None:
-    """A new VDI of ``args.disk`` bytes attached to ``vm`` read-write as device 0."""
+    """A new VDI of ``args.disk`` bytes attached to ``vm`` read-write as device 0; raw
+    (``sm_config`` type ``raw``), as a guest's block backend serves only raw data."""
     sr = await session.call("SR.get_by_uuid", args.sr) if args.sr else await default_sr(session)
     name = f"{args.name} disk" if args.name else "disk"
     vdi = await session.call(
         "VDI.create",
-        {"SR": sr, "virtual_size": args.disk, "name_label": name, "type": "user"},
+        {
+            "SR": sr,
+            "virtual_size": args.disk,
+            "name_label": name,
+            "type": "user",
+            "sm_config": {"type": "raw"},
+        },
     )
     try:
         await session.call(

@@ -297,3 +297,26 @@ def test_reader_usage() -> None:
     with pytest.raises(ValueError, match="positive"):
         ImageReader(0)
     assert suspend.RECORD_NAMES[0x0F00] == "Qemu_trad"
+
+
+@pytest.mark.parametrize("bad", ["xenops", "libxc"])
+def test_a_refusal_stays(bad: str) -> None:
+    data = (
+        image(xenops=struct.pack("<qq", 0x0F, 2) + b"{}")
+        if bad == "xenops"
+        else image(stream=libxc_stream([0, PAGES]))
+    )
+    reader = ImageReader()
+    pos = 0
+    with pytest.raises(StreamError) as first:
+        while True:
+            n = reader.need()
+            event = reader.feed(data[pos : pos + n])
+            pos += n
+            if isinstance(event, Pages):
+                pos += reader.payload()
+                reader.payload_done()
+    for call in (reader.need, reader.end_of_input, lambda: reader.feed(b"x")):
+        with pytest.raises(StreamError) as again:
+            call()
+        assert again.value is first.value

@@ -22,7 +22,12 @@ pages straight into the guest's memory::
                 await recv_into_exactly(memory[start * PAGE : end * PAGE])
             reader.payload_done()            # after ``reader.payload()`` bytes were consumed
         elif isinstance(event, HvmContext): ...
-    # on EOF before that: reader.end_of_input() raises StreamError saying where it stopped
+    # on EOF before that (page data included): reader.end_of_input() raises StreamError
+
+Stricter than libxc, since both ends are xfer: version 3 only; reserved fields, reserved pfn
+bits and padding must be zero; BROKEN and XTAB pages are refused (a process guest has
+neither); CPUID/MSR policies, checkpoints and PV records are refused. As the format allows,
+unknown *optional* records (bit 31 of the type) are skipped.
 
 Every refusal is a :class:`StreamError` naming the record, its offset in the stream and what
 is wrong. No allocation is sized by a field of the stream: ``need()`` is at most

@@ -180,31 +180,27 @@ class ImageReader:
     def feed(self, data: bytes | bytearray | memoryview) -> Event | None:
         """Take 1 to ``need()`` bytes; the event they complete, else None."""
         self._check()
-        try:
-            if self._state == _LIBXC:
-                return self._feed_libxc(data)
-            if self._state == _DONE:
-                if len(data):
-                    self._fail(
-                        "End_of_image",
-                        self._record_offset,
-                        f"{len(data)} bytes follow at offset {self.offset}",
-                    )
-                return None
-            limit = self.need()
-            if len(data) > limit:
-                raise RuntimeError(f"fed {len(data)} bytes; the reader needs at most {limit}")
-            if not len(data):
-                return None
-            self._buf += data
-            self._remaining -= len(data)
-            self._offset += len(data)
-            if self._remaining:
-                return None
-            return self._complete(bytes(self._buf))
-        except StreamError as e:
-            self._error = e
-            raise
+        if self._state == _LIBXC:
+            return self._feed_libxc(data)
+        if self._state == _DONE:
+            if len(data):
+                self._fail(
+                    "End_of_image",
+                    self._record_offset,
+                    f"{len(data)} bytes follow at offset {self.offset}",
+                )
+            return None
+        limit = self.need()
+        if len(data) > limit:
+            raise RuntimeError(f"fed {len(data)} bytes; the reader needs at most {limit}")
+        if not len(data):
+            return None
+        self._buf += data
+        self._remaining -= len(data)
+        self._offset += len(data)
+        if self._remaining:
+            return None
+        return self._complete(bytes(self._buf))
 
     def payload(self) -> int:
         """Bytes of page data the caller must consume itself after a ``Pages`` event."""
@@ -231,24 +227,20 @@ class ImageReader:
     def end_of_input(self) -> None:
         """The input ended: a :class:`StreamError` unless End_of_image was read."""
         self._check()
-        try:
-            if self._state == _DONE:
-                return
-            if self._state == _LIBXC:
-                self._inner().end_of_input()
-            if self._state == _SIGNATURE:
-                self._fail("signature", 0, f"the image ends at offset {self.offset}")
-            if self._state == _RECORD and not self._buf:
-                self._fail("image", self.offset, "ends before its End_of_image record")
-            name = "record" if self._state == _RECORD else self._name(self._rtype)
-            self._fail(
-                name,
-                self._record_offset,
-                f"the image ends at offset {self.offset}, inside its {self._state}",
-            )
-        except StreamError as e:
-            self._error = e
-            raise
+        if self._state == _DONE:
+            return
+        if self._state == _LIBXC:
+            self._inner().end_of_input()  # raises: the libxc stream is not at its END
+        if self._state == _SIGNATURE:
+            self._fail("signature", 0, f"the image ends at offset {self.offset}")
+        if self._state == _RECORD and not self._buf:
+            self._fail("image", self.offset, "ends before its End_of_image record")
+        name = "record" if self._state == _RECORD else self._name(self._rtype)
+        self._fail(
+            name,
+            self._record_offset,
+            f"the image ends at offset {self.offset}, inside its {self._state}",
+        )
 
     # -- parsing -----------------------------------------------------------------------------
 
@@ -257,7 +249,9 @@ class ImageReader:
             raise self._error
 
     def _fail(self, record: str, offset: int, problem: str) -> NoReturn:
-        raise StreamError(record, offset, problem)
+        """Refuse; the error stays (the libxc reader inside keeps its own likewise)."""
+        self._error = StreamError(record, offset, problem)
+        raise self._error
 
     @staticmethod
     def _name(rtype: int) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import mmap
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,7 +138,7 @@ async def test_pause_really_stops(hypervisor: ProcessHypervisor) -> None:
 
 @pytest.mark.parametrize("with_disk", [False, True])
 async def test_resume_of_a_copy(
-    hypervisor: ProcessHypervisor, tmp_path: Path, with_disk: bool
+    hypervisor: ProcessHypervisor, nursery: trio.Nursery, tmp_path: Path, with_disk: bool
 ) -> None:
     """Memory and CPU state copied into a domain created paused: its unpause continues the
     ledger with nothing lost or reordered, in RAM and on the (shared) disk, and the largest
@@ -154,8 +155,9 @@ async def test_resume_of_a_copy(
     await source.pause()
     stopped = time.time_ns()
     at_pause = _counter(source, 1)
-    hypervisor._forget(source)  # the destination's copy takes the VM's uuid, as on a peer
-    destination = await hypervisor.create(spec, paused=True)
+    peer = ProcessHypervisor()  # the destination host's
+    await nursery.start(peer.serve)
+    destination = await peer.create(spec, paused=True)
     assert destination.paused and _state(destination.pid) == "T"
     assert not any(destination.memory)  # created with zero RAM
     destination.memory[:] = source.memory
@@ -279,6 +281,53 @@ async def test_killed_guest_noticed(hypervisor: ProcessHypervisor) -> None:
     await domain.destroy()
 
 
+async def test_guest_outlives_the_forking_thread(
+    hypervisor: ProcessHypervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trio forks in a worker thread that exits when idle: the guest must not die with it
+    (as it would with PR_SET_PDEATHSIG)."""
+    monkeypatch.setattr(trio._core._thread_cache, "IDLE_TIMEOUT", 0.1)
+    domain = await hypervisor.create(GuestSpec("l", 4 * MIB))
+    await trio.sleep(1)
+    assert not domain.exited and _state(domain.pid) in "RS"
+
+
+_ORPHANING_DAEMON = """
+import os, trio
+from migrate.guest.hypervisor import GuestSpec
+from migrate.guest.processes import ProcessHypervisor
+
+async def main():
+    hv = ProcessHypervisor()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hv.serve)
+        running = await hv.create(GuestSpec("a", 4 << 20, workload="ledger"))
+        created_paused = await hv.create(GuestSpec("b", 4 << 20), paused=True)
+        paused = await hv.create(GuestSpec("c", 4 << 20, workload="uniform:1M"))
+        await paused.pause()
+        print(running.pid, created_paused.pid, paused.pid, flush=True)
+        os._exit(0)
+
+trio.run(main)
+"""
+
+
+async def test_guests_die_with_the_daemon() -> None:
+    """A daemon killed without destroying its domains takes its guests along, running,
+    created paused or paused."""
+    daemon = await trio.run_process([sys.executable, "-c", _ORPHANING_DAEMON], capture_stdout=True)
+    pids = [int(pid) for pid in daemon.stdout.split()]
+    assert len(pids) == 3
+    await _until(lambda: all(_gone(pid) for pid in pids), "the guests' end")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return _state(pid) in "ZX"
+    except FileNotFoundError:
+        return True
+
+
 async def test_create_refusals(hypervisor: ProcessHypervisor, tmp_path: Path) -> None:
     with pytest.raises(GuestError, match="'hotset:1M': expected hotset:RATE:SIZE"):
         await hypervisor.create(GuestSpec("a", 4 * MIB, workload="hotset:1M"))
@@ -305,6 +354,18 @@ async def test_create_refusals(hypervisor: ProcessHypervisor, tmp_path: Path) ->
     with pytest.raises(GuestError, match="already has a domain"):
         await hypervisor.create(GuestSpec("a", 4 * MIB))
     assert [d.spec.uuid for d in hypervisor.domains()] == ["a"]
+    outcomes: list[object] = []
+
+    async def make() -> None:
+        try:
+            outcomes.append(await hypervisor.create(GuestSpec("b", 4 * MIB)))
+        except GuestError as e:
+            outcomes.append(e)
+
+    async with trio.open_nursery() as racing:  # the same uuid twice at once: one domain
+        racing.start_soon(make)
+        racing.start_soon(make)
+    assert sorted(type(o).__name__ for o in outcomes) == ["GuestError", "ProcessDomain"]
     assert not [line for line in _mapped().splitlines() if "xfer-guest-a " in line][1:]
 
 

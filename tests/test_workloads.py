@@ -46,6 +46,7 @@ def test_parse_terms() -> None:
         ("", "an empty term"),
         ("idle+", "an empty term"),
         ("bogus", "'bogus': unknown workload"),
+        ("fill:1", "'fill:1': expected fill"),
         ("idle:3", "'idle:3': expected idle"),
         ("uniform", "'uniform': expected uniform:RATE"),
         ("uniform:abc", "'uniform:abc': 'abc' is not a size"),
@@ -122,6 +123,29 @@ def test_catch_up_is_bounded_by_the_step() -> None:
     machine = _machine("uniform:1G", 64 * MIB)
     machine.step(0.002, 0)
     assert int(machine.regs[TERM_SLOTS]) == (1 << 30) * 2 // 1000 // PAGE_SIZE
+
+
+def test_fill() -> None:
+    """Every page the workloads may write gets non-zero, repeatable contents; the ledger's
+    pages are left to the ledger."""
+    memory = 40 * MIB
+    machine = _machine("fill+ledger", memory)
+    for n in range(1, 5):
+        machine.step(0.001, n)
+    first = machine.ram.copy()
+    free = machine.workload.free_pages
+    assert machine.ram.reshape(-1, PAGE_SIZE // 8)[:free].all(axis=1).all()
+    assert int(machine.regs[TERM_SLOTS]) == 3  # 16 + 16 + 8 MiB, minus the ledger's
+    machine.regs[TERM_SLOTS] = 1
+    machine.ram[:] = first
+    machine.ram[: free * PAGE_SIZE // 8] = 0
+    for n in range(5, 9):
+        machine.step(0.001, n)
+    assert np.array_equal(machine.ram[: 16 * MIB // 8], np.zeros(16 * MIB // 8, np.uint64))
+    assert np.array_equal(
+        machine.ram[16 * MIB // 8 : free * 512], first[16 * MIB // 8 : free * 512]
+    )
+    assert check_ledger(read_ledger(machine.ram)).last == 8
 
 
 def test_ledger_ring_wraps_and_reads_back() -> None:

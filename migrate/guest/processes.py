@@ -20,7 +20,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,9 +54,11 @@ class ProcessDomain:
         ram: tuple[int, mmap.mmap],
         regs: tuple[int, mmap.mmap],
         backends: list[BlockBackend],
+        control: socket.socket,
         paused: bool,
     ) -> None:
         self._hypervisor = hypervisor
+        self._control = control  # open while the domain is: its end closed tells the guest
         self._spec = spec
         self._workload = workload
         self._process = process
@@ -150,7 +153,8 @@ class ProcessDomain:
         A pause wins over the throttle."""
         if not 0 <= duty < 1:
             raise GuestError(f"throttle duty {duty} is outside 0 .. <1")
-        self._check_alive()
+        if duty:
+            self._check_alive()
         self._duty = float(duty)
         if duty and not self._throttling:
             self._throttling = True
@@ -255,6 +259,7 @@ class ProcessDomain:
         if self._log is not None:
             self._log.close()
         os.close(self._stat)
+        self._control.close()
         view, self._view = self._view, None
         for mapping, fd in ((self._ram, self._ram_fd), (self._regs, self._regs_fd)):
             with contextlib.suppress(BufferError):  # views still held: freed with the last
@@ -273,6 +278,7 @@ class ProcessHypervisor:
     def __init__(self, *, python: str = sys.executable) -> None:
         self._python = python
         self._domains: dict[str, ProcessDomain] = {}
+        self._creating: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self._support: tuple[str | None] | None = None
 
@@ -308,7 +314,7 @@ class ProcessHypervisor:
         before it runs anything. GuestError when it cannot be made."""
         if self._nursery is None:
             raise GuestError("the hypervisor is not serving (run serve() first)")
-        if spec.uuid in self._domains:
+        if spec.uuid in self._domains or spec.uuid in self._creating:
             raise GuestError(f"VM {spec.uuid} already has a domain")
         if spec.memory <= 0 or spec.memory % PAGE_SIZE:
             raise GuestError(f"memory {spec.memory} is not a positive multiple of {PAGE_SIZE}")
@@ -318,6 +324,15 @@ class ProcessHypervisor:
             workload = workloads.parse(spec.workload, spec.memory)
         except workloads.WorkloadError as e:
             raise GuestError(str(e)) from None
+        self._creating.add(spec.uuid)
+        try:
+            return await self._create(spec, workload, paused)
+        finally:
+            self._creating.discard(spec.uuid)
+
+    async def _create(
+        self, spec: GuestSpec, workload: workloads.Workload, paused: bool
+    ) -> ProcessDomain:
         with contextlib.ExitStack() as undo:
             ram = _shared_memory(f"xfer-guest-{spec.uuid}", spec.memory, undo)
             regs = _shared_memory(f"xfer-regs-{spec.uuid}", workloads.REGS_SIZE, undo)
@@ -341,7 +356,9 @@ class ProcessHypervisor:
             domain = None
             try:
                 report = await _ready(process, control)
-                domain = ProcessDomain(self, spec, workload, process, ram, regs, backends, paused)
+                domain = ProcessDomain(
+                    self, spec, workload, process, ram, regs, backends, control, paused
+                )
                 domain._attach_log(report)
             except BaseException:
                 if domain is not None:
@@ -351,11 +368,10 @@ class ProcessHypervisor:
                     await process.wait()
                 raise
             undo.pop_all()
-        control.close()
         self._domains[spec.uuid] = domain
         self._start(domain._reap)
         for backend in backends:
-            self._nursery.start_soon(domain._serve_disk, backend)
+            self._start(partial(domain._serve_disk, backend))
         if paused:
             try:
                 await domain._wait_stopped()
@@ -398,14 +414,15 @@ class ProcessHypervisor:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 env=env,
+                process_group=0,  # orphaned by the daemon's death: see migrate.guest.program
             )
         except OSError as e:
             raise GuestError(f"cannot start the guest program: {e}") from None
 
-    def _start(self, task: object) -> None:
+    def _start(self, task: Callable[[], Awaitable[object]]) -> None:
         if self._nursery is None:
             raise GuestError("the hypervisor is not serving (run serve() first)")
-        self._nursery.start_soon(task)  # type: ignore[arg-type]
+        self._nursery.start_soon(task)
 
     def _forget(self, domain: ProcessDomain) -> None:
         if self._domains.get(domain.spec.uuid) is domain:

@@ -1,17 +1,23 @@
 """The guest program: ``python -m migrate.guest.program``, one process per domain.
 
 Started by :mod:`migrate.guest.processes` with its RAM memfd, its register-area memfd, a
-control socket and a socket per disk passed as descriptors. It dies with the daemon
-(PR_SET_PDEATHSIG), maps its memory, registers the RAM for the kernel's dirty log, reports
-ready on the control socket (a JSON line), stops itself if created paused, then runs its
-workload. It keeps nothing of its own that matters: every counter is in the register area
-and the ledger in RAM, so the same program over the same memory on another host continues.
+control socket and a socket per disk passed as descriptors. It maps its memory, registers
+the RAM for the kernel's dirty log, reports ready on the control socket (a JSON line), stops
+itself if created paused, then runs its workload.
+
+It dies with the daemon. Not by PR_SET_PDEATHSIG: that signal follows the *thread* that
+forked, and trio forks in a worker thread that exits when idle, which would kill the guest
+seconds later. Instead a running guest exits when the control socket shows the daemon's end
+closed (checked every tick), and a stopped one is in a process group of its own that the
+daemon's death orphans, so the kernel sends it SIGHUP (fatal) and SIGCONT.
+
+It keeps nothing of its own that matters: every counter is in the register area and the
+ledger in RAM, so the same program over the same memory on another host continues.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import mmap
 import os
@@ -25,7 +31,6 @@ import numpy as np
 from migrate.guest import dirtylog, workloads
 from migrate.guest.blockwire import BlockClient, BlockIOError
 
-_PR_SET_PDEATHSIG = 1
 EXIT_FAILED = 2
 """Exit status of a guest that could not start (the reason went to the control socket)."""
 EXIT_DISK = 3
@@ -45,18 +50,20 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _die_with_parent(parent: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:  # the daemon died before the prctl
-        os._exit(EXIT_FAILED)
+def _daemon_gone(control: socket.socket) -> bool:
+    """Whether the daemon's end of the control socket is closed (the daemon died)."""
+    try:
+        return control.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the guest until killed."""
     args = _arguments(argv)
-    _die_with_parent(args.parent)
+    if os.getppid() != args.parent:  # the daemon died already
+        os._exit(EXIT_FAILED)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     control = socket.socket(fileno=args.control)
     try:
         workload = workloads.parse(args.workload, args.memory)
@@ -77,7 +84,6 @@ def main(argv: list[str] | None = None) -> None:
         control.sendall(json.dumps({"error": str(e)}).encode() + b"\n")
         os._exit(EXIT_FAILED)
     control.sendall(json.dumps(report).encode() + b"\n")
-    control.close()
     if args.paused:
         os.kill(os.getpid(), signal.SIGSTOP)
     disk = disks[0] if disks else None
@@ -90,16 +96,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         machine.boot()
-        _run(machine)
+        _run(machine, control)
     except (BlockIOError, workloads.WorkloadError) as e:
         print(f"guest {os.getpid()}: {e}", file=sys.stderr)
         os._exit(EXIT_DISK)
 
 
-def _run(machine: workloads.Machine) -> None:
+def _run(machine: workloads.Machine, control: socket.socket) -> None:
     tick = machine.workload.tick
     last = deadline = time.monotonic()
-    while True:
+    while not _daemon_gone(control):
         now = time.monotonic()
         # A guest kept stopped (paused, throttled) did no work meanwhile: no catching up.
         machine.step(min(now - last, 2 * tick), time.time_ns())

@@ -3,7 +3,8 @@
 A spec is terms joined by ``+``: ``idle``; ``uniform:RATE`` (random pages over all RAM at
 RATE bytes/s); ``hotset:RATE:SIZE`` (random pages within the first SIZE bytes); ``ledger``
 (a sequence-numbered, CLOCK_REALTIME-stamped record per tick into a ring in RAM and, when the
-guest has a disk, onto the disk). Sizes and rates take binary K/M/G/T suffixes.
+guest has a disk, onto the disk); ``fill`` (pseudo-random contents over all RAM once, then
+nothing: a guest without zero pages). Sizes and rates take binary K/M/G/T suffixes.
 
 All of a workload's state lives in the guest's memory: the counters in the register area
 (the "CPU context", :data:`REGS_SIZE` bytes), the ledger's ring in RAM. Each step reads its
@@ -98,7 +99,15 @@ class Ledger:
     """Appends a record per tick to the ring in RAM (and to the first disk)."""
 
 
-Term = Uniform | Hotset | Ledger
+@dataclass(frozen=True)
+class Fill:
+    """Fills the RAM the workloads may write with pseudo-random data, :data:`FILL_CHUNK`
+    bytes a step, then does nothing."""
+
+
+FILL_CHUNK = 16 << 20
+
+Term = Uniform | Hotset | Ledger | Fill
 
 
 @dataclass(frozen=True)
@@ -145,7 +154,7 @@ class Workload:
     @property
     def rate(self) -> int:
         """Bytes/s the page-writing terms write in total."""
-        return sum(t.rate for t in self.terms if not isinstance(t, Ledger))
+        return sum(t.rate for t in self.terms if isinstance(t, Uniform | Hotset))
 
 
 def parse(spec: str, memory: int) -> Workload:
@@ -173,6 +182,9 @@ def parse(spec: str, memory: int) -> Workload:
                     raise ValueError("ledger appears twice")
                 ledger = LedgerLayout.of(memory)
                 terms.append(Ledger())
+            elif name == "fill":
+                _arity(args, 0, "fill")
+                terms.append(Fill())
             elif name == "uniform":
                 _arity(args, 1, "uniform:RATE")
                 terms.append(Uniform(_rate(args[0])))
@@ -183,7 +195,9 @@ def parse(spec: str, memory: int) -> Workload:
                     raise ValueError(f"SIZE {args[1]} is less than a page ({PAGE_SIZE} bytes)")
                 terms.append(Hotset(_rate(args[0]), size))
             else:
-                raise ValueError("unknown workload (idle, uniform:RATE, hotset:RATE:SIZE, ledger)")
+                raise ValueError(
+                    "unknown workload (idle, uniform:RATE, hotset:RATE:SIZE, ledger, fill)"
+                )
         except ValueError as e:
             raise WorkloadError(f"workload term {word!r}: {e}") from None
     free_pages = ledger.header_page if ledger else memory // PAGE_SIZE
@@ -258,6 +272,9 @@ class Machine:
             if isinstance(term, Ledger):
                 self._ledger(slot, now_ns)
                 continue
+            if isinstance(term, Fill):
+                self._fill(slot)
+                continue
             credit = self._credit[index] + term.rate * seconds
             count = int(credit // PAGE_SIZE)
             self._credit[index] = credit - count * PAGE_SIZE
@@ -272,6 +289,16 @@ class Machine:
         page, word, value = page_writes(slot, first, count, pages)
         self.ram[page * _U64(WORDS_PER_PAGE) + word] = value
         self.regs[slot] = first + count
+
+    def _fill(self, slot: int) -> None:
+        chunk = int(self.regs[slot])
+        words = FILL_CHUNK // 8
+        end = self.workload.free_pages * WORDS_PER_PAGE
+        if chunk * words >= end:
+            return
+        part = self.ram[chunk * words : min((chunk + 1) * words, end)]
+        np.random.Generator(np.random.SFC64(chunk)).random(out=part.view(np.float64))
+        self.regs[slot] = chunk + 1
 
     def _ledger(self, slot: int, now_ns: int) -> None:
         layout = self.workload.ledger

@@ -4,6 +4,7 @@ the VM records across a restart of xfer serve."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import sqlite3
 import uuid as uuidlib
@@ -29,6 +30,7 @@ from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.schema import MIGRATIONS, VERSION
 from migrate.state.store import Store
 from migrate.state.vms import halt_orphans, insert_vm, set_power_state
+from migrate.transfer import import_raw_vdi
 from support import (
     HOST,
     PASSWORD,
@@ -93,10 +95,12 @@ class Server:
 
 @pytest.fixture
 async def server(nursery: trio.Nursery, store: Store) -> Server:
-    """The XenAPI of a host with real guests, on ::1: its tasks and guests served."""
+    """The XenAPI (and the imports) of a host with real guests, on ::1: its tasks and
+    guests served."""
     host = HostServices.open(store, HOST, ProcessHypervisor())
     router = Router()
     register_rpc(router, Dispatcher(host))
+    import_raw_vdi.register(router, host)
     listeners = await trio.open_tcp_listeners(0, host="::1")
     host.port = listeners[0].socket.getsockname()[1]
     await nursery.start(host.guests.serve)
@@ -192,6 +196,9 @@ async def test_vm_create_refusals(server: Server) -> None:
                 "other_config",
             ]
             assert failure(lambda: x.VM.create("not a record")) == ["FIELD_TYPE_ERROR", "args"]
+            bad = failure(lambda: new_vm(x, other_config={"xfer_workload": "warp:9"}))
+            assert bad[:3] == ["INVALID_VALUE", "other_config:xfer_workload", "warp:9"]
+            assert "workload term 'warp:9': unknown workload" in bad[3], bad
             assert x.VM.get_all() == []
         finally:
             close(session)
@@ -334,15 +341,35 @@ async def test_a_guest_that_dies_leaves_its_vm_halted(server: Server) -> None:
 
 
 async def test_an_unstartable_guest_is_a_clear_error(server: Server) -> None:
+    """A guest that cannot be made (here: its disk's file is gone) fails the start with the
+    guest's reason, and leaves the VM Halted and its disk unclaimed."""
+    store = server.host.store
+    sr = store.all("SR")[0]
+
     def run() -> None:
         session = server.session()
         x = session.xenapi
         try:
-            vm = new_vm(x, other_config={"xfer_workload": "warp:9"})
+            vdi = x.VDI.create(
+                {
+                    "SR": f"OpaqueRef:{sr['uuid']}",
+                    "virtual_size": str(MiB),
+                    "sm_config": {"type": "raw"},
+                }
+            )
+            vm = new_vm(x)
+            x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": "0", "mode": "RW", "type": "Disk"})
+            path = Path(sr["path"]) / f"{x.VDI.get_uuid(vdi)}.vhd"
+            path.rename(path.with_suffix(".moved"))
             error = failure(lambda: x.VM.start(vm, False, False))
-            assert error[0] == "INTERNAL_ERROR" and "warp" in error[1], error
+            assert error[0] == "INTERNAL_ERROR" and "cannot open" in error[1], error
             assert x.VM.get_power_state(vm) == "Halted"
             assert x.VM.get_resident_on(vm) == NULL
+            assert not server.host.claims.writing(x.VDI.get_uuid(vdi))
+            path.with_suffix(".moved").rename(path)
+            x.VM.start(vm, False, False)
+            assert x.VM.get_power_state(vm) == "Running"
+            x.VM.hard_shutdown(vm)
         finally:
             close(session)
 
@@ -387,6 +414,11 @@ async def test_vbds(server: Server) -> None:
             assert failure(lambda: x.VBD.create(cd))[:3] == ["INVALID_VALUE", "type", "CD"]
             bad_device = {**duplicate, "userdevice": "16"}
             assert failure(lambda: x.VBD.create(bad_device))[:2] == ["INVALID_VALUE", "userdevice"]
+            x.VDI.snapshot(sparse, {})
+            records = x.VDI.get_all_records()
+            base = next(ref for ref, record in records.items() if not record["managed"])
+            error = failure(lambda: x.VBD.create({**duplicate, "userdevice": "1", "VDI": base}))
+            assert error == ["OPERATION_NOT_ALLOWED", f"VDI {base} is a base copy (not managed)"]
             gone = {**duplicate, "VDI": "OpaqueRef:NULL"}
             assert failure(lambda: x.VBD.create(gone)) == [
                 "HANDLE_INVALID",
@@ -410,13 +442,17 @@ async def test_vbds(server: Server) -> None:
                 "halted",
                 "running",
             ]
-            assert failure(lambda: x.VDI.destroy(vdi)) == ["VDI_IN_USE", vdi, "destroy"]
+            holder = f"VM {x.VM.get_uuid(vm)}"
+            assert failure(lambda: x.VDI.destroy(vdi)) == ["VDI_IN_USE", vdi, holder]
+            assert failure(lambda: x.VDI.snapshot(vdi, {})) == ["VDI_IN_USE", vdi, holder]
+            status, body = put_raw(server, session.handle, vdi, b"\1" * 4 * MiB)
+            assert status == 409 and f"being written by {holder}" in body, (status, body)
             other = new_vm(x, "other")
             x.VBD.create({**duplicate, "VM": other, "VDI": vdi})
             assert failure(lambda: x.VM.start(other, False, False)) == [
                 "VDI_IN_USE",
                 vdi,
-                "start",
+                holder,
             ]
             x.VM.hard_shutdown(vm)
 
@@ -436,6 +472,17 @@ async def test_vbds(server: Server) -> None:
             close(session)
 
     await in_thread(run)
+
+
+def put_raw(server: Server, session: str, vdi: str, data: bytes) -> tuple[int, str]:
+    """The status and body of ``PUT /import_raw_vdi`` of ``data`` into ``vdi``."""
+    conn = http.client.HTTPConnection("::1", server.port, timeout=30)
+    try:
+        conn.request("PUT", f"/import_raw_vdi?vdi={vdi}&session_id={session}", body=data)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
 
 
 # host.migrate_receive and VM.migrate_send

@@ -3,8 +3,10 @@
 An import writes a staged copy beside the VDI and replaces its file at the end: readers
 (exports) go on meanwhile with the old content, but a second writer, a destroy or a snapshot
 would lose one of the two outcomes: they get ``VDI_IN_USE`` (a second writer after waiting a
-little for the first to end). Claims are taken inside database calls (so that checking a row
-and claiming its VDI are one step) and released in trio, where waiters are woken.
+little for the first to end). A live VM holds its disks likewise, for as long as its domain
+exists (its block backend writes the file in place). Claims are taken inside database calls
+(so that checking a row and claiming its VDI are one step) or in trio, and released in trio,
+where waiters are woken.
 """
 
 from __future__ import annotations
@@ -13,25 +15,38 @@ import threading
 
 import trio
 
+IMPORT = "import"
+"""The holder of an import's claim."""
+
 
 class Claims:
-    """The VDIs being written, each with the event set when its writer ends."""
+    """The VDIs being written, each with its holder and the event set when it ends."""
 
     def __init__(self) -> None:
-        self._writers: dict[str, trio.Event] = {}
+        self._writers: dict[str, tuple[str, trio.Event]] = {}
         self._lock = threading.Lock()
 
     def writing(self, vdi: str) -> bool:
-        """Whether an import is writing ``vdi``."""
-        with self._lock:
-            return vdi in self._writers
+        """Whether a writer holds ``vdi``."""
+        return self.holder(vdi) is not None
 
-    def claim_writer(self, vdi: str) -> bool:
-        """Claim ``vdi`` for one writer; False if another one holds it."""
+    def holder(self, vdi: str) -> str | None:
+        """Who writes ``vdi`` (:data:`IMPORT`, or ``VM <uuid>``), if anyone."""
+        with self._lock:
+            claim = self._writers.get(vdi)
+        return None if claim is None else claim[0]
+
+    def held_by(self, holder: str) -> list[str]:
+        """The VDIs ``holder`` writes."""
+        with self._lock:
+            return [vdi for vdi, claim in self._writers.items() if claim[0] == holder]
+
+    def claim_writer(self, vdi: str, holder: str = IMPORT) -> bool:
+        """Claim ``vdi`` for one writer, ``holder``; False if another one holds it."""
         with self._lock:
             if vdi in self._writers:
                 return False
-            self._writers[vdi] = trio.Event()
+            self._writers[vdi] = (holder, trio.Event())
             return True
 
     def release_writer(self, vdi: str) -> None:
@@ -39,14 +54,14 @@ class Claims:
         with self._lock:
             ended = self._writers.pop(vdi, None)
         if ended is not None:
-            ended.set()
+            ended[1].set()
 
     async def wait_for_writer(self, vdi: str, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for no writer to hold ``vdi``."""
         with trio.move_on_after(timeout):
             while True:
                 with self._lock:
-                    ended = self._writers.get(vdi)
-                if ended is None:
+                    claim = self._writers.get(vdi)
+                if claim is None:
                     return
-                await ended.wait()
+                await claim[1].wait()

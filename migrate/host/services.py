@@ -3,7 +3,10 @@ share, each of them taking this and nothing of the others."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import trio
 
 from migrate.formats.xapi import DEFAULT_PORT
 from migrate.guest.hypervisor import Domain, Hypervisor
@@ -49,18 +52,23 @@ class HostServices:
         whose domains are ``guests``."""
         return cls(host_uuid, Database(store), guests)
 
-    def watch(self, domain: Domain) -> None:
-        """Record VM ``domain.spec.uuid`` Halted if ``domain`` ends by itself (the guest
-        died, or was killed), not by an operation on the VM (which records its own
-        outcome). Call it once the VM is recorded live here."""
-        self.tasks.spawn(self._halt_when_gone, domain)
+    def watch(self, domain: Domain, vdis: Sequence[str] = ()) -> None:
+        """Once ``domain`` ends, however it ends, release the claims on ``vdis`` (the VDIs
+        its disks are, claimed by its starter with ``claims.claim_writer(vdi, "VM <uuid>")``)
+        and, if it ended by itself (the guest died, or was killed) rather than by an
+        operation on the VM (which records its own outcome), record the VM Halted. Call it
+        once the VM is recorded live here."""
+        self.tasks.spawn(self._when_gone, domain, tuple(vdis))
 
-    async def _halt_when_gone(self, domain: Domain) -> None:
+    async def _when_gone(self, domain: Domain, vdis: tuple[str, ...]) -> None:
         await domain.wait_exited()
         uuid = domain.spec.uuid
+        with trio.CancelScope(shield=True):
+            await domain.destroy()  # frees what the guest held: its disks first
+        for vdi in vdis:
+            self.claims.release_writer(vdi)
         if self.operations.current(uuid) is not None:
             return  # the operation that ended it records the outcome
-        await domain.destroy()  # frees what the dead guest held
         if self.guests.domain(uuid) not in (None, domain):
             return  # started again meanwhile
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from migrate.formats.xapi import ref
-from migrate.host.errors import DEVICE_ALREADY_EXISTS, FIELD_TYPE_ERROR, INVALID_VALUE, ApiError
+from migrate.host.errors import (
+    DEVICE_ALREADY_EXISTS,
+    FIELD_TYPE_ERROR,
+    INVALID_VALUE,
+    OPERATION_NOT_ALLOWED,
+    ApiError,
+)
 from migrate.host.services import HostServices
 from migrate.rpc import refs
 from migrate.rpc.values import api_str
@@ -73,7 +79,7 @@ def _userdevice(value: Any, taken: set[str]) -> str:
 def create(host: HostServices, session: str, args: Any) -> str:
     """A new VBD from a record's ``VM``, ``VDI``, ``userdevice`` (default ``autodetect``),
     ``mode`` (``RW`` or ``RO``, default ``RW``) and ``type`` (``Disk``); other fields are
-    ignored. The VM must be Halted. Its ref."""
+    ignored. The VM must be Halted, the VDI managed (not a snapshot's base copy). Its ref."""
     if not isinstance(args, dict):
         raise ApiError(FIELD_TYPE_ERROR, "args")
     for field in ("VM", "VDI"):
@@ -81,6 +87,8 @@ def create(host: HostServices, session: str, args: Any) -> str:
             raise ApiError(FIELD_TYPE_ERROR, field)
     vm_row = refs.row(host.store, "VM", args["VM"])
     vdi_row = refs.row(host.store, "VDI", args["VDI"])
+    if not vdi_row["managed"]:
+        raise ApiError(OPERATION_NOT_ALLOWED, f"VDI {args['VDI']} is a base copy (not managed)")
     mode = api_str(args.get("mode", "RW"), "mode")
     if mode not in MODES:
         raise ApiError(INVALID_VALUE, "mode", mode, "expected RW or RO")

@@ -19,7 +19,7 @@ from migrate.host.services import HostServices
 from migrate.rpc import refs
 from migrate.rpc.values import api_int, api_map
 from migrate.state.store import NotFound
-from migrate.state.vms import LIVE, vbds_of_vdi
+from migrate.state.vms import vbds_of_vdi
 from migrate.storage.snapshot import snapshot_vdi
 from migrate.storage.sr import VdiInUse, create_vdi, destroy_vdi, vdi_file_size
 
@@ -110,18 +110,17 @@ def create(host: HostServices, session: str, args: dict[str, Any]) -> str:
 
 
 def _not_being_written(host: HostServices, uuid: str, vdi: str) -> None:
-    if host.claims.writing(uuid):
-        raise ApiError(VDI_IN_USE, vdi, "import")
+    holder = host.claims.holder(uuid)
+    if holder is not None:
+        raise ApiError(VDI_IN_USE, vdi, holder)
 
 
 def destroy(host: HostServices, session: str, self: str) -> None:
-    """Destroy a VDI, its file and the VBDs of Halted VMs that attach it; VDI_IN_USE while
-    other VDIs name it as their parent, an import writes it or a live VM attaches it."""
+    """Destroy a VDI, its file and the VBDs that attach it; VDI_IN_USE while other VDIs
+    name it as their parent, or an import or a live VM writes it."""
     row = refs.row(host.store, "VDI", self)
     _not_being_written(host, row["uuid"], self)
     attached = vbds_of_vdi(host.store, row["uuid"])
-    if any(host.store.get("VM", vbd["vm"])["power_state"] in LIVE for vbd in attached):
-        raise ApiError(VDI_IN_USE, self, "destroy")
     if host.store.all("VDI", parent=row["uuid"]):
         raise ApiError(VDI_IN_USE, self)
     with host.store.change():

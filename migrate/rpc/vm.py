@@ -14,8 +14,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import trio
+
 from migrate.formats.xapi import NULL_REF, ref
+from migrate.guest import workloads
 from migrate.guest.hypervisor import PAGE_SIZE, DiskAttachment, Domain, GuestError, GuestSpec
+from migrate.guest.workloads import WorkloadError
 from migrate.host.errors import (
     FIELD_TYPE_ERROR,
     HOST_NOT_ENOUGH_FREE_MEMORY,
@@ -45,6 +49,8 @@ FIELDS = (
 WORKLOAD_KEY = "xfer_workload"
 """The ``other_config`` key naming what the guest runs (:mod:`migrate.guest.workloads`)."""
 DEFAULT_WORKLOAD = "idle"
+CLAIM_WAIT = 5.0
+"""Seconds a start waits for the domain of the VM's last run to release its disks."""
 MAX_VCPUS = 64
 ALLOWED: dict[str, list[str]] = {
     "Halted": ["start", "destroy"],
@@ -113,25 +119,40 @@ def device_name(userdevice: str) -> str:
     return "xvd" + chr(ord("a") + int(userdevice))
 
 
-def _guest_spec(host: HostServices, vm: str) -> GuestSpec:
-    """What VM ``vm`` (Halted) starts from: its row, and its VBDs' VDI files, each checked
-    not to be written by an import nor attached to another live VM (VDI_IN_USE)."""
+def _guest_spec(host: HostServices, vm: str) -> tuple[GuestSpec, list[str]]:
+    """What VM ``vm`` (Halted) starts from (its row, its VBDs' VDI files) and the uuids of
+    those VDIs."""
     store = host.store
     row = _in_state(store, vm, ("Halted",))
-    disks = []
+    disks, vdis = [], []
     for vbd in vms.vbds(store, row["uuid"]):
         vdi = store.get("VDI", vbd["vdi"])
-        vdi_ref = ref(vdi["uuid"])
-        if vdi["state"] != "ready" or host.claims.writing(vdi["uuid"]):
-            raise ApiError(VDI_IN_USE, vdi_ref, "start")
-        for other in vms.vbds_of_vdi(store, vdi["uuid"]):
-            if other["vm"] != row["uuid"] and store.get("VM", other["vm"])["power_state"] in LIVE:
-                raise ApiError(VDI_IN_USE, vdi_ref, "start")
+        if vdi["state"] != "ready":
+            raise ApiError(VDI_IN_USE, ref(vdi["uuid"]), vdi["state"])
         sr_path = str(store.get("SR", vdi["sr"])["path"])
         disks.append(DiskAttachment(device_name(vbd["device"]), vdi_path(sr_path, vdi["uuid"])))
-    return GuestSpec(
+        vdis.append(str(vdi["uuid"]))
+    spec = GuestSpec(
         row["uuid"], int(row["memory"]), int(row["vcpus"]), row["workload"], tuple(disks)
     )
+    return spec, vdis
+
+
+async def _claim(host: HostServices, uuid: str, vdis: list[str]) -> None:
+    """Claim the ``vdis`` of VM ``uuid`` for its domain (after the domain of its last run
+    released them); VDI_IN_USE naming the holder when another one holds one of them."""
+    holder = f"VM {uuid}"
+    claimed: list[str] = []
+    try:
+        for vdi in vdis:
+            await host.claims.wait_for_writer(vdi, CLAIM_WAIT)
+            if not host.claims.claim_writer(vdi, holder):
+                raise ApiError(VDI_IN_USE, ref(vdi), host.claims.holder(vdi) or "a writer")
+            claimed.append(vdi)
+    except BaseException:
+        for vdi in claimed:
+            host.claims.release_writer(vdi)
+        raise
 
 
 def _physical_memory() -> int:
@@ -144,7 +165,8 @@ def _physical_memory() -> int:
 def create(host: HostServices, session: str, args: Any) -> str:
     """A new Halted VM from a record: ``name_label``, ``memory_static_max`` (bytes, a
     positive multiple of 4096), ``VCPUs_max`` (default 1) and ``other_config["xfer_workload"]``
-    (default ``idle``) are read, other fields ignored; its ref."""
+    (default ``idle``, checked: :mod:`migrate.guest.workloads`) are read, other fields
+    ignored; its ref."""
     if not isinstance(args, dict):
         raise ApiError(FIELD_TYPE_ERROR, "args")
     if "memory_static_max" not in args:
@@ -163,16 +185,17 @@ def create(host: HostServices, session: str, args: Any) -> str:
     name_label = api_str(args.get("name_label", ""), "name_label")
     other_config = api_map(args.get("other_config", {}), "other_config")
     workload = other_config.get(WORKLOAD_KEY, DEFAULT_WORKLOAD)
+    try:
+        workloads.parse(workload, memory)
+    except WorkloadError as e:
+        raise ApiError(INVALID_VALUE, f"other_config:{WORKLOAD_KEY}", workload, str(e)) from None
     return ref(vms.insert_vm(host.store, name_label, memory, vcpus, workload))
 
 
 def destroy(host: HostServices, session: str, self: str) -> None:
     """Forget a Halted VM and its VBDs (not their VDIs)."""
     row = _in_state(host.store, self, ("Halted",))
-    with host.store.change():
-        for vbd in vms.vbds(host.store, row["uuid"]):
-            host.store.delete("VBD", vbd["uuid"])
-        host.store.delete("VM", row["uuid"])
+    vms.delete_vm(host.store, row["uuid"])
 
 
 def set_name_label(host: HostServices, session: str, self: str, value: Any) -> None:
@@ -217,22 +240,43 @@ async def start(
     paused = api_bool(start_paused, "start_paused")
     api_bool(force, "force")
     uuid = await host.db.call(_uuid, host.store, vm)
+    if not host.tasks.serving:
+        raise ApiError(INTERNAL_ERROR, "domains are not watched (Tasks.serve)")
     with host.operations.exclusive(uuid, "start"):
-        spec = await host.db.call(_guest_spec, host, vm)
+        spec, vdis = await host.db.call(_guest_spec, host, vm)
         used = sum(domain.spec.memory for domain in host.guests.domains())
         available = max(0, _physical_memory() - used)
         if spec.memory > available:
             raise ApiError(HOST_NOT_ENOUGH_FREE_MEMORY, spec.memory, available)
+        await _claim(host, uuid, vdis)
+        domain: Domain | None = None
         try:
             domain = await host.guests.create(spec, paused=paused)
-        except GuestError as e:
-            raise ApiError(INTERNAL_ERROR, f"VM {uuid} could not start: {e}") from None
-        try:
             await _record(host, uuid, "Paused" if paused else "Running")
-        except BaseException:
-            await domain.destroy()
+        except BaseException as e:
+            with trio.CancelScope(shield=True):
+                if domain is not None:
+                    await domain.destroy()
+                for vdi in vdis:
+                    host.claims.release_writer(vdi)
+            if isinstance(e, GuestError):
+                raise ApiError(INTERNAL_ERROR, f"VM {uuid} could not start: {e}") from None
             raise
-        host.watch(domain)
+        host.watch(domain, vdis)
+
+
+async def _halt(host: HostServices, uuid: str, domain: Domain | None, clean: bool) -> None:
+    """Destroy VM ``uuid``'s domain (``clean``: paused first, so that every disk write it
+    was told is done is durable), wait for its disks' release and record it Halted; not
+    interrupted once begun."""
+    with trio.CancelScope(shield=True):
+        if domain is not None:
+            if clean:
+                await domain.pause()
+            await domain.destroy()
+        for vdi in host.claims.held_by(f"VM {uuid}"):
+            await host.claims.wait_for_writer(vdi, CLAIM_WAIT)
+        await _record(host, uuid, "Halted")
 
 
 async def clean_shutdown(host: HostServices, session: str, vm: str) -> None:
@@ -240,10 +284,7 @@ async def clean_shutdown(host: HostServices, session: str, vm: str) -> None:
     uuid = await host.db.call(_uuid, host.store, vm)
     with host.operations.exclusive(uuid, "clean_shutdown"):
         await host.db.call(_in_state, host.store, vm, ("Running",))
-        domain = await _domain(host, vm, uuid, ("Running",))
-        await domain.pause()
-        await domain.destroy()
-        await _record(host, uuid, "Halted")
+        await _halt(host, uuid, await _domain(host, vm, uuid, ("Running",)), clean=True)
 
 
 async def hard_shutdown(host: HostServices, session: str, vm: str) -> None:
@@ -251,10 +292,7 @@ async def hard_shutdown(host: HostServices, session: str, vm: str) -> None:
     uuid = await host.db.call(_uuid, host.store, vm)
     with host.operations.exclusive(uuid, "hard_shutdown"):
         await host.db.call(_in_state, host.store, vm, ("Running", "Paused", "Suspended"))
-        domain = host.guests.domain(uuid)
-        if domain is not None:
-            await domain.destroy()
-        await _record(host, uuid, "Halted")
+        await _halt(host, uuid, host.guests.domain(uuid), clean=False)
 
 
 async def pause(host: HostServices, session: str, vm: str) -> None:

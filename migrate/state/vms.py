@@ -18,9 +18,18 @@ LIVE: tuple[PowerState, ...] = ("Running", "Paused")
 """Power states that stand for a domain on the VM's ``resident_on`` host."""
 
 
-def insert_vm(store: Store, name_label: str, memory: int, vcpus: int, workload: str) -> str:
-    """Record a new Halted VM; its uuid."""
-    uuid = str(uuidlib.uuid4())
+def insert_vm(
+    store: Store,
+    name_label: str,
+    memory: int,
+    vcpus: int,
+    workload: str,
+    *,
+    uuid: str | None = None,
+) -> str:
+    """Record a new Halted VM (``uuid``: the one it had on another host, for a migration's
+    destination; a new one by default); its uuid."""
+    uuid = uuid or str(uuidlib.uuid4())
     store.insert(
         "VM",
         {
@@ -39,6 +48,15 @@ def insert_vm(store: Store, name_label: str, memory: int, vcpus: int, workload: 
 def set_power_state(store: Store, vm: str, state: PowerState, resident_on: str | None) -> None:
     """Record VM ``vm`` as ``state`` on host ``resident_on`` (None when not live)."""
     store.update("VM", vm, {"power_state": state, "resident_on": resident_on})
+
+
+def delete_vm(store: Store, vm: str) -> None:
+    """Forget VM ``vm`` and its VBDs (not their VDIs), in one change that event watchers
+    see as deletions."""
+    with store.change():
+        for vbd in vbds(store, vm):
+            store.delete("VBD", vbd["uuid"])
+        store.delete("VM", vm)
 
 
 def insert_vbd(store: Store, vm: str, vdi: str, device: str, mode: str) -> str:

@@ -24,6 +24,7 @@ import vhd
 from migrate.formats.chunked import ChunkError
 from migrate.formats.xapi import IMPORT_PATH, ref
 from migrate.host import http_auth, tasks
+from migrate.host.claims import IMPORT
 from migrate.host.errors import (
     IMPORT_ERROR,
     OPERATION_NOT_ALLOWED,
@@ -166,7 +167,8 @@ def _begin(
             storage.abandon_vdi(store, uuid)
         raise
     if not host.claims.claim_writer(uuid):
-        message = f"VDI {uuid} is being written by an import"
+        holder = host.claims.holder(uuid) or "a writer that just ended"
+        message = f"VDI {uuid} is being written by {'an import' if holder == IMPORT else holder}"
         tasks.finish(store, job.uuid, error=ApiError(VDI_IN_USE, ref(uuid), message))
         raise HTTPError(409, f"{VDI_IN_USE}: {message}", [("task-id", job.ref)])
     row = store.get("VDI", uuid)

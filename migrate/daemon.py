@@ -3,7 +3,8 @@
 Start-up (in a worker thread, the database being plain synchronous code) brings the state up
 to date (:mod:`migrate.host.startup`). Then one listening socket per address (by default
 ``[::]:8080``, dual-stack), a ``listening on <URL>`` line for each on stdout, and, until
-SIGINT or SIGTERM, the host's services with the RPC face and the disk transfers served over
+SIGINT or SIGTERM, the host's services with the RPC face, the disk transfers and migration
+(xenopsd's connections, VM save and restore, :mod:`migrate.migration`) served over
 HTTP (or HTTPS, given a certificate and key) beside the interface watcher and the VMs'
 guests (:mod:`migrate.guest.processes`; a log line says whether this kernel allows live
 migration). Other hosts are told the first listener's port (``host.migrate_receive``).
@@ -30,6 +31,7 @@ from migrate.http.limits import Limits
 from migrate.http.routing import Router
 from migrate.http.server import serve, serve_tls
 from migrate.http.tls import TlsError, server_ssl_context
+from migrate.migration.service import MigrationService
 from migrate.net import listener_url, open_listeners
 from migrate.rpc.dispatch import Dispatcher, register_rpc
 from migrate.state.store import Store
@@ -132,6 +134,9 @@ async def run_daemon(
                 register_rpc(router, Dispatcher(host))  # XenAPI over XML-RPC and JSON-RPC
                 export_raw_vdi.register(router, host)
                 import_raw_vdi.register(router, host)
+                migrations = MigrationService(host)
+                migrations.register(router)  # xenopsd's migration paths, VM save/restore
+                host.migrations = migrations
                 for where, listener in zip(config.listen, listeners, strict=True):
                     print(f"listening on {listener_url(where, listener, scheme)}", flush=True)
                 async with trio.open_nursery() as nursery:

@@ -55,7 +55,8 @@ async def save(client: httpx.AsyncClient, target: Target, args: argparse.Namespa
         sys.stdout.flush()
         fd = sys.stdout.fileno()
     else:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        # read too: its end is checked once written
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
         async with (
             http_errors(url),

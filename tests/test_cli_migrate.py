@@ -228,6 +228,7 @@ def test_failures_are_one_line_and_leave_the_vm_running(
     uuid = running_vm(source)
     error = one_error_line(migrate(source, destination, uuid, "--network", "no-such-net"))
     assert error.startswith("the destination has no network 'no-such-net' (it has: "), error
+    assert f" {LOOPBACK}," in error or f" {LOOPBACK})" in error, error
     error = one_error_line(
         migrate(source, destination, uuid, "--to-password", "wrong", "--network", "x")
     )

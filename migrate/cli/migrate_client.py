@@ -106,7 +106,9 @@ async def find_network(session: Session, host: str, name: str | None) -> str:
         ]
         if len(found) == 1:
             return found[0]
-        known = ", ".join(sorted(str(r.get("name_label", "")) for r in networks.values()))
+        known = ", ".join(
+            sorted(str(r.get("bridge") or r.get("name_label")) for r in networks.values())
+        )
         if not found:
             raise ClientError(f"the destination has no network {name!r} (it has: {known})")
         raise ClientError(f"{name!r} names {len(found)} networks on the destination: give a uuid")

@@ -67,7 +67,7 @@ class ProcessDomain:
         self._view: memoryview | None = memoryview(self._ram)
         self._backends = backends
         self._paused = paused
-        self._scope = trio.CancelScope()
+        self._scopes: list[trio.CancelScope] = []
         self._exited = trio.Event()
         self._released = False
         self._log: dirtylog.DirtyLog | None = None
@@ -141,6 +141,11 @@ class ProcessDomain:
         await self._wait_stopped()
         for backend in self._backends:
             await backend.quiesce()
+
+    async def sync_disks(self) -> None:
+        """Make every disk write the guest was told is done durable."""
+        for backend in self._backends:
+            await backend.sync()
 
     async def unpause(self) -> None:
         """SIGCONT (the throttle, if on, goes on stopping the guest part of the time)."""
@@ -245,14 +250,17 @@ class ProcessDomain:
         self._release()
 
     async def _serve_disk(self, backend: BlockBackend) -> None:
-        with self._scope, contextlib.suppress(OSError, trio.ClosedResourceError):
-            await backend.serve()
+        with trio.CancelScope() as scope, contextlib.suppress(OSError, trio.ClosedResourceError):
+            self._scopes.append(scope)
+            if not self._released:
+                await backend.serve()
 
     def _release(self) -> None:
         if self._released:
             return
         self._released = True
-        self._scope.cancel()
+        for scope in self._scopes:
+            scope.cancel()
         for backend in self._backends:
             trio.lowlevel.notify_closing(backend.sock)
             backend.close()
@@ -318,6 +326,9 @@ class ProcessHypervisor:
             raise GuestError(f"VM {spec.uuid} already has a domain")
         if spec.memory <= 0 or spec.memory % PAGE_SIZE:
             raise GuestError(f"memory {spec.memory} is not a positive multiple of {PAGE_SIZE}")
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if spec.memory > ram:
+            raise GuestError(f"memory {spec.memory} exceeds this host's {ram} bytes of RAM")
         if spec.vcpus < 1:
             raise GuestError(f"vcpus {spec.vcpus} is less than 1")
         try:

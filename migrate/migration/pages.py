@@ -148,5 +148,7 @@ class PageReceiver:
             self.words[data] = bounce
             return
         memory = self.memory
-        for start, end in pages.runs.tolist():
-            await self.channel.recv_exactly_into(memory[start * PAGE_SIZE : end * PAGE_SIZE])
+        runs = pages.runs.tolist()
+        await self.channel.recv_exactly_into_all(
+            [memory[s * PAGE_SIZE : e * PAGE_SIZE] for s, e in runs]
+        )

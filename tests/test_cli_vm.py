@@ -212,7 +212,7 @@ def test_save_to_stdout(daemon: Daemon) -> None:
 
 @pytest.mark.parametrize(
     ("cut", "words"),
-    [(100, "disconnected without sending a response"), (16 * KiB, "cut short")],
+    [(100, "disconnected without sending a response"), (16 * KiB, "the image is not whole")],
 )
 def test_a_cut_save_leaves_no_file(daemon: Daemon, tmp_path: Path, cut: int, words: str) -> None:
     """The answer cut inside its head, or inside the page data (an image of 16 MiB of memory

@@ -4,6 +4,7 @@ images saved to a file and restored from it, every failure one line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -200,13 +201,18 @@ def test_save_and_restore_through_a_file(daemon: Daemon, tmp_path: Path) -> None
         vm(daemon, "destroy", uuid, "--force")
 
 
-def test_save_to_stdout(daemon: Daemon) -> None:
-    uuid = create(daemon, "--memory", "8M")
+def test_save_to_stdout_and_restore_from_stdin(daemon: Daemon) -> None:
+    uuid = create(daemon, "--memory", "8M", "--workload", "ledger")
     vm(daemon, "start", uuid)
     proc = xfer_run("vm", "save", *daemon.auth(), "--vm", uuid, "-o", "-")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(SIGNATURE) and proc.stdout.endswith(end_of_image())
-    assert proc.stderr.decode().startswith("sha256 ")
+    digest = hashlib.sha256(proc.stdout).hexdigest()
+    assert proc.stderr.decode() == f"sha256 {digest}  -\n"
+    assert listed(daemon)[uuid]["power_state"] == "Halted"
+    # a pipe goes chunked
+    assert xfer_ok("vm", "restore", *daemon.auth(), "-", input=proc.stdout).strip() == uuid
+    assert listed(daemon)[uuid]["power_state"] == "Running"
     vm(daemon, "destroy", uuid, "--force")
 
 

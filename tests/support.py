@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import os
+import pty
 import random
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 import xmlrpc.client
@@ -323,6 +327,40 @@ def xfer_ok(*args: str, input: bytes | None = None) -> str:
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stderr == b"", proc.stderr.decode()
     return proc.stdout.decode()
+
+
+def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
+    """``xfer ARGS`` with stderr on a pseudo-terminal: exit status, stdout, what the terminal
+    got."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(
+        [*XFER, *args], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=xfer_env()
+    )
+    os.close(slave)  # the terminal's other end is then the child's alone: EIO once it exits
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the other end closed
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    proc.stdout.close()
+    return proc.wait(timeout=10), out, seen
+
+
+def one_error_line(proc: subprocess.CompletedProcess[bytes]) -> str:
+    """The one ``xfer: error:`` line of a failed run, without the prefix."""
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, err)
+    assert err.startswith("xfer: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err.removeprefix("xfer: error: ").rstrip("\n")
 
 
 class TimeoutTransport(xmlrpc.client.Transport):

@@ -62,6 +62,10 @@ def loaded(*args: str) -> set[str]:
         ("vdi", "list", "--help"),
         ("export", "--help"),
         ("import", "--help"),
+        ("vm", "--help"),
+        ("vm", "create", "--help"),
+        ("vm", "save", "--help"),
+        ("migrate", "--help"),
         ("export",),  # a usage error
     ],
 )
@@ -83,6 +87,8 @@ def test_each_command_loads_what_it_needs(tmp_path: Path) -> None:
         "trio",
     }
     assert not {"httpx", "httpcore"} & loaded("serve", "--tls-cert", "cert.pem")
+    for command in (("vm", "list"), ("migrate", "--vm", "v", "--to", "[::1]:9")):
+        assert loaded(*command, *host) == {"httpx", "httpcore", "trio"}, command
 
 
 def runners(parser: argparse.ArgumentParser) -> Iterator[tuple[str, Runner]]:
@@ -110,6 +116,14 @@ def test_every_command_names_a_function() -> None:
         "xfer vdi destroy",
         "xfer export",
         "xfer import",
+        "xfer vm create",
+        "xfer vm list",
+        "xfer vm start",
+        "xfer vm shutdown",
+        "xfer vm destroy",
+        "xfer vm save",
+        "xfer vm restore",
+        "xfer migrate",
     }
     for command, runner in found.items():
         assert isinstance(runner, Runner), command

@@ -14,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from support import PASSWORD, ROOT, UUID, XFER, ip, network_namespace, pattern, xfer_env
+from support import (
+    PASSWORD,
+    ROOT,
+    UUID,
+    XFER,
+    ip,
+    network_namespace,
+    one_error_line,
+    pattern,
+    xfer_env,
+)
 from test_serve import serving, stop
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -100,14 +110,6 @@ def namespace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Namespace]:
             assert plain == f"http://[{ADDRESS}%25lo]:{HTTP_PORT}/", plain
             assert https == f"https://[{ADDRESS}%25lo]:{HTTPS_PORT}/", https
             yield Namespace(name, cert)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[bytes]) -> str:
-    """The one ``xfer: error:`` line of a failed run, without the prefix."""
-    err = proc.stderr.decode()
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, err)
-    assert err.startswith("xfer: error: ") and err.count("\n") == 1, err
-    return err.removeprefix("xfer: error: ").rstrip("\n")
 
 
 @pytest.mark.parametrize(

@@ -5,17 +5,12 @@ of it (:class:`support.CuttingProxy`), which can cut a connection in the middle 
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import http.client
 import itertools
-import os
-import pty
 import re
 import socket
-import struct
 import subprocess
-import termios
 import urllib.parse
 import uuid as uuidlib
 from pathlib import Path
@@ -36,8 +31,10 @@ from support import (
     disk_content,
     http_head,
     make_dynamic,
+    one_error_line,
     pattern,
     read_all,
+    with_tty_stderr,
     xfer_env,
     xfer_ok,
     xfer_run,
@@ -56,15 +53,6 @@ ADDRESSES = pytest.mark.parametrize("address", ["::1", "127.0.0.1"])
 
 DISK = pattern(3 * PIECE + 25 * SECTOR, 7)
 """Longer than three pieces and not a multiple of one (whole sectors: a VDI's size)."""
-
-
-def one_error_line(proc: subprocess.CompletedProcess[bytes]) -> str:
-    """The one ``xfer: error:`` line of a failed run, without the prefix."""
-    err = proc.stderr.decode()
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, err)
-    assert err.startswith("xfer: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err.removeprefix("xfer: error: ").rstrip("\n")
 
 
 def sha_of(out: str) -> tuple[str, str]:
@@ -388,31 +376,6 @@ def test_bad_host_is_one_line(text: str) -> None:
 
 
 # Progress
-
-
-def with_tty_stderr(*args: str) -> tuple[int, bytes, bytes]:
-    """``xfer ARGS`` with stderr on a pseudo-terminal: exit status, stdout, what the terminal
-    got."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    proc = subprocess.Popen(
-        [*XFER, *args], stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=xfer_env()
-    )
-    os.close(slave)  # the terminal's other end is then the child's alone: EIO once it exits
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the other end closed
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(master)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    proc.stdout.close()
-    return proc.wait(timeout=10), out, seen
 
 
 def test_progress_counts_the_whole_disk_and_its_rate(

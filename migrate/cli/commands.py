@@ -47,6 +47,8 @@ def register(commands: Any) -> None:
     _serve(commands)
     _xenapi(commands)
     _transfers(commands)
+    _vms(commands)
+    _migrate(commands)
 
 
 def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -62,6 +64,17 @@ def _parsed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 _size = _parsed(parse_size)
+
+
+def _positive(text: str) -> int:
+    """A whole number > 0, for counts and milliseconds."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def _vhd(commands: Any) -> None:
@@ -255,3 +268,119 @@ def _transfers(commands: Any) -> None:
     p.add_argument("--name", help="the new VDI's name label (with --sr)")
     p.add_argument("file", metavar="FILE", help="the raw disk or VHD to send (- for stdin)")
     p.set_defaults(run=Runner("migrate.cli.import_client", "import_command"))
+
+
+def _vms(commands: Any) -> None:
+    common = _client_options()
+    implementation = "migrate.cli.vm"
+    vm = argparse.ArgumentParser(add_help=False)
+    vm.add_argument("--vm", required=True, metavar="UUID", help="the VM's uuid")
+
+    group = commands.add_parser("vm", help="create, run, save and restore a host's VMs")
+    sub = group.add_subparsers(dest="vm_command", required=True, metavar="COMMAND")
+    p = sub.add_parser(
+        "create",
+        parents=[common],
+        help="create a VM (halted); prints its uuid",
+        description="Create a VM: a guest process with --memory of RAM running --workload "
+        "(idle; uniform:RATE; hotset:RATE:SIZE; ledger; several joined with +, e.g. "
+        "hotset:20M:64M+ledger). With --disk, a new VDI of that size is attached to it.",
+    )
+    p.add_argument("--memory", required=True, type=_size, help="RAM, e.g. 256M")
+    p.add_argument("--vcpus", type=_positive, default=1, metavar="N", help="vCPUs (default 1)")
+    p.add_argument("--name", default="", help="the VM's name label")
+    p.add_argument("--workload", metavar="SPEC", help="what the guest runs (default: idle)")
+    p.add_argument("--disk", type=_size, metavar="SIZE", help="attach a new disk of SIZE")
+    p.add_argument("--sr", metavar="UUID", help="the SR of --disk (default: the default SR)")
+    p.set_defaults(run=Runner(implementation, "vm_create"))
+
+    p = sub.add_parser(
+        "list", parents=[common], help="list the VMs (uuid, name, state, memory, host)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=Runner(implementation, "vm_list"))
+
+    p = sub.add_parser("start", parents=[common, vm], help="start a halted VM")
+    p.add_argument("--paused", action="store_true", help="leave it paused")
+    p.set_defaults(run=Runner(implementation, "vm_start"))
+
+    p = sub.add_parser("shutdown", parents=[common, vm], help="shut a VM down")
+    p.add_argument("--force", action="store_true", help="hard shutdown: kill the guest")
+    p.set_defaults(run=Runner(implementation, "vm_shutdown"))
+
+    p = sub.add_parser("destroy", parents=[common, vm], help="forget a halted VM")
+    p.add_argument("--force", action="store_true", help="shut it down hard first if it runs")
+    p.add_argument("--disks", action="store_true", help="destroy its VDIs too")
+    p.set_defaults(run=Runner(implementation, "vm_destroy"))
+
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p = sub.add_parser(
+        "save",
+        parents=[common, vm, quiet],
+        help="save a VM's suspend image to a file (the VM ends halted)",
+        description="Pause the VM and write its suspend image (metadata, memory, CPU state) "
+        "to FILE; prints `sha256 HEX  FILE`. The VM is halted afterwards.",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="where to write (- for stdout); written as FILE.part, renamed at the end",
+    )
+    p.set_defaults(run=Runner("migrate.cli.vm_image", "save_command"))
+
+    p = sub.add_parser(
+        "restore",
+        parents=[common, quiet],
+        help="make a running VM of a suspend image; prints its uuid",
+    )
+    p.add_argument("file", metavar="FILE", help="the image `xfer vm save` wrote (- for stdin)")
+    p.set_defaults(run=Runner("migrate.cli.vm_image", "restore_command"))
+
+
+def _migrate(commands: Any) -> None:
+    p = commands.add_parser(
+        "migrate",
+        parents=[_client_options()],
+        help="live-migrate a VM to another host",
+        description="Move a running VM from --host to --to while it runs: its memory is "
+        "copied in pre-copy rounds, then the VM is paused, the rest copied and the VM resumed "
+        "on the destination. Shows the progress on a terminal, then the rounds, the downtime, "
+        "the total time and the throughput. Ctrl-C cancels: the VM stays on the source.",
+    )
+    p.add_argument("--vm", required=True, metavar="UUID", help="the VM's uuid")
+    p.add_argument("--to", required=True, metavar="HOST", help="the destination host")
+    p.add_argument("--to-user", metavar="USER", help="user on the destination (default: --user)")
+    p.add_argument(
+        "--to-password",
+        metavar="PASSWORD",
+        help="password on the destination (default: --password)",
+    )
+    p.add_argument(
+        "--network",
+        metavar="NET",
+        help="the destination's network to migrate over: uuid, name or bridge "
+        "(default: its management network)",
+    )
+    p.add_argument(
+        "--max-downtime",
+        type=_positive,
+        metavar="MS",
+        help="stop-and-copy once the rest fits this pause (default: the host's, 20 ms)",
+    )
+    p.add_argument(
+        "--max-rounds", type=_positive, metavar="N", help="at most N pre-copy rounds (default 30)"
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="compare the guest's memory at the pause on both hosts (sha256)",
+    )
+    p.add_argument(
+        "--no-live", action="store_true", help="pause the VM for the whole copy (no pre-copy)"
+    )
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(run=Runner("migrate.cli.migrate_client", "migrate_command"))

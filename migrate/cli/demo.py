@@ -1,15 +1,22 @@
-"""``make demo``: the disk tools at work on a real disk this creates, with a short report.
+"""``make demo``: the disk tools and a live migration at work, with a short report.
 
 Creates a dynamic VHD, fills it, converts it to raw and back, takes a differencing snapshot,
 writes into it, exports the delta against the base, checks every image, and cross-checks the
 results with qemu-img where it is installed. Then it starts a real host (``xfer serve`` on
 ``[::1]``), imports the raw disk into a new VDI over HTTP and exports it back as raw and as a
-VHD. Every step runs the real ``xfer`` command.
+VHD. Then two hosts, each its own ``xfer serve`` on ``[::1]``: a VM (256 MiB, the ledger
+workload) starts on the first, is live-migrated to the second with the memory digests
+compared at the pause, and back without; the reports of their pre-copy rounds are shown, the
+VM is saved and its ledger read from the image (every record there, in order, going on after
+the migrations, and the pause as the guest saw it), the image restored on the second host,
+and everything is cleaned up. Every step runs
+the real ``xfer`` command.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -22,21 +29,35 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import trio
 
 from migrate.addresses import parse_host
 from migrate.cli.commands import TIMEOUT
 from migrate.cli.http_client import Target, open_client, ssl_context
+from migrate.cli.migration_report import (
+    Report,
+    format_seconds,
+    memory_verdict,
+    parse_report,
+    render,
+)
 from migrate.cli.rpc_client import open_session
+from migrate.cli.saved_image import read_saved_vm
 from migrate.cli.units import format_size, parse_size
 from migrate.formats.xapi import DEFAULT_USER
+from migrate.guest.workloads import check_ledger, read_ledger
 from vhd import Image
 
 BLOCK = 2 << 20
 SERVE_TIMEOUT = 15.0
 """Longest wait for ``xfer serve`` to announce its listener."""
+NETWORK = "lo"
+"""The network the migration goes over (its bridge): the hosts' address on it is ``::1``."""
+RUNNING = 1.0
+"""Seconds the guest runs before the migration, and again after it, before it is saved."""
 
 
 def sha256_of(data_source: Image | str) -> str:
@@ -55,10 +76,12 @@ def sha256_of(data_source: Image | str) -> str:
 class Demo:
     """Runs the steps in ``workdir`` and collects report rows."""
 
-    def __init__(self, workdir: str, size: int) -> None:
+    def __init__(self, workdir: str, size: int, memory: int) -> None:
         self.dir = workdir
         self.size = size
+        self.memory = memory
         self.rows: list[tuple[str, str, str, str]] = []
+        self.migration_reports: list[str] = []
         self.failed = False
 
     def path(self, name: str) -> str:
@@ -168,6 +191,7 @@ class Demo:
 
         self.cross_check(expected)
         self.transfer(expected)
+        self.migration()
 
     def cross_check(self, expected: str) -> None:
         """qemu-img reads xfer's images the same way (when qemu-img is installed)."""
@@ -193,10 +217,19 @@ class Demo:
         """The raw disk through a real host: imported into a new VDI, exported back as raw
         and as a VHD, each compared with the source by sha256."""
         password = secrets.token_hex(12)
-        args = ["serve", "--state-dir", self.path("host"), "--listen", "[::1]:0"]
-        print(f"$ xfer {shlex.join([*args, '--password', '...'])}", flush=True)
         start = time.perf_counter()
-        with open(self.path("serve.log"), "wb") as log:
+        with self.serve("host", password) as url:
+            self.record("serve", True, f"host listening on {url}", time.perf_counter() - start)
+            self.transfer_steps(url, password, expected)
+
+    @contextlib.contextmanager
+    def serve(self, name: str, password: str) -> Iterator[str]:
+        """A real host: ``xfer serve`` on ``[::1]`` with its state in the directory ``name``
+        (its log in ``name.log``); its URL. Stopped afterwards."""
+        args = ["serve", "--state-dir", self.path(name), "--listen", "[::1]:0"]
+        print(f"$ xfer {shlex.join([*args, '--password', '...'])}", flush=True)
+        log_path = self.path(f"{name}.log")
+        with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "migrate.cli.main", *args, "--password", password],
                 stdout=subprocess.PIPE,
@@ -204,9 +237,7 @@ class Demo:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         try:
-            url = self.listening(proc)
-            self.record("serve", True, f"host listening on {url}", time.perf_counter() - start)
-            self.transfer_steps(url, password, expected)
+            yield self.listening(proc, log_path)
         finally:
             proc.terminate()
             try:
@@ -217,7 +248,7 @@ class Demo:
             if proc.stdout is not None:
                 proc.stdout.close()
 
-    def listening(self, proc: subprocess.Popen[bytes]) -> str:
+    def listening(self, proc: subprocess.Popen[bytes], log_path: str) -> str:
         """The URL of the ``listening on URL`` line ``xfer serve`` prints once it is bound."""
         assert proc.stdout is not None
         deadline = time.monotonic() + SERVE_TIMEOUT
@@ -230,7 +261,7 @@ class Demo:
                 if left > 0 and selector.select(left):
                     chunk = os.read(proc.stdout.fileno(), 4096)
                 if not chunk:
-                    with open(self.path("serve.log"), encoding="utf-8", errors="replace") as f:
+                    with open(log_path, encoding="utf-8", errors="replace") as f:
                         lines = f.read().strip().splitlines() or ["no output"]
                     raise SystemExit(f"demo: xfer serve did not start: {lines[-1]}")
                 data += chunk
@@ -275,8 +306,133 @@ class Demo:
         file_size = os.path.getsize(self.path("back.vhd"))
         self.record("export vhd", same, f"dynamic VHD of {format_size(file_size)}, same disk", t)
 
+    def migration(self) -> None:
+        """Two hosts, a VM live-migrated from the first to the second, checked."""
+        password = secrets.token_hex(12)
+        env = {"XFER_PASSWORD": password}
+        start = time.perf_counter()
+        with self.serve("host-a", password) as a, self.serve("host-b", password) as b:
+            self.record("two hosts", True, f"A on {a}, B on {b}", time.perf_counter() - start)
+            try:
+                self.migration_steps(a, b, env)
+            finally:
+                self.clean_up((a, b), env)
+
+    def migration_steps(self, a: str, b: str, env: dict[str, str]) -> None:
+        """Create and start the VM on ``a``; migrate it to ``b`` comparing the memory at the
+        pause, and back to ``a`` without (the downtime as it is); save it on ``a`` and read
+        its ledger from the image; restore the image on ``b``."""
+        args = ("--memory", str(self.memory), "--workload", "ledger", "--name", "demo")
+        _, out = self.xfer("vm", "create", "--host", a, *args, env=env)
+        vm = out.strip()
+        t, _ = self.xfer("vm", "start", "--host", a, "--vm", vm, env=env)
+        detail = f"VM {vm[:8]} on A: {format_size(self.memory)}, ledger workload"
+        self.record("vm start", True, detail, t)
+        time.sleep(RUNNING)
+
+        report, _ = self.migrate(vm, a, b, "A -> B", env, "--verify")
+        digest = (report.source_digest or "")[:16]
+        verdict = {
+            True: f"identical at the pause (sha256 {digest}... on both hosts)",
+            False: f"DIFFERENT at the pause: {memory_verdict(report)}",
+            None: "not compared: the report has no digests",
+        }[report.memory_identical]
+        self.record("memory", report.memory_identical is True, verdict)
+        time.sleep(RUNNING)
+        report, window = self.migrate(vm, b, a, "B -> A", env)
+        time.sleep(RUNNING)
+
+        image = self.path("demo-vm.img")
+        t, _ = self.xfer("vm", "save", "--host", a, "--vm", vm, "-o", image, env=env)
+        size = format_size(os.path.getsize(image))
+        self.record("vm save", True, f"A saved the VM to an image of {size}", t)
+        self.check_ledger(image, window, report.downtime)
+
+        t, out = self.xfer("vm", "restore", "--host", b, image, env=env)
+        restored = out.strip()
+        row = self.vms(b, env).get(restored)
+        ok = row is not None and row["power_state"] == "Running"
+        self.record("vm restore", ok, f"the image running again on B as {restored[:8]}", t)
+
+    def migrate(
+        self, vm: str, source: str, destination: str, name: str, env: dict[str, str], *args: str
+    ) -> tuple[Report, tuple[int, int]]:
+        """``xfer migrate`` of ``vm`` from ``source`` to ``destination`` (``args`` added),
+        checked to have moved it; its report, and when it began and ended (ns, wall clock)."""
+        began = time.time_ns()
+        t, out = self.xfer(
+            "migrate",
+            "--host",
+            source,
+            "--vm",
+            vm,
+            "--to",
+            destination,
+            "--network",
+            NETWORK,
+            "--json",
+            *args,
+            env=env,
+        )
+        ended = time.time_ns()
+        report = parse_report(out)
+        note = " (--verify: the downtime includes hashing the memory on both hosts)"
+        self.migration_reports.append(
+            f"{name}{note if '--verify' in args else ''}\n\n{render(report)}"
+        )
+        count = len(report.rounds)
+        detail = f"{name}: {count} round{'' if count == 1 else 's'}"
+        if report.downtime is not None:
+            detail += f", downtime {format_seconds(report.downtime)}"
+        there = self.vms(destination, env).get(vm)
+        running = there is not None and there["power_state"] == "Running"
+        moved = running and vm not in self.vms(source, env)
+        detail += ", running on the destination only" if moved else f"; the VM is {there}"
+        self.record("live migration", report.state == "done" and moved, detail, t)
+        return report, (began, ended)
+
+    def check_ledger(self, image: str, window: tuple[int, int], downtime: float | None) -> None:
+        """The ledger in the saved image: every record there and in order, records written
+        after the last migration (the guest went on there), and the longest the guest saw
+        no time pass during that migration (``window``), beside the downtime reported."""
+        try:
+            records = read_ledger(memoryview(read_saved_vm(image).memory))
+        except ValueError as e:  # LedgerError, or a bad image
+            self.record("ledger", False, f"unreadable: {e}")
+            return
+        verdict = check_ledger(records)
+        times = records[:, 1]
+        after = int((times > window[1]).sum())
+        across = (times[1:] >= window[0]) & (times[:-1] <= window[1])
+        gap = float(np.diff(times)[across].max()) / 1e9 if across.any() else 0.0
+        reported = f" (reported {format_seconds(downtime)})" if downtime is not None else ""
+        self.record(
+            "ledger",
+            verdict.intact and after > 0,
+            f"{'intact' if verdict.intact else 'BROKEN'}: {verdict.records} records, "
+            f"{verdict.lost} lost, {verdict.reordered} reordered, {after} after B -> A; "
+            f"its pause as the guest saw it {format_seconds(gap)}{reported}",
+        )
+
+    def vms(self, host: str, env: dict[str, str]) -> dict[str, dict[str, str]]:
+        """``xfer vm list --json`` of ``host``, by uuid."""
+        _, out = self.xfer("vm", "list", "--host", host, "--json", env=env)
+        return {row["uuid"]: row for row in json.loads(out)}
+
+    def clean_up(self, hosts: tuple[str, ...], env: dict[str, str]) -> None:
+        """Destroy every VM of the demo's hosts (the hosts stop afterwards)."""
+        destroyed = 0
+        for host in hosts:
+            for uuid in self.vms(host, env):
+                self.xfer("vm", "destroy", "--host", host, "--vm", uuid, "--force", env=env)
+                destroyed += 1
+        self.record("clean-up", True, f"{destroyed} VM(s) destroyed, both hosts stopped")
+
     def report(self, kept: bool) -> None:
-        """Print the table of steps."""
+        """Print the migration's report, then the table of steps."""
+        for text in self.migration_reports:
+            print()
+            print(text, end="")
         print()
         widths = [max(len(r[i]) for r in self.rows) for i in range(4)]
         for row in self.rows:
@@ -297,17 +453,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; exit status 0 when every check held."""
     parser = argparse.ArgumentParser(prog="xfer-demo", description=__doc__)
     parser.add_argument("--size", default="1G", help="virtual disk size (default 1G)")
+    parser.add_argument("--memory", default="256M", help="the VM's memory (default 256M)")
     parser.add_argument("--dir", help="keep the files in DIR (default: a temporary directory)")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
+    memory = parse_size(args.memory)
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-        demo = Demo(args.dir, size)
+        demo = Demo(args.dir, size, memory)
         demo.run()
         demo.report(kept=True)
         return 1 if demo.failed else 0
     with tempfile.TemporaryDirectory(prefix="xfer-demo-") as workdir:
-        demo = Demo(workdir, size)
+        demo = Demo(workdir, size, memory)
         demo.run()
         demo.report(kept=False)
     return 1 if demo.failed else 0

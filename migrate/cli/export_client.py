@@ -96,8 +96,8 @@ async def export(client: httpx.AsyncClient, target: Target, args: argparse.Names
                 moved = 0
                 if total is None or offset < total:
                     # holes only in a file of ours, whose length is set at the end
-                    sink = _Stdout(fd) if output == "-" else DiskFile(part, fd, offset)
-                    moved = await _receive(response, sink, hasher, total, offset, args.quiet)
+                    sink = SequentialSink(fd) if output == "-" else DiskFile(part, fd, offset)
+                    moved = await receive_body(response, sink, hasher, total, offset, args.quiet)
                 if total is not None and offset + moved != total:
                     raise httpx.RemoteProtocolError(
                         f"the body ended after {offset + moved} of {total} bytes"
@@ -149,15 +149,17 @@ async def _export_span(response: httpx.Response, offset: int, url: str) -> tuple
 
 
 class Sink(Protocol):
-    """Where an export's bytes go: :class:`~migrate.cli.diskfile.DiskFile` or :class:`_Stdout`."""
+    """Where a body's bytes go: :class:`~migrate.cli.diskfile.DiskFile` or
+    :class:`SequentialSink`."""
 
     def write(self, pieces: list[bytes]) -> None: ...
 
     def finish(self) -> None: ...
 
 
-class _Stdout:
-    """Standard output: every byte written in order, zeros included."""
+class SequentialSink:
+    """Standard output, or a file written from its start: every byte in order, zeros
+    included."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -173,7 +175,7 @@ class _Stdout:
         """Nothing is held."""
 
 
-async def _receive(
+async def receive_body(
     response: httpx.Response,
     sink: Sink,
     hasher: Any,

@@ -67,27 +67,10 @@ async def import_(client: httpx.AsyncClient, target: Target, args: argparse.Name
     else:
         fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        info = os.fstat(fd)
-        # a regular file goes with its length; a pipe (or stdin that is one) chunked
-        size = info.st_size - os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(info.st_mode) else None
         headers = {"content-type": FORMATS[args.format]}
-        if size is not None:
-            headers["content-length"] = str(size)
-        hasher = hashlib.sha256()
-        send, receive = trio.open_memory_channel[memoryview](1)
-        with progress_bar(size, 0, args.quiet) as bar:
-            async with open_nursery(prefer=(KeyboardInterrupt, ClientError)) as nursery:
-                nursery.start_soon(_read_ahead, fd, name, size, hasher, send)
-                async with receive, http_errors(url):
-                    response = await client.put(
-                        url,
-                        params=params,
-                        headers=headers,
-                        # views of reused buffers: httpcore sends each before taking the next
-                        content=cast(AsyncIterator[bytes], _pieces(receive, bar)),
-                    )
-                # a reader still waiting on a pipe after the host answered early
-                nursery.cancel_scope.cancel()
+        response, digest = await send_file(
+            client, url, fd, name, params=params, headers=headers, quiet=args.quiet
+        )
     finally:
         if name != "-":
             os.close(fd)
@@ -101,8 +84,45 @@ async def import_(client: httpx.AsyncClient, target: Target, args: argparse.Name
     else:
         raise ClientError(f"{url}: the answer names no VDI: {one_line(response.text)[:200]!r}")
     print(f"vdi {uuid}")
-    print(f"sha256 {hasher.hexdigest()}  {name}")
+    print(f"sha256 {digest}  {name}")
     return 0
+
+
+async def send_file(
+    client: httpx.AsyncClient,
+    url: str,
+    fd: int,
+    name: str,
+    *,
+    params: dict[str, str],
+    headers: dict[str, str],
+    quiet: bool,
+) -> tuple[httpx.Response, str]:
+    """``PUT url`` with what ``fd`` holds from its offset as the body (a regular file with its
+    length, a pipe chunked), read ahead and hashed in a worker thread, a progress bar drawn
+    unless ``quiet``: the host's answer (its body read) and the sha256 of the bytes sent.
+    ``name`` names the file in errors."""
+    info = os.fstat(fd)
+    # a regular file goes with its length; a pipe (or stdin that is one) chunked
+    size = info.st_size - os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(info.st_mode) else None
+    if size is not None:
+        headers = {**headers, "content-length": str(size)}
+    hasher = hashlib.sha256()
+    send, receive = trio.open_memory_channel[memoryview](1)
+    with progress_bar(size, 0, quiet) as bar:
+        async with open_nursery(prefer=(KeyboardInterrupt, ClientError)) as nursery:
+            nursery.start_soon(_read_ahead, fd, name, size, hasher, send)
+            async with receive, http_errors(url):
+                response = await client.put(
+                    url,
+                    params=params,
+                    headers=headers,
+                    # views of reused buffers: httpcore sends each before taking the next
+                    content=cast(AsyncIterator[bytes], _pieces(receive, bar)),
+                )
+            # a reader still waiting on a pipe after the host answered early
+            nursery.cancel_scope.cancel()
+    return response, hasher.hexdigest()
 
 
 async def _read_ahead(

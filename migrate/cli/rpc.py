@@ -24,7 +24,7 @@ from migrate.formats.xapi import NULL_REF
 Command = Callable[[Session, argparse.Namespace], Awaitable[int]]
 
 
-def _session(command: Command) -> Callable[[argparse.Namespace], int]:
+def session_command(command: Command) -> Callable[[argparse.Namespace], int]:
     """Run ``command`` in trio with a session on the host, logged out at the end."""
 
     @functools.wraps(command)
@@ -38,7 +38,7 @@ def _session(command: Command) -> Callable[[argparse.Namespace], int]:
     return run
 
 
-@_session
+@session_command
 async def host_info(session: Session, args: argparse.Namespace) -> int:
     """``xfer host info --host HOST``."""
     records: dict[str, dict[str, Any]] = await session.call("host.get_all_records")
@@ -81,7 +81,7 @@ def _pif_line(pif: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
-@_session
+@session_command
 async def vdi_list(session: Session, args: argparse.Namespace) -> int:
     """``xfer vdi list --host HOST [--json]``."""
     vdis: dict[str, dict[str, Any]] = await session.call("VDI.get_all_records")
@@ -110,10 +110,10 @@ async def vdi_list(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
-@_session
+@session_command
 async def vdi_create(session: Session, args: argparse.Namespace) -> int:
     """``xfer vdi create --host HOST --size SIZE [--sr UUID] [--name NAME]``: the new uuid."""
-    sr = await session.call("SR.get_by_uuid", args.sr) if args.sr else await _default_sr(session)
+    sr = await session.call("SR.get_by_uuid", args.sr) if args.sr else await default_sr(session)
     ref = await session.call(
         "VDI.create", {"SR": sr, "virtual_size": args.size, "name_label": args.name}
     )
@@ -121,7 +121,7 @@ async def vdi_create(session: Session, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _default_sr(session: Session) -> str:
+async def default_sr(session: Session) -> str:
     """The pool's ``default_SR``; on a server without the ``pool`` class (or without a
     default), the first SR in uuid order."""
     try:
@@ -141,7 +141,7 @@ async def _default_sr(session: Session) -> str:
     return min(srs, key=uuids.__getitem__)
 
 
-@_session
+@session_command
 async def vdi_destroy(session: Session, args: argparse.Namespace) -> int:
     """``xfer vdi destroy --host HOST --vdi UUID``: prints nothing on success."""
     await session.call("VDI.destroy", await session.call("VDI.get_by_uuid", args.vdi))

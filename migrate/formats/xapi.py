@@ -19,6 +19,8 @@ JSONRPC_PATH = "/jsonrpc"
 """Where XenAPI is served as JSON-RPC."""
 EXPORT_PATH = "/export_raw_vdi"
 IMPORT_PATH = "/import_raw_vdi"
+VM_SAVE_PATH = "/vm_save"
+VM_RESTORE_PATH = "/vm_restore"
 
 FORMATS = {"raw": "application/octet-stream", "vhd": "application/vhd"}
 """The disk formats of a transfer (``format=``) and their content types, as xapi sends them."""

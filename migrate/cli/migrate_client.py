@@ -4,7 +4,7 @@ On the destination (``--to``): log in, pick the network (``--network``, else the
 host's management PIF) and ask ``host.migrate_receive`` for the dest map. On the source
 (``--host``): ``Async.VM.migrate_send`` with that map and the options, then follow the task:
 a progress bar on a terminal from its progress and the rounds so far (the report in the
-task's ``other_config``, :data:`~migrate.cli.migration_report.REPORT_KEY`), and at the end
+task's ``other_config``, :data:`~migrate.formats.xenops.REPORT_KEY`), and at the end
 the report (:mod:`migrate.cli.migration_report`) as a table, or as JSON with ``--json``.
 Ctrl-C cancels the task, which leaves the VM running on the source; a second one stops
 waiting for that.
@@ -27,7 +27,6 @@ import trio
 
 from migrate.cli.http_client import ClientError, Target, host_of, run_client
 from migrate.cli.migration_report import (
-    REPORT_KEY,
     ReportError,
     parse_report,
     progress_note,
@@ -35,6 +34,7 @@ from migrate.cli.migration_report import (
 )
 from migrate.cli.progress import task_bar
 from migrate.cli.rpc_client import ApiFailure, Session, open_session
+from migrate.formats.xenops import REPORT_KEY
 from migrate.nursery import open_nursery
 
 POLL = 0.1

@@ -1,6 +1,7 @@
 """A live migration's report as ``xfer migrate`` shows it: read from the JSON the source host
-keeps in the task's ``other_config`` (key :data:`REPORT_KEY`), drawn as a table of pre-copy
-rounds and a summary (downtime, total time, throughput, the memory digests' verdict).
+keeps in the task's ``other_config`` (key :data:`migrate.formats.xenops.REPORT_KEY`), drawn
+as a table of pre-copy rounds and a summary (downtime, total time, throughput, the memory
+digests' verdict).
 
 Pure: values in, text out, so that every rendering is tested with data. The report is the
 host's: a malformed one is a :class:`ReportError` naming the field, never a traceback.
@@ -13,10 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrate.cli.units import format_size
-
-REPORT_KEY = "xfer_migration"
-"""The key of the task's ``other_config`` that holds the report (JSON text)."""
-
 
 PAGE_SIZE = 4096
 """Bytes of a guest page (the stop-and-copy is counted in pages)."""

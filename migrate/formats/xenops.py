@@ -44,6 +44,10 @@ __all__ = [
 XENOPS_PATH = "/services/xenops"
 """Where a host serves xenopsd's face (the ``xenops`` URL of the dest map)."""
 
+REPORT_KEY = "xfer_migration"
+"""The key of a migration task's ``other_config`` that holds its rounds report (JSON text):
+written by the source as the migration goes, read by ``xfer migrate``."""
+
 COOKIE_SESSION_ID = "session_id"
 """The destination session the source authenticates with."""
 COOKIE_FINAL_ID = "final_id"

@@ -34,7 +34,7 @@ import trio
 
 from migrate.formats import suspend, xenops
 from migrate.formats.xapi import ref
-from migrate.formats.xenops import VmMetadata
+from migrate.formats.xenops import REPORT_KEY, VmMetadata
 from migrate.guest.hypervisor import Domain
 from migrate.host import tasks
 from migrate.host.errors import INVALID_VALUE, VM_MIGRATE_FAILED, ApiError
@@ -49,8 +49,6 @@ from migrate.state.store import NotFound
 
 log = logging.getLogger("xfer.migration")
 
-REPORT_KEY = "xfer_migration"
-"""The task ``other_config`` key of the rounds report."""
 REPORT_EVERY = 0.5
 """Seconds between two writes of progress and report."""
 OUTCOME_PATH = "/migrate/outcome/"

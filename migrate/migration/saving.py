@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from migrate.formats import suspend
-from migrate.formats.xapi import ref, ref_uuid
+from migrate.formats.xapi import VM_RESTORE_PATH, VM_SAVE_PATH, ref, ref_uuid
 from migrate.formats.xenops import VmMetadata
 from migrate.guest.hypervisor import Domain, GuestError, GuestSpec
 from migrate.host import http_auth
@@ -34,8 +34,6 @@ from migrate.state.store import NotFound
 
 log = logging.getLogger("xfer.migration")
 
-SAVE_PATH = "/vm_save"
-RESTORE_PATH = "/vm_restore"
 CONTENT_TYPE = "application/octet-stream"
 
 
@@ -48,8 +46,8 @@ def register(router: Router, host: HostServices) -> None:
     async def restore(request: Request, conn: Connection) -> None:
         await vm_restore(host, request, conn)
 
-    router.add("GET", SAVE_PATH, save)
-    router.add("PUT", RESTORE_PATH, restore)
+    router.add("GET", VM_SAVE_PATH, save)
+    router.add("PUT", VM_RESTORE_PATH, restore)
 
 
 def _row(host: HostServices, vm: str) -> dict[str, Any]:

@@ -141,6 +141,18 @@ async def test_dirty_log_exact(hypervisor: ProcessHypervisor) -> None:
     assert domain.scan_dirty().tolist() == []  # cleaned, and the guest is stopped
 
 
+async def test_populated_is_what_was_written(hypervisor: ProcessHypervisor) -> None:
+    """``populated`` lists the pages the guest ever wrote and nothing else: a hot set of 64
+    KiB in a 16 MiB guest populates at most its 16 pages; writes by the host populate too."""
+    domain = await hypervisor.create(GuestSpec("pop", 16 * MIB, workload="hotset:4M:64K"))
+    await _until(lambda: len(domain.populated()) > 0, "the hot set written")
+    await domain.pause()
+    hot = _pages(domain.populated())
+    assert 0 < len(hot) <= 16 and hot.max() < 16
+    domain.memory[10 * MIB : 10 * MIB + 1] = b"x"  # the host's write (a migration's receive)
+    assert _pages(domain.populated()).tolist() == [*hot.tolist(), 10 * MIB // PAGE_SIZE]
+
+
 def _made(domain: ProcessDomain, first: int, pages: int) -> int:
     """How many page writes from number ``first`` on are in memory although not committed:
     those of a step the guest was stopped in the middle of (a step writes in order; write

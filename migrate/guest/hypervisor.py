@@ -72,6 +72,12 @@ class Domain(Protocol):
         reports every page. DirtyLogUnavailable when the kernel cannot track writes."""
         ...
 
+    def populated(self) -> np.ndarray:
+        """The runs of pages that were ever written (the rest of RAM is zero and was never
+        touched), as ``(n, 2)`` int64 ``[start, end)`` page numbers, ascending: what a first
+        copy must look at, like Xen's populated physmap."""
+        ...
+
     async def pause(self) -> None:
         """Stop the guest; returns once it is stopped and every disk write it was told is
         done has reached its file (seen by every reader of the file on this host). Not

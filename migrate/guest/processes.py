@@ -133,6 +133,13 @@ class ProcessDomain:
             return np.array([[0, self._spec.memory // PAGE_SIZE]], dtype=np.int64)
         return runs
 
+    def populated(self) -> np.ndarray:
+        """The page runs the RAM's memfd holds data in (``SEEK_DATA``/``SEEK_HOLE``): pages
+        never written are holes, zero without being read, so a first copy skips them without
+        making the kernel allocate them."""
+        self._check_alive()
+        return data_runs(self._ram_fd, self._spec.memory)
+
     async def pause(self) -> None:
         """SIGSTOP, wait until the kernel shows the guest stopped, quiesce its disks."""
         self._check_alive()
@@ -488,3 +495,21 @@ async def _ready(process: trio.Process, control: socket.socket) -> dict[str, obj
     if "error" in report:
         raise GuestError(f"the guest program failed: {report['error']}")
     return report
+
+
+def data_runs(fd: int, size: int) -> np.ndarray:
+    """The ``[start, end)`` page runs of file ``fd`` (``size`` bytes) that hold data, as
+    ``lseek(SEEK_DATA/SEEK_HOLE)`` finds them: ``(n, 2)`` int64."""
+    runs: list[tuple[int, int]] = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # no data after offset
+                break
+            raise
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        runs.append((start // PAGE_SIZE, -(-end // PAGE_SIZE)))
+        offset = end
+    return np.array(runs, dtype=np.int64).reshape(-1, 2)

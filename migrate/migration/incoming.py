@@ -143,7 +143,9 @@ class Incoming:
                 await channel.recv_sync("the source acknowledging the memory connection")
 
                 async def create(metadata: VmMetadata) -> Domain:
-                    return await self._create(final_id, metadata)
+                    domain = await self._create(final_id, metadata)
+                    await channel.send_sync()  # it exists: the source may stop its copy
+                    return domain
 
                 receiver = MemoryReceiver(mem, create, limit // PAGE_SIZE)
                 domain, metadata = await receiver.receive()

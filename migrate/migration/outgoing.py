@@ -55,6 +55,9 @@ OUTCOME_PATH = "/migrate/outcome/"
 """Below the xenops path: what became of a receive (an xfer extension)."""
 OUTCOME_TRIES = 3
 """Times the outcome is asked before the source gives up and resumes its copy."""
+CREATE_TIMEOUT = 60.0
+"""Seconds the source waits, before it pauses the guest, for the destination's word that
+the VM's domain exists (a process started and its memory mapped)."""
 DONE_TIMEOUT = 60.0
 """Seconds the destination has to resume the VM and say so."""
 COOKIE_POWER = "xfer_power_state"
@@ -242,6 +245,13 @@ class Migration:
     async def _send_image(
         self, domain: Domain, metadata: VmMetadata, vm_ch: Channel, mem_ch: Channel
     ) -> None:
+        created = False
+
+        async def domain_created() -> None:
+            nonlocal created
+            await vm_ch.recv_sync("the destination creating the VM's domain", CREATE_TIMEOUT)
+            created = True
+
         sender = MemorySender(
             domain,
             mem_ch,
@@ -249,6 +259,7 @@ class Migration:
             live=self.options.live,
             verify=self.options.verify,
             progress=self._set_progress,
+            before_pause=domain_created,
         )
         self.report = sender.report
         prefix = suspend.SIGNATURE + suspend.xenops_record(metadata) + suspend.libxc_header()
@@ -257,6 +268,8 @@ class Migration:
         except ChannelError as e:
             # the destination may have said why it stopped reading
             try:
+                if not created:  # its word that the domain exists comes first
+                    await vm_ch.recv_sync("the destination creating the VM's domain", 2.0)
                 await vm_ch.recv_sync("the destination receiving the memory", 2.0)
             except RemoteError as reason:
                 raise reason from None

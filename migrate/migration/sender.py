@@ -2,7 +2,9 @@
 rounds, then the CPU state, onto a migration connection.
 
 Live: the first scan of the dirty log arms it; round 0 sends every page that is not all zero
-(zero pages as XALLOC entries); each later round sends what the guest wrote during the one
+(zero pages as XALLOC entries) among those the guest ever wrote (``Domain.populated``: RAM never
+touched is zero at both ends and is not even read, which would make the kernel allocate it on
+the source); each later round sends what the guest wrote during the one
 before, the policy (:mod:`migrate.migration.policy`) deciding after each round whether to go
 on (throttling the guest if it outruns the link) or to stop the guest and send the rest. Not
 live: the guest is paused first and its memory sent once, like round 0. Then TSC info, HVM
@@ -13,7 +15,7 @@ resumes it on failure or destroys it once the destination runs it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +59,7 @@ class MemorySender:
         verify: bool = False,
         progress: Callable[[float], None] | None = None,
         on_round: Callable[[SendReport], None] | None = None,
+        before_pause: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.domain = domain
         self.channel = channel
@@ -66,6 +69,10 @@ class MemorySender:
         self.report = SendReport()
         self._progress = progress
         self._on_round = on_round
+        self._before_pause = before_pause
+        """Awaited (once what is queued is sent) before the guest is paused: a migration
+        waits there until the destination's domain exists, so that making it (a process
+        started, its memory mapped) is never part of the downtime."""
         self.pages = domain.spec.memory // PAGE_SIZE
         self._estimate = float(domain.spec.memory)
         """Bytes the whole stream is expected to take (grows as rounds come)."""
@@ -90,13 +97,12 @@ class MemorySender:
         out = self.pages_out
         await out.send_bytes(prefix + libxc.image_header() + libxc.domain_header())
         await out.send_bytes(libxc.static_data_end())
-        everything = np.arange(self.pages, dtype=np.int64)
         if not self.live:
             await self._pause()
-            await out.send_pages(everything, detect_zero=True)
+            await out.send_pages(expand_runs(self.domain.populated()), detect_zero=True)
             self.report.stop_reason = "not live: paused, memory sent once"
         else:
-            await self._precopy(everything)
+            await self._precopy()
         await out.send_bytes(
             libxc.tsc_info()
             + libxc.hvm_params(HVM_PARAMS)
@@ -109,10 +115,10 @@ class MemorySender:
             self.report.digest = await trio.to_thread.run_sync(memory_digest, self.domain.memory)
         return self.report
 
-    async def _precopy(self, everything: np.ndarray) -> None:
+    async def _precopy(self) -> None:
         domain, out, config = self.domain, self.pages_out, self.config
-        domain.scan_dirty()  # arms the dirty log: every page is sent in round 0
-        pfns, detect_zero, throttle = everything, True, 0.0
+        domain.scan_dirty()  # arms the dirty log: every write from now on is in the next scan
+        pfns, detect_zero, throttle = expand_runs(domain.populated()), True, 0.0
         while True:
             start = trio.current_time()
             size = await out.send_pages(pfns, detect_zero)
@@ -141,6 +147,9 @@ class MemorySender:
         await out.send_pages(final, detect_zero=False)
 
     async def _pause(self) -> None:
+        if self._before_pause is not None:
+            await self.pages_out.flush()
+            await self._before_pause()
         await self.domain.pause()
         self.report.paused_at = trio.current_time()
 

@@ -39,6 +39,7 @@ async def test_read_write_flush(served: tuple[BlockClient, BlockBackend, Path]) 
     assert await trio.to_thread.run_sync(client.read, 4090, 10) == bytes(6) + data[:4]
     await trio.to_thread.run_sync(client.flush)
     await backend.quiesce()
+    await backend.sync()
     assert path.read_bytes()[-3:] == b"end"
 
 

@@ -333,6 +333,8 @@ async def test_create_refusals(hypervisor: ProcessHypervisor, tmp_path: Path) ->
         await hypervisor.create(GuestSpec("a", 4 * MIB, workload="hotset:1M"))
     with pytest.raises(GuestError, match="memory 1000 is not a positive multiple"):
         await hypervisor.create(GuestSpec("a", 1000))
+    with pytest.raises(GuestError, match="memory 1125899906842624 exceeds this host's"):
+        await hypervisor.create(GuestSpec("a", 1 << 50))
     with pytest.raises(GuestError, match="vcpus 0"):
         await hypervisor.create(GuestSpec("a", 4 * MIB, vcpus=0))
     missing = DiskAttachment("xvda", str(tmp_path / "missing"))
@@ -409,6 +411,7 @@ async def test_disk_writes_land_in_the_file(hypervisor: ProcessHypervisor, tmp_p
         domain = await hypervisor.create(spec)
         await _until(lambda: _counter_running(domain) > 200, "the ledger")  # noqa: B023
         await domain.pause()
+        await domain.sync_disks()
         data = path.read_bytes()
         verdict = check_ledger(read_disk_ledger(data[: 1 * MIB]))
         assert verdict.intact and verdict.last >= _counter(domain) > 200

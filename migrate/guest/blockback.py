@@ -3,8 +3,10 @@
 
 Raw files are served whole; a fixed VHD (raw data then a footer) is served as its data. Other
 formats (dynamic and differencing VHDs) are refused with a GuestError. :meth:`quiesce` is
-the pause's half on the disk side: it returns when no complete request is left unanswered
-and every acknowledged write is durable.
+the pause's half on the disk side: it returns when no complete request is left unanswered.
+Durability is :meth:`sync` (and the guest's flush requests), apart: an ``fdatasync`` costs a
+journal commit (4.5 ms median, 15 ms at worst, measured on ext4 under load), a large part of
+a 20 ms migration downtime.
 """
 
 from __future__ import annotations
@@ -106,14 +108,19 @@ class BlockBackend:
                 self.sock.shutdown(socket.SHUT_RDWR)
 
     async def quiesce(self) -> None:
-        """Return once every complete request the (stopped) guest sent is answered and every
-        acknowledged write is durable (so that a backend on the same file elsewhere sees
-        them). A request the guest was stopped in the middle of sending stays unanswered:
-        it was not acknowledged, and the guest sends it again when it resumes."""
+        """Return once every complete request the (stopped) guest sent is answered: its
+        acknowledged writes are in the file (the host's page cache), which every reader of
+        the file on this host sees. A request the guest was stopped in the middle of sending
+        stays unanswered: it was not acknowledged, and the guest sends it again when it
+        resumes."""
         spins = 0
         while self._busy or (self.sock.fileno() >= 0 and _readable_bytes(self.sock)):
             spins += 1
             await (trio.sleep(0) if spins < _QUIESCE_SPINS else trio.sleep(0.0005))
+
+    async def sync(self) -> None:
+        """Make every acknowledged write durable (``fdatasync`` in a worker thread, when
+        there was a write since the last)."""
         if self._unsynced and self.fd >= 0:
             self._unsynced = False
             await trio.to_thread.run_sync(os.fdatasync, self.fd)

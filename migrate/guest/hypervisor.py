@@ -74,7 +74,12 @@ class Domain(Protocol):
 
     async def pause(self) -> None:
         """Stop the guest; returns once it is stopped and every disk write it was told is
-        done is durable."""
+        done has reached its file (seen by every reader of the file on this host). Not
+        durable yet: that is :meth:`sync_disks`, which costs milliseconds a pause cannot."""
+        ...
+
+    async def sync_disks(self) -> None:
+        """Make every disk write the guest was told is done durable (``fdatasync``)."""
         ...
 
     async def unpause(self) -> None:

@@ -142,6 +142,11 @@ class ProcessDomain:
         for backend in self._backends:
             await backend.quiesce()
 
+    async def sync_disks(self) -> None:
+        """Make every disk write the guest was told is done durable."""
+        for backend in self._backends:
+            await backend.sync()
+
     async def unpause(self) -> None:
         """SIGCONT (the throttle, if on, goes on stopping the guest part of the time)."""
         self._check_alive()
@@ -318,6 +323,9 @@ class ProcessHypervisor:
             raise GuestError(f"VM {spec.uuid} already has a domain")
         if spec.memory <= 0 or spec.memory % PAGE_SIZE:
             raise GuestError(f"memory {spec.memory} is not a positive multiple of {PAGE_SIZE}")
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if spec.memory > ram:
+            raise GuestError(f"memory {spec.memory} exceeds this host's {ram} bytes of RAM")
         if spec.vcpus < 1:
             raise GuestError(f"vcpus {spec.vcpus} is less than 1")
         try:

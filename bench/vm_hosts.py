@@ -1,0 +1,453 @@
+"""What the migration benchmark starts and measures on ``::1``: the two hosts (``xfer serve``
+daemons driven through the XenAPI SDK), the VMs made on them, one migration and its report,
+the ledger of a guest saved after it, the daemons' own memory and CPU, and the peer and floors
+(one iperf3 stream; numpy reading a guest's RAM). Everything started is stopped by its pid."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import mmap
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import XenAPI  # type: ignore[import-untyped]
+from common import MIB, BenchError, Runs, run
+from vdi_harness import Deadline
+from vdi_servers import PASSWORD, Processes, XferServer, free_port, start_iperf3, start_xfer
+
+from migrate.cli.saved_image import read_saved_vm
+from migrate.guest.workloads import LedgerError, check_ledger, read_ledger
+from migrate.migration.pages import page_words, zero_pages
+
+NETWORK_DEVICE = "lo"
+"""The PIF whose network the migrations go over: the daemons' address on it is ``::1``."""
+SETTLE = 0.5
+"""Seconds a filled guest is left to finish its last 16 MiB step before it is migrated."""
+FILL_TIMEOUT = 120.0
+"""Longest wait for a guest to have written all of its RAM."""
+TASK_POLL = 0.1
+"""Seconds between two task.get_status calls (each is a request the source daemon serves)."""
+SAMPLE_INTERVAL = 0.05
+"""Seconds between two samples of the daemons' memory."""
+
+
+# --- the daemons' memory -------------------------------------------------------------------
+
+
+def own_memory(pid: int) -> tuple[int, int]:
+    """(USS, the part of it that is guest RAM) of process ``pid`` in bytes, from one read of
+    /proc/PID/smaps: private pages (clean + dirty) of every mapping, and of the memfd mappings
+    (a guest's RAM and register area, which the daemon maps shared with the guest: a page only
+    the daemon has touched, as the destination's before the guest resumes, is private to it)."""
+    uss = guest = 0
+    memfd = False
+    with open(f"/proc/{pid}/smaps", "rb") as f:
+        for line in f:
+            if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+                kib = int(line.split()[1]) * 1024
+                uss += kib
+                if memfd:
+                    guest += kib
+            elif not line[:1].isupper():  # a mapping's header line: "start-end perms ..."
+                memfd = b"/memfd:" in line
+    return uss, guest
+
+
+@dataclass
+class MemoryPeak:
+    """The highest own memory (USS minus guest RAM) sampled of one daemon."""
+
+    name: str
+    pid: int
+    own: int = 0
+    uss_at_peak: int = 0
+    guest_at_peak: int = 0
+    samples: int = 0
+
+
+class MemorySampler:
+    """Samples the daemons' own memory every :data:`SAMPLE_INTERVAL` in a thread."""
+
+    def __init__(self, daemons: list[tuple[str, int]]) -> None:
+        self.peaks = [MemoryPeak(name, pid) for name, pid in daemons]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.seconds: list[float] = []
+        """How long each sample (one smaps read per daemon) took."""
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            for peak in self.peaks:
+                try:
+                    uss, guest = own_memory(peak.pid)
+                except (OSError, ValueError):
+                    continue
+                peak.samples += 1
+                if uss - guest > peak.own:
+                    peak.own, peak.uss_at_peak, peak.guest_at_peak = uss - guest, uss, guest
+            self.seconds.append(time.perf_counter() - start)
+            self._stop.wait(SAMPLE_INTERVAL)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class Sched:
+    """Seconds a process's threads ran on a CPU, and waited for one while runnable (the
+    scheduler's own account, /proc/PID/task/*/schedstat; threads that ended are not in it)."""
+
+    ran: float
+    waited: float
+
+    def __sub__(self, other: Sched) -> Sched:
+        return Sched(self.ran - other.ran, self.waited - other.waited)
+
+
+def busy_seconds(times: Any) -> float:
+    """CPU seconds the machine spent on anything but idling (psutil.cpu_times())."""
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+
+
+def sched(pid: int) -> Sched:
+    """The scheduler's account of process ``pid`` so far."""
+    ran = waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            fields = (task / "schedstat").read_text().split()
+            ran, waited = ran + int(fields[0]), waited + int(fields[1])
+    return Sched(ran / 1e9, waited / 1e9)
+
+
+# --- the hosts -----------------------------------------------------------------------------
+
+
+@dataclass
+class Host:
+    """A daemon and a XenAPI session on it."""
+
+    name: str
+    server: XferServer
+    session: Any
+    ref: str
+    network: str
+
+    @property
+    def x(self) -> Any:
+        """The session's ``xenapi`` proxy."""
+        return self.session.xenapi
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid."""
+        return int(self.server.proc.pid)
+
+
+def open_host(procs: Processes, xfer: list[str], workdir: Path, name: str) -> Host:
+    """``xfer serve --listen [::1]:0`` in its own state directory, logged in through the
+    XenAPI SDK; its host ref and the network of its loopback PIF."""
+    server = start_xfer(procs, xfer, workdir, name)
+    session = XenAPI.Session(server.url + "/")
+    session.xenapi.login_with_password("root", PASSWORD, "1.0", "xfer-bench")
+    x = session.xenapi
+    (host,) = x.host.get_all()
+    for pif in x.PIF.get_all():
+        if x.PIF.get_device(pif) == NETWORK_DEVICE:
+            return Host(name, server, session, host, x.PIF.get_network(pif))
+    raise BenchError(f"{name}: the daemon has no PIF on {NETWORK_DEVICE}")
+
+
+def guest_process(host: Host) -> psutil.Process:
+    """The daemon's guest process (the benchmark runs one VM at a time on a host)."""
+    for child in psutil.Process(host.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if "migrate.guest.program" in child.cmdline():
+                return child
+    raise BenchError(f"{host.name}: no guest process under the daemon")
+
+
+@dataclass
+class Vm:
+    """A VM the benchmark made: its ref, where it is, and the guest processes seen."""
+
+    ref: str
+    host: Host
+    workload: str
+
+    @property
+    def uuid(self) -> str:
+        """The VM's uuid."""
+        return str(self.ref).removeprefix("OpaqueRef:")
+
+
+class Fleet:
+    """The VMs made and the guest processes seen, so that everything is gone at the end."""
+
+    def __init__(self) -> None:
+        self.vms: list[Vm] = []
+        self.guests: set[int] = set()
+
+    def start(self, host: Host, memory: int, workload: str) -> Vm:
+        """A VM of ``memory`` bytes running ``workload`` on ``host``."""
+        record = {
+            "name_label": f"bench {workload}",
+            "memory_static_max": str(memory),
+            "VCPUs_max": "1",
+            "other_config": {"xfer_workload": workload},
+        }
+        vm = Vm(host.x.VM.create(record), host, workload)
+        self.vms.append(vm)
+        host.x.VM.start(vm.ref, False, False)
+        self.guests.add(guest_process(host).pid)
+        return vm
+
+    def remove(self, vm: Vm) -> None:
+        """Shut the VM down (if it runs) and destroy it where it is."""
+        x = vm.host.x
+        if x.VM.get_power_state(vm.ref) != "Halted":
+            x.VM.hard_shutdown(vm.ref)
+        x.VM.destroy(vm.ref)
+        self.vms.remove(vm)
+
+    def remove_all(self) -> None:
+        """Every VM still there removed, then any guest process still alive killed (by pid):
+        the daemons' ends kill theirs, this is for a daemon that could not."""
+        for vm in list(self.vms):
+            with contextlib.suppress(Exception):
+                self.remove(vm)
+
+    def kill_leftovers(self) -> None:
+        """Kill the guest processes seen that outlived their daemons."""
+        for pid in self.guests:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                if "migrate.guest.program" in process.cmdline():
+                    process.send_signal(signal.SIGKILL)
+
+
+def wait_filled(vm: Vm, memory: int, deadline: float) -> float:
+    """Wait until the guest has touched all of its RAM (its RSS, the memfd's pages it maps,
+    reaches the memory size), then :data:`SETTLE` more; seconds waited."""
+    start = time.monotonic()
+    process = guest_process(vm.host)
+    while process.memory_info().rss < memory:
+        if time.monotonic() > min(deadline, start + FILL_TIMEOUT):
+            raise BenchError(f"the {vm.workload} guest did not fill its RAM in time")
+        time.sleep(0.05)
+    time.sleep(SETTLE)
+    return time.monotonic() - start
+
+
+# --- a migration ---------------------------------------------------------------------------
+
+
+@dataclass
+class Migrated:
+    """One migration: the report, wall seconds seen by the client, CPU seconds of each
+    daemon during it, and the wall-clock (ns) window it ran in."""
+
+    report: dict[str, Any]
+    wall: float
+    source: Sched
+    """The source daemon's CPU during the migration."""
+    destination: Sched
+    busy_cpus: float
+    """CPUs the whole machine kept busy on average meanwhile (all processes)."""
+    started_ns: int
+    ended_ns: int
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        """The pre-copy rounds."""
+        return list(self.report["rounds"])
+
+    @property
+    def total(self) -> float:
+        """Seconds the source took, start to the destination running the VM."""
+        return float(self.report["total"])
+
+    @property
+    def stream_rate(self) -> float:
+        """Bytes/s of round 0 (every non-zero page)."""
+        first = self.rounds[0]
+        return float(first["bytes"]) / float(first["seconds"])
+
+    @property
+    def throttle(self) -> float:
+        """The highest throttle duty of the rounds."""
+        return max(float(r["throttle"]) for r in self.rounds)
+
+    @property
+    def downtime(self) -> float:
+        """Seconds from the source's SIGSTOP to the destination's word that it runs the VM."""
+        return float(self.report["downtime"])
+
+    @property
+    def final_pages(self) -> int:
+        """Pages sent after the pause."""
+        return int(self.report["final_pages"])
+
+    @property
+    def unthrottled_dirty_rate(self) -> float:
+        """The highest rate (bytes/s of distinct pages) the guest dirtied memory at in a
+        round where it was not throttled."""
+        return max(float(r["dirty_rate"]) for r in self.rounds if float(r["throttle"]) == 0.0)
+
+
+def migrate(vm: Vm, dest: Host, deadline: Deadline, options: dict[str, str]) -> Migrated:
+    """``Async.VM.migrate_send`` of ``vm`` to ``dest``, polled to its end; BenchError on a
+    failure. ``vm.host`` becomes ``dest``."""
+    source = vm.host
+    receive = dest.x.host.migrate_receive(dest.ref, dest.network, {})
+    before_a, before_b = sched(source.pid), sched(dest.pid)
+    machine = psutil.cpu_times()
+    started_ns = time.time_ns()
+    start = time.perf_counter()
+    task = source.x.Async.VM.migrate_send(vm.ref, receive, True, {}, {}, options)
+    limit = time.monotonic() + deadline.left()
+    while (status := source.x.task.get_status(task)) in ("pending", "cancelling"):
+        if time.monotonic() > limit:
+            source.x.task.cancel(task)
+            raise BenchError(f"the migration of the {vm.workload} guest did not end in time")
+        time.sleep(TASK_POLL)
+    wall = time.perf_counter() - start
+    ended_ns = time.time_ns()
+    cpu_a, cpu_b = sched(source.pid) - before_a, sched(dest.pid) - before_b
+    busy = busy_seconds(psutil.cpu_times()) - busy_seconds(machine)
+    record = source.x.task.get_record(task)
+    source.x.task.destroy(task)
+    if status != "success":
+        raise BenchError(f"migration of the {vm.workload} guest: {status} {record['error_info']}")
+    vm.host = dest
+    report = json.loads(record["other_config"]["xfer_migration"])
+    if report.get("state") != "done" or not report.get("rounds"):
+        raise BenchError(f"migration of the {vm.workload} guest: report {report}")
+    return Migrated(report, wall, cpu_a, cpu_b, busy / wall, started_ns, ended_ns)
+
+
+def save(vm: Vm, path: Path, timeout: float) -> None:
+    """``GET /vm_save`` of ``vm`` where it runs, into ``path`` (the VM is Halted after)."""
+    server = vm.host.server
+    port = int(server.url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("::1", port, timeout=timeout)
+    try:
+        conn.request("GET", f"/vm_save?vm={vm.uuid}&session_id={vm.host.session._session}")
+        response = conn.getresponse()
+        if response.status != 200:
+            raise BenchError(f"vm_save: HTTP {response.status}: {response.read()[:300]!r}")
+        with open(path, "wb") as f:
+            while chunk := response.read(8 * MIB):
+                f.write(chunk)
+    finally:
+        conn.close()
+
+
+@dataclass
+class Pause:
+    """What the ledger shows of one migration."""
+
+    gap: float
+    """The largest gap between consecutive timestamps from the migration's start on."""
+    records: int
+    anywhere: float
+    """The largest gap over the whole ring (before the migration too)."""
+
+
+def ledger_pause(image: Path, since_ns: int) -> Pause:
+    """The ledger of a saved image: BenchError unless intact; its largest gap from
+    ``since_ns`` on (the last record before it included, so a pause at the start counts)."""
+    try:
+        records = read_ledger(memoryview(read_saved_vm(str(image)).memory))
+    except (LedgerError, ValueError) as e:
+        raise BenchError(f"the ledger in {image.name}: {e}") from None
+    verdict = check_ledger(records)
+    if not verdict.intact:
+        raise BenchError(f"the ledger after the migration: {verdict}")
+    first = max(0, int(np.searchsorted(records[:, 1], since_ns)) - 1)
+    window = records[first:, 1]
+    if len(window) < 2:
+        raise BenchError("the ledger holds no record after the migration started")
+    return Pause(float(np.diff(window).max()) / 1e9, len(window), verdict.max_gap)
+
+
+# --- the peer and floors -------------------------------------------------------------------
+
+
+@dataclass
+class Iperf:
+    """One iperf3 run: bytes/s received and the CPU use of both ends (percent of one CPU)."""
+
+    rate: float
+    sender_cpu: float
+    receiver_cpu: float
+
+
+def iperf3(procs: Processes, workdir: Path, seconds: int, deadline: Deadline) -> Iperf:
+    """One TCP stream over ::1 for ``seconds`` (as ../shared/anchors/loopback.sh)."""
+    port = free_port()
+    server = start_iperf3(procs, workdir, port)
+    try:
+        argv = ["iperf3", "-c", "::1", "-p", str(port), "-t", str(seconds), "-J"]
+        done = run(argv, deadline.left())
+    finally:
+        procs.stop(server)
+    end = json.loads(done.stdout)["end"]
+    cpu = end.get("cpu_utilization_percent", {})
+    return Iperf(
+        float(end["sum_received"]["bits_per_second"]) / 8,
+        float(cpu.get("host_total", 0.0)),
+        float(cpu.get("remote_total", 0.0)),
+    )
+
+
+@dataclass
+class MemoryFloor:
+    """Seconds for numpy to read ``size`` bytes of random memory, and for the sender's zero
+    detection (one word a page) over it."""
+
+    read: Runs
+    zero: Runs
+    size: int
+
+
+def memory_floor(size: int, runs: int) -> MemoryFloor:
+    """A memfd of ``size`` random bytes (as a guest's RAM), read whole by numpy
+    (``np.bitwise_or.reduce``) and scanned by :func:`zero_pages` ``runs`` times."""
+    fd = os.memfd_create("bench-floor", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as mapping:
+            view = memoryview(mapping)
+            words = np.frombuffer(view, dtype=np.uint64)
+            np.random.Generator(np.random.SFC64(1)).random(out=words.view(np.float64))
+            pages = page_words(view)
+            pfns = np.arange(len(pages), dtype=np.int64)
+            read, zero = Runs(), Runs()
+            for _ in range(runs):
+                start = time.perf_counter()
+                np.bitwise_or.reduce(words)
+                read.seconds.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                for first in range(0, len(pfns), 1024):  # as the sender: a record at a time
+                    zero_pages(pages, pfns[first : first + 1024])
+                zero.seconds.append(time.perf_counter() - start)
+            del words, pages
+            view.release()
+    finally:
+        os.close(fd)
+    return MemoryFloor(read, zero, size)

@@ -382,6 +382,7 @@ class Daemon:
     sr: str
     state: Path
     session: str
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def sr_dir(self) -> Path:
@@ -434,8 +435,10 @@ def running_daemon(tmp: Path, *args: str) -> Iterator[Daemon]:
         daemon.session = login["Value"]
         (pool,) = daemon.rpc("pool.get_all")
         daemon.sr = daemon.rpc("SR.get_uuid", daemon.rpc("pool.get_default_SR", pool))
+        daemon.process = proc
         yield daemon
-        assert stop(proc) == 0
+        if proc.poll() is None:  # (a test may have killed it)
+            assert stop(proc) == 0
 
 
 # A network fault
@@ -443,10 +446,13 @@ def running_daemon(tmp: Path, *args: str) -> Iterator[Daemon]:
 
 @dataclass
 class Relayed:
-    """One connection through a :class:`CuttingProxy`: the first bytes each way."""
+    """One connection through a :class:`CuttingProxy`: the first bytes each way, and how
+    many went each way in all."""
 
     request: bytearray
     response: bytearray
+    request_total: int = 0
+    response_total: int = 0
 
 
 class CuttingProxy:
@@ -456,7 +462,9 @@ class CuttingProxy:
     closed once ``cut`` bytes of the server's answer (its head included) went through: a
     connection cut in the middle of a body; with ``cut_request`` likewise once that many bytes
     the client sent went through. ``only``: the index of the one connection (in the order
-    they were accepted) the cuts apply to. The first ``keep`` bytes each way are recorded
+    they were accepted) the cuts apply to. With ``hold``, that connection's client direction
+    stops once ``hold`` bytes went through (:attr:`holding` set) until :attr:`release` is
+    set. The first ``keep`` bytes each way are recorded
     (:attr:`connections`), so a test reads the request and response heads off the wire.
 
     A context manager: on exit the listener and every connection are closed and the relay's
@@ -472,6 +480,7 @@ class CuttingProxy:
         cut: int | None = None,
         cut_request: int | None = None,
         only: int | None = None,
+        hold: int | None = None,
         timeout: float = 30.0,
         keep: int = 64 * KiB,
     ) -> None:
@@ -479,6 +488,9 @@ class CuttingProxy:
         self.cut = cut
         self.cut_request = cut_request
         self.only = only
+        self.hold = hold
+        self.holding = threading.Event()
+        self.release = threading.Event()
         self.timeout = timeout
         self.keep = keep
         self.connections: list[Relayed] = []
@@ -550,18 +562,32 @@ class CuttingProxy:
             cutting = self.only is None or self.only == len(self.connections)
             self.connections.append(relayed)
         cut, cut_request = (self.cut, self.cut_request) if cutting else (None, None)
-        self._start(self._pump, client, server, relayed.request, cut_request)
-        self._pump(server, client, relayed.response, cut)
+        hold = self.hold if cutting else None
+        self._start(self._pump, client, server, relayed, True, cut_request, hold)
+        self._pump(server, client, relayed, False, cut, None)
 
     def _pump(
-        self, src: socket.socket, dst: socket.socket, record: bytearray, cut: int | None
+        self,
+        src: socket.socket,
+        dst: socket.socket,
+        relayed: Relayed,
+        request: bool,
+        cut: int | None,
+        hold: int | None,
     ) -> None:
         """Relay ``src`` to ``dst`` until ``src`` ends (then half-close ``dst``), a socket
-        fails or times out (then close both), or ``cut`` bytes went through (close both)."""
+        fails or times out (then close both), or ``cut`` bytes went through (close both);
+        after ``hold`` bytes, wait for :attr:`release`."""
+        record = relayed.request if request else relayed.response
         moved = 0
         try:
             while True:
-                data = src.recv(256 * KiB)
+                if hold is not None and moved >= hold:
+                    self.holding.set()
+                    self.release.wait(self.timeout)
+                    hold = None
+                size = 256 * KiB if hold is None else max(1, min(256 * KiB, hold - moved))
+                data = src.recv(size)
                 if not data:
                     dst.shutdown(socket.SHUT_WR)
                     return
@@ -570,6 +596,10 @@ class CuttingProxy:
                 record += data[: max(0, self.keep - len(record))]
                 dst.sendall(data)
                 moved += len(data)
+                if request:
+                    relayed.request_total = moved
+                else:
+                    relayed.response_total = moved
                 if cut is not None and moved >= cut:
                     _shut(src)
                     _shut(dst)

@@ -12,7 +12,15 @@ import pytest
 import trio
 
 from migrate.guest.blockback import BlockBackend, open_disk
-from migrate.guest.blockwire import MAX_IO, REQUEST, RESPONSE, WRITE, BlockClient, BlockIOError
+from migrate.guest.blockwire import (
+    MAX_IO,
+    READ,
+    REQUEST,
+    RESPONSE,
+    WRITE,
+    BlockClient,
+    BlockIOError,
+)
 from migrate.guest.hypervisor import DiskAttachment
 
 SIZE = 4 << 20
@@ -86,3 +94,27 @@ async def test_quiesce_answers_what_was_sent(
     with trio.fail_after(5):
         await backend.quiesce()
     assert path.read_bytes()[200:204] == bytes(4)
+
+
+async def test_quiesce_does_not_wait_for_a_stopped_reader(
+    served: tuple[BlockClient, BlockBackend, Path],
+) -> None:
+    """A read's answer larger than the socket holds waits for the guest to read it; a
+    stopped guest never does, and the pause must not wait for it either."""
+    client, backend, _ = served
+    client.sock.sendall(REQUEST.pack(READ, MAX_IO, 0, 1))
+    await trio.sleep(0.05)
+    with trio.fail_after(5):
+        await backend.quiesce()
+    head = await trio.to_thread.run_sync(client.sock.recv, RESPONSE.size, socket.MSG_WAITALL)
+    assert RESPONSE.unpack(head) == (0, MAX_IO, 1)
+
+
+async def test_quiesce_after_the_end(served: tuple[BlockClient, BlockBackend, Path]) -> None:
+    """A connection ended by a protocol violation, with bytes left unread, does not hold a
+    pause forever."""
+    client, backend, _ = served
+    client.sock.sendall(REQUEST.pack(9, 0, 0, 1) + bytes(100))
+    await trio.sleep(0.05)
+    with trio.fail_after(5):
+        await backend.quiesce()

@@ -20,6 +20,7 @@ import trio
 import XenAPI
 
 from migrate.guest.processes import ProcessHypervisor
+from migrate.guest.workloads import check_ledger, read_disk_ledger, read_ledger
 from migrate.host import tasks
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
@@ -115,6 +116,19 @@ def new_vm(x: Any, name: str = "vm", memory: Any = str(MEMORY), **more: Any) -> 
     return ref
 
 
+def jsonrpc(server: Server, method: str, *params: Any) -> Any:
+    """The result of a JSON-RPC call (checked to succeed)."""
+    conn = http.client.HTTPConnection("::1", server.port, timeout=30)
+    try:
+        body = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+        conn.request("POST", "/jsonrpc", body=body, headers={"content-type": "application/json"})
+        answer = json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+    assert "result" in answer, answer
+    return answer["result"]
+
+
 def wait_task(x: Any, task: str) -> str:
     """The status of ``task`` once it ended."""
     return str(
@@ -155,6 +169,20 @@ async def test_vm_create_and_accessors(server: Server) -> None:
             x.VM.set_name_label(vm, "renamed")
             assert x.VM.get_name_label(vm) == "renamed"
             assert x.host.get_resident_VMs(HOST_REF) == []
+
+            found = getattr(x.event, "from")(["vm"], "", 1.0)
+            assert found["valid_ref_counts"] == {"vm": "1"}
+            (event,) = found["events"]
+            assert (event["class"], event["operation"], event["ref"]) == ("vm", "add", vm)
+            assert event["snapshot"]["name_label"] == "renamed"
+            x.VM.set_name_label(vm, "watched")
+            later = getattr(x.event, "from")(["vm"], found["token"], 1.0)
+            assert [(e["operation"], e["snapshot"]["name_label"]) for e in later["events"]] == [
+                ("mod", "watched")
+            ]
+
+            # JSON-RPC carries the same int64 as a number
+            assert jsonrpc(server, "VM.get_memory_static_max", session.handle, vm) == MEMORY
 
             other = new_vm(x, "second")  # defaults: one vCPU, the idle workload
             assert x.VM.get_other_config(other) == {"xfer_workload": "idle"}
@@ -483,6 +511,34 @@ def put_raw(server: Server, session: str, vdi: str, data: bytes) -> tuple[int, s
         return response.status, response.read().decode()
     finally:
         conn.close()
+
+
+async def test_a_guest_writes_its_disk_through_its_vbd(server: Server) -> None:
+    """A ledger guest on a raw VDI: every record it committed in RAM is on the VDI's file
+    after a clean shutdown, none lost or reordered."""
+    store = server.host.store
+    sr = store.all("SR")[0]
+    session = await in_thread(server.session)
+    x = session.xenapi
+    args = {"SR": f"OpaqueRef:{sr['uuid']}", "virtual_size": str(4 * MiB)}
+    vdi = await in_thread(lambda: x.VDI.create({**args, "sm_config": {"type": "raw"}}))
+    vm = await in_thread(lambda: new_vm(x, other_config={"xfer_workload": "ledger"}))
+    vbd = {"VM": vm, "VDI": vdi, "userdevice": "0", "mode": "RW", "type": "Disk"}
+    await in_thread(lambda: x.VBD.create(vbd))
+    await in_thread(lambda: x.VM.start(vm, False, False))
+    domain = server.host.guests.domain(vm.removeprefix("OpaqueRef:"))
+    assert domain is not None
+    last = await wait_until(
+        lambda: len(found := read_ledger(domain.memory)) >= 50 and int(found[-1][0]),
+        what="50 ledger records in the guest's RAM",
+    )
+    await in_thread(lambda: x.VM.clean_shutdown(vm))
+    path = Path(sr["path"]) / f"{vdi.removeprefix('OpaqueRef:')}.vhd"
+    records = read_disk_ledger(path.read_bytes()[: 4 * MiB])
+    verdict = check_ledger(records)
+    assert verdict.intact, verdict
+    assert verdict.last >= last, (verdict, last)
+    await in_thread(lambda: close(session))
 
 
 # host.migrate_receive and VM.migrate_send

@@ -81,7 +81,9 @@ class BlockBackend:
         sock.setblocking(False)
         self._buffer = bytearray(REQUEST.size + MAX_IO)
         self._have = 0
-        self._busy = False
+        self._busy = False  # a request being executed
+        self._sending = False  # an answer waiting for room in the socket
+        self._done = False
         self._unsynced = False
 
     def close(self) -> None:
@@ -104,6 +106,7 @@ class BlockBackend:
                 finally:
                     self._busy = False
         finally:
+            self._done = True
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -114,9 +117,16 @@ class BlockBackend:
         stays unanswered: it was not acknowledged, and the guest sends it again when it
         resumes."""
         spins = 0
-        while self._busy or (self.sock.fileno() >= 0 and _readable_bytes(self.sock)):
+        while not self._done and (self._busy or (not self._sending and self._unread())):
             spins += 1
             await (trio.sleep(0) if spins < _QUIESCE_SPINS else trio.sleep(0.0005))
+
+    def _unread(self) -> bool:
+        """Whether the guest sent bytes the backend has not received yet."""
+        if self.sock.fileno() < 0:
+            return False
+        raw = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return bool(struct.unpack("i", raw)[0])
 
     async def sync(self) -> None:
         """Make every acknowledged write durable (``fdatasync`` in a worker thread, when
@@ -167,8 +177,8 @@ class BlockBackend:
                 data = os.pread(self.fd, length, offset)
                 await self._answer(0, tag, data.ljust(length, b"\0"))
             else:
-                os.fdatasync(self.fd)
                 self._unsynced = False
+                await trio.to_thread.run_sync(os.fdatasync, self.fd)
                 await self._answer(0, tag)
         except OSError as e:
             await self._answer(e.errno or errno.EIO, tag, f"{OPS[op]}: {e.strerror}")
@@ -182,9 +192,9 @@ class BlockBackend:
             try:
                 view = view[self.sock.send(view) :]
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-
-
-def _readable_bytes(sock: socket.socket) -> int:
-    raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    return int(struct.unpack("i", raw)[0])
+                # The request is done; only its answer waits for a guest that may be stopped.
+                self._busy, self._sending = False, True
+                try:
+                    await trio.lowlevel.wait_writable(self.sock)
+                finally:
+                    self._busy, self._sending = True, False

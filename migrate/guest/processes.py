@@ -67,7 +67,7 @@ class ProcessDomain:
         self._view: memoryview | None = memoryview(self._ram)
         self._backends = backends
         self._paused = paused
-        self._scope = trio.CancelScope()
+        self._scopes: list[trio.CancelScope] = []
         self._exited = trio.Event()
         self._released = False
         self._log: dirtylog.DirtyLog | None = None
@@ -250,14 +250,17 @@ class ProcessDomain:
         self._release()
 
     async def _serve_disk(self, backend: BlockBackend) -> None:
-        with self._scope, contextlib.suppress(OSError, trio.ClosedResourceError):
-            await backend.serve()
+        with trio.CancelScope() as scope, contextlib.suppress(OSError, trio.ClosedResourceError):
+            self._scopes.append(scope)
+            if not self._released:
+                await backend.serve()
 
     def _release(self) -> None:
         if self._released:
             return
         self._released = True
-        self._scope.cancel()
+        for scope in self._scopes:
+            scope.cancel()
         for backend in self._backends:
             trio.lowlevel.notify_closing(backend.sock)
             backend.close()

@@ -35,6 +35,8 @@ EXIT_FAILED = 2
 """Exit status of a guest that could not start (the reason went to the control socket)."""
 EXIT_DISK = 3
 """Exit status of a guest whose disk failed (the reason went to stderr)."""
+MAX_CATCH_UP = 0.05
+"""Seconds of lateness a step makes up for at most."""
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -103,18 +105,31 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(machine: workloads.Machine, control: socket.socket) -> None:
+    """Step the workload every tick. Lateness (the host scheduling the guest late) is caught
+    up, up to :data:`MAX_CATCH_UP`; time spent stopped (paused, throttled) is not: a vCPU
+    that was not running did no work, which is what makes the throttle slow the guest."""
     tick = machine.workload.tick
+    continued = False
+
+    def on_continue(signum: int, frame: object) -> None:
+        nonlocal continued
+        continued = True
+
+    signal.signal(signal.SIGCONT, on_continue)
     last = deadline = time.monotonic()
     while not _daemon_gone(control):
         now = time.monotonic()
-        # A guest kept stopped (paused, throttled) did no work meanwhile: no catching up.
-        machine.step(min(now - last, 2 * tick), time.time_ns())
+        seconds = min(now - last, MAX_CATCH_UP)
+        if continued:
+            continued = False
+            seconds = min(seconds, tick)
+        machine.step(seconds, time.time_ns())
         last = now
         deadline += tick
         delay = deadline - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        elif delay < -10 * tick:
+        elif delay < -MAX_CATCH_UP:
             deadline = time.monotonic()
 
 

@@ -19,6 +19,11 @@ IMPORT = "import"
 """The holder of an import's claim."""
 
 
+def vm_holder(vm: str) -> str:
+    """The holder of the claims of VM ``vm``'s domain on its disks."""
+    return f"VM {vm}"
+
+
 class Claims:
     """The VDIs being written, each with its holder and the event set when it ends."""
 
@@ -31,7 +36,7 @@ class Claims:
         return self.holder(vdi) is not None
 
     def holder(self, vdi: str) -> str | None:
-        """Who writes ``vdi`` (:data:`IMPORT`, or ``VM <uuid>``), if anyone."""
+        """Who writes ``vdi`` (:data:`IMPORT`, or :func:`vm_holder`), if anyone."""
         with self._lock:
             claim = self._writers.get(vdi)
         return None if claim is None else claim[0]

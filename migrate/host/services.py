@@ -54,7 +54,7 @@ class HostServices:
 
     def watch(self, domain: Domain, vdis: Sequence[str] = ()) -> None:
         """Once ``domain`` ends, however it ends, release the claims on ``vdis`` (the VDIs
-        its disks are, claimed by its starter with ``claims.claim_writer(vdi, "VM <uuid>")``)
+        its disks are, claimed by its starter as ``claims.vm_holder(uuid)``)
         and, if it ended by itself (the guest died, or was killed) rather than by an
         operation on the VM (which records its own outcome), record the VM Halted. Call it
         once the VM is recorded live here."""

@@ -172,5 +172,7 @@ class Channel:
         )
 
     async def aclose(self) -> None:
-        """Close the connection (at once, without waiting for the peer)."""
-        await trio.aclose_forcefully(self.stream)
+        """Close the connection (at once, without waiting for the peer; also while being
+        cancelled, so that closing one channel after another closes them all)."""
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)

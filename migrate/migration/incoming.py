@@ -36,8 +36,9 @@ from migrate.http.routing import Request, Router, param
 from migrate.migration.channel import Channel, ChannelError
 from migrate.migration.outgoing import COOKIE_POWER, COOKIE_VERIFY, OUTCOME_PATH
 from migrate.migration.receiver import ImageError, MemoryReceiver
-from migrate.migration.rendezvous import PairingError, Rendezvous
+from migrate.migration.rendezvous import Expected, MemoryConnection, PairingError, Rendezvous
 from migrate.migration.sender import memory_digest
+from migrate.nursery import open_nursery
 from migrate.state.store import NotFound
 
 log = logging.getLogger("xfer.migration")
@@ -48,6 +49,8 @@ DONE_TIMEOUT = 60.0
 """Seconds the source has, once the image is in, to say it is done."""
 OUTCOME_WAIT = 60.0
 """Seconds an outcome question waits for the receive to be decided."""
+TEARDOWN_WAIT = 5.0
+"""Seconds a receive waits for an earlier one of the same VM to end."""
 OUTCOMES_KEPT = 256
 """Decided receives remembered (the oldest forgotten first)."""
 
@@ -127,14 +130,16 @@ class Incoming:
         receiver: MemoryReceiver | None = None
         recorded = False
         try:
+            await _turn(host, final_id)
             with (
                 self.rendezvous.expect(id) as expected,
                 host.operations.exclusive(final_id, "migrate_receive"),
             ):
                 await self._check(final_id, limit)
                 await channel.send_sync()
-                memory = await expected.wait(PAIR_TIMEOUT)
+                memory = await _memory_or_gone(expected, channel)
                 mem = Channel(memory.stream, "mem", memory.buffered)
+                await mem.send_sync()  # here, once the vm connection is no longer watched
                 await channel.recv_sync("the source acknowledging the memory connection")
 
                 async def create(metadata: VmMetadata) -> Domain:
@@ -214,9 +219,7 @@ class Incoming:
             except PairingError as e:
                 log.info("migration %s: %s", id, e)
                 return
-            with contextlib.suppress(ChannelError):
-                await Channel(stream, "mem").send_sync()
-            await memory.done.wait()
+            await memory.done.wait()  # the receive answers and reads it
 
     # what became of a receive
 
@@ -233,6 +236,31 @@ class Incoming:
             body = {"state": outcome.state, "digest": outcome.digest, "error": outcome.error}
             headers = [("content-type", "application/json"), ("connection", "close")]
             await conn.respond(200, headers, json.dumps(body).encode())
+
+
+async def _memory_or_gone(expected: Expected, channel: Channel) -> MemoryConnection:
+    """The memory connection, while the vm connection is watched: the source says nothing
+    before the pairing, so anything on it (its end, above all) ends the receive."""
+    memory: MemoryConnection | None = None
+    async with open_nursery() as nursery:
+
+        async def pair() -> None:
+            nonlocal memory
+            memory = await expected.wait(PAIR_TIMEOUT)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(pair)
+        await channel.recv_exactly(1)
+        raise Refused("the source sent bytes out of turn on the vm connection")
+    assert memory is not None
+    return memory
+
+
+async def _turn(host: HostServices, vm: str) -> None:
+    """Wait (a little) for an earlier receive of VM ``vm`` to finish tearing down."""
+    with trio.move_on_after(TEARDOWN_WAIT):
+        while host.operations.current(vm) == "migrate_receive":
+            await trio.sleep(0.01)
 
 
 def _migration_id(request: Request, kind: str) -> str:

@@ -20,6 +20,7 @@ from migrate.formats.xapi import NULL_REF, ref
 from migrate.guest import workloads
 from migrate.guest.hypervisor import PAGE_SIZE, DiskAttachment, Domain, GuestError, GuestSpec
 from migrate.guest.workloads import WorkloadError
+from migrate.host.claims import vm_holder
 from migrate.host.errors import (
     FIELD_TYPE_ERROR,
     HOST_NOT_ENOUGH_FREE_MEMORY,
@@ -141,7 +142,7 @@ def _guest_spec(host: HostServices, vm: str) -> tuple[GuestSpec, list[str]]:
 async def _claim(host: HostServices, uuid: str, vdis: list[str]) -> None:
     """Claim the ``vdis`` of VM ``uuid`` for its domain (after the domain of its last run
     released them); VDI_IN_USE naming the holder when another one holds one of them."""
-    holder = f"VM {uuid}"
+    holder = vm_holder(uuid)
     claimed: list[str] = []
     try:
         for vdi in vdis:
@@ -266,21 +267,22 @@ async def start(
 
 
 async def _halt(host: HostServices, uuid: str, domain: Domain | None, clean: bool) -> None:
-    """Destroy VM ``uuid``'s domain (``clean``: paused first, so that every disk write it
-    was told is done is durable), wait for its disks' release and record it Halted; not
-    interrupted once begun."""
+    """Destroy VM ``uuid``'s domain (``clean``: paused and its disks synced first, so that
+    every disk write it was told is done is durable), wait for its disks' release and record
+    it Halted; not interrupted once begun."""
     with trio.CancelScope(shield=True):
         if domain is not None:
             if clean:
                 await domain.pause()
+                await domain.sync_disks()
             await domain.destroy()
-        for vdi in host.claims.held_by(f"VM {uuid}"):
+        for vdi in host.claims.held_by(vm_holder(uuid)):
             await host.claims.wait_for_writer(vdi, CLAIM_WAIT)
         await _record(host, uuid, "Halted")
 
 
 async def clean_shutdown(host: HostServices, session: str, vm: str) -> None:
-    """Stop a Running VM: its guest paused (disk writes made durable), then destroyed."""
+    """Stop a Running VM: its guest paused, its disk writes made durable, then destroyed."""
     uuid = await host.db.call(_uuid, host.store, vm)
     with host.operations.exclusive(uuid, "clean_shutdown"):
         await host.db.call(_in_state, host.store, vm, ("Running",))

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -417,37 +417,38 @@ def iperf3(procs: Processes, workdir: Path, seconds: int, deadline: Deadline) ->
 
 @dataclass
 class MemoryFloor:
-    """Seconds for numpy to read ``size`` bytes of random memory, and for the sender's zero
-    detection (one word a page) over it."""
+    """The memory floors of a migration of ``size`` bytes of RAM, timed by numpy: the first
+    write to a new memfd of that size (what the destination's receive pays, page by page, on
+    top of the copy: the kernel allocates and clears each page at its first touch), one read
+    of all of it (what the source's send reads), and the sender's zero-page detection (one
+    word a page) over it."""
 
-    read: Runs
-    zero: Runs
     size: int
+    fresh: Runs = field(default_factory=Runs)
+    read: Runs = field(default_factory=Runs)
+    zero: Runs = field(default_factory=Runs)
 
-
-def memory_floor(size: int, runs: int) -> MemoryFloor:
-    """A memfd of ``size`` random bytes (as a guest's RAM), read whole by numpy
-    (``np.bitwise_or.reduce``) and scanned by :func:`zero_pages` ``runs`` times."""
-    fd = os.memfd_create("bench-floor", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        with mmap.mmap(fd, size) as mapping:
-            view = memoryview(mapping)
-            words = np.frombuffer(view, dtype=np.uint64)
-            np.random.Generator(np.random.SFC64(1)).random(out=words.view(np.float64))
-            pages = page_words(view)
-            pfns = np.arange(len(pages), dtype=np.int64)
-            read, zero = Runs(), Runs()
-            for _ in range(runs):
+    def measure(self) -> None:
+        """One run of each, on a new memfd (as a new guest's RAM) freed afterwards."""
+        fd = os.memfd_create("bench-floor", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, self.size)
+            with mmap.mmap(fd, self.size) as mapping:
+                view = memoryview(mapping)
+                words = np.frombuffer(view, dtype=np.uint64)
+                start = time.perf_counter()
+                words.fill(0x0123456789ABCDEF)
+                self.fresh.seconds.append(time.perf_counter() - start)
                 start = time.perf_counter()
                 np.bitwise_or.reduce(words)
-                read.seconds.append(time.perf_counter() - start)
+                self.read.seconds.append(time.perf_counter() - start)
+                pages = page_words(view)
+                pfns = np.arange(len(pages), dtype=np.int64)
                 start = time.perf_counter()
                 for first in range(0, len(pfns), 1024):  # as the sender: a record at a time
                     zero_pages(pages, pfns[first : first + 1024])
-                zero.seconds.append(time.perf_counter() - start)
-            del words, pages
-            view.release()
-    finally:
-        os.close(fd)
-    return MemoryFloor(read, zero, size)
+                self.zero.seconds.append(time.perf_counter() - start)
+                del words, pages
+                view.release()
+        finally:
+            os.close(fd)

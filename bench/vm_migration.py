@@ -53,12 +53,12 @@ from vdi_servers import Processes
 from vm_hosts import (
     Fleet,
     Host,
+    MemoryFloor,
     MemorySampler,
     Migrated,
     Pause,
     iperf3,
     ledger_pause,
-    memory_floor,
     migrate,
     open_host,
     own_memory,
@@ -182,9 +182,13 @@ class Bench:
 def bench(b: Bench) -> None:
     """The figures, interleaved run by run: iperf3, the idle, hot and busy migrations."""
     args, r = b.args, b.results
-    progress(f"memory floor: numpy over {args.memory // MIB} MiB")
-    r.floor = memory_floor(args.memory, max(3, args.runs))
+    r.floor = MemoryFloor(args.memory)
     for i in range(args.runs):
+        r.floor.measure()
+        progress(
+            f"  run {i + 1}/{args.runs}: numpy   first write {r.floor.fresh.seconds[-1]:.3f} s, "
+            f"read {r.floor.read.seconds[-1]:.3f} s"
+        )
         peer = iperf3(b.procs, b.workdir, args.iperf_seconds, b.deadline)
         r.iperf.append(peer)
         progress(f"  run {i + 1}/{args.runs}: iperf3 {peer.rate / MIB:7.0f} MiB/s")

@@ -82,9 +82,12 @@ def print_report(r: Results, quick: bool) -> None:
          each([p.rate for p in r.iperf], mib_s, "MiB/s")],
     ]  # fmt: skip
     if r.floor is not None:
+        fresh = r.floor.size / r.floor.fresh.median
         read = r.floor.size / r.floor.read.median
         zero = r.floor.size / r.floor.zero.median
         rows += [
+            ["  floor: first write to new RAM", f"{mib_s(fresh)} MiB/s",
+             f"{fresh / link:.2f}x iperf3", each(r.floor.fresh.seconds, secs, "s")],
             ["  floor: numpy reads the RAM", f"{mib_s(read)} MiB/s", f"{read / link:.1f}x iperf3",
              each(r.floor.read.seconds, secs, "s")],
             ["  zero-page detection alone", f"{mib_s(zero)} MiB/s", "one word a page",
@@ -131,6 +134,8 @@ def print_report(r: Results, quick: bool) -> None:
         ("iperf3 seconds per memory size", Runs([r.memory / p.rate for p in r.iperf])),
         ("3 idle total", Runs([m.total for m in r.idle])),
     ]
+    if r.floor is not None:
+        noisy.append(("floor: first write to new RAM", r.floor.fresh))
     if r.hot:
         noisy.append(("2 guest pause", Runs([p.gap for _, p in r.hot])))
     if r.busy:
@@ -219,6 +224,19 @@ def print_notes(r: Results, link: float) -> None:
         + " ".join(f"{p.sender_cpu:.0f}/{p.receiver_cpu:.0f}" for p in r.iperf)
     )
     notes.append(f"1/3 limited by: {bound(r.idle)}")
+    if r.floor is not None:
+        floors = {
+            "one iperf3 stream": link,
+            "numpy's first write to new RAM (the destination's page allocation)": r.floor.size
+            / r.floor.fresh.median,
+            "numpy reading the RAM (the source's read)": r.floor.size / r.floor.read.median,
+        }
+        lowest = min(floors, key=lambda k: floors[k])
+        stream = median([m.stream_rate for m in r.idle])
+        notes.append(
+            f"1/3 the lowest floor is {lowest}: {mib_s(floors[lowest])} MiB/s; the stream "
+            f"reaches {stream / floors[lowest]:.2f}x it"
+        )
     first = [float(m.rounds[0]["seconds"]) for m in r.idle]
     rest = [m.total - f for m, f in zip(r.idle, first, strict=True)]
     notes.append(
@@ -261,7 +279,8 @@ def print_notes(r: Results, link: float) -> None:
                     f"{float(x['throttle']):.2f}"
                     for x in m.rounds
                 )
-                + f"; stop: {m.report['stop_reason']}"
+                + f"; stop: {m.report['stop_reason']}; then {m.final_pages} pages paused, "
+                f"downtime {ms(m.downtime)} ms"
             )
     if r.sample_seconds:
         notes.append(

@@ -30,12 +30,16 @@ from migrate.migration.pages import page_words, zero_pages
 
 NETWORK_DEVICE = "lo"
 """The PIF whose network the migrations go over: the daemons' address on it is ``::1``."""
+LEDGER_RUN = 2.0
+"""Seconds the ledger guest runs before the migration (its ring holds a minute)."""
 SETTLE = 0.5
 """Seconds a filled guest is left to finish its last 16 MiB step before it is migrated."""
 FILL_TIMEOUT = 120.0
 """Longest wait for a guest to have written all of its RAM."""
 TASK_POLL = 0.1
 """Seconds between two task.get_status calls (each is a request the source daemon serves)."""
+NEAR_PAUSE = 50_000_000
+"""Nanoseconds around the estimated pause in which the ledger's gap of the pause is sought."""
 SAMPLE_INTERVAL = 0.05
 """Seconds between two samples of the daemons' memory."""
 
@@ -43,12 +47,28 @@ SAMPLE_INTERVAL = 0.05
 # --- the daemons' memory -------------------------------------------------------------------
 
 
-def own_memory(pid: int) -> tuple[int, int]:
-    """(USS, the part of it that is guest RAM) of process ``pid`` in bytes, from one read of
-    /proc/PID/smaps: private pages (clean + dirty) of every mapping, and of the memfd mappings
-    (a guest's RAM and register area, which the daemon maps shared with the guest: a page only
-    the daemon has touched, as the destination's before the guest resumes, is private to it)."""
-    uss = guest = 0
+@dataclass(frozen=True)
+class Memory:
+    """One look at a daemon's memory (bytes), from one read of /proc/PID/smaps."""
+
+    uss: int
+    """Private pages (clean + dirty) of every mapping: psutil's USS."""
+    guest: int
+    """Of those, the pages of memfd mappings: guests' RAM and register areas, which the daemon
+    maps shared with its guests (a page only the daemon has mapped, as the destination's
+    before the guest resumes, or one of a guest that is gone, is private to it)."""
+    mappings: int
+    """The guest RAM mappings (``/memfd:xfer-guest-*``) the daemon has."""
+
+    @property
+    def own(self) -> int:
+        """The daemon's own memory: USS without guest RAM."""
+        return self.uss - self.guest
+
+
+def memory_of(pid: int) -> Memory:
+    """A look at process ``pid``'s memory."""
+    uss = guest = mappings = 0
     memfd = False
     with open(f"/proc/{pid}/smaps", "rb") as f:
         for line in f:
@@ -59,26 +79,27 @@ def own_memory(pid: int) -> tuple[int, int]:
                     guest += kib
             elif not line[:1].isupper():  # a mapping's header line: "start-end perms ..."
                 memfd = b"/memfd:" in line
-    return uss, guest
+                mappings += b"/memfd:xfer-guest-" in line
+    return Memory(uss, guest, mappings)
 
 
 @dataclass
 class MemoryPeak:
-    """The highest own memory (USS minus guest RAM) sampled of one daemon."""
+    """One daemon during one sampled migration: the look before it and the sample of the
+    highest own memory."""
 
     name: str
     pid: int
-    own: int = 0
-    uss_at_peak: int = 0
-    guest_at_peak: int = 0
+    before: Memory
+    peak: Memory = Memory(0, 0, 0)
     samples: int = 0
 
 
 class MemorySampler:
-    """Samples the daemons' own memory every :data:`SAMPLE_INTERVAL` in a thread."""
+    """Samples the daemons' memory every :data:`SAMPLE_INTERVAL` in a thread."""
 
     def __init__(self, daemons: list[tuple[str, int]]) -> None:
-        self.peaks = [MemoryPeak(name, pid) for name, pid in daemons]
+        self.peaks = [MemoryPeak(name, pid, memory_of(pid)) for name, pid in daemons]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.seconds: list[float] = []
@@ -89,12 +110,12 @@ class MemorySampler:
             start = time.perf_counter()
             for peak in self.peaks:
                 try:
-                    uss, guest = own_memory(peak.pid)
+                    now = memory_of(peak.pid)
                 except (OSError, ValueError):
                     continue
                 peak.samples += 1
-                if uss - guest > peak.own:
-                    peak.own, peak.uss_at_peak, peak.guest_at_peak = uss - guest, uss, guest
+                if now.own > peak.peak.own:
+                    peak.peak = now
             self.seconds.append(time.perf_counter() - start)
             self._stop.wait(SAMPLE_INTERVAL)
 
@@ -359,18 +380,24 @@ def save(vm: Vm, path: Path, timeout: float) -> None:
 
 @dataclass
 class Pause:
-    """What the ledger shows of one migration."""
+    """What the ledger shows of one migration (seconds)."""
 
     gap: float
-    """The largest gap between consecutive timestamps from the migration's start on."""
-    records: int
-    anywhere: float
-    """The largest gap over the whole ring (before the migration too)."""
+    """The largest gap between consecutive timestamps while the migration ran: what the guest
+    saw at its worst (the record before the start and the one after the end included)."""
+    gap_at: float
+    """When that gap began, from the migration's start."""
+    at_pause: float
+    """The gap of the stop-and-copy: the largest within :data:`NEAR_PAUSE` of the instant the
+    source paused the guest (the migration's start + the report's total - its downtime; the
+    clocks of the bench and the daemon differ by the call's few ms)."""
+    before: float
+    """The largest gap before the migration (the guest's stalls without a migration)."""
 
 
-def ledger_pause(image: Path, since_ns: int) -> Pause:
-    """The ledger of a saved image: BenchError unless intact; its largest gap from
-    ``since_ns`` on (the last record before it included, so a pause at the start counts)."""
+def ledger_pause(image: Path, done: Migrated) -> Pause:
+    """The ledger of a saved image and what it shows of the migration ``done``; BenchError
+    unless it is intact and holds records from before and after the migration."""
     try:
         records = read_ledger(memoryview(read_saved_vm(str(image)).memory))
     except (LedgerError, ValueError) as e:
@@ -378,11 +405,47 @@ def ledger_pause(image: Path, since_ns: int) -> Pause:
     verdict = check_ledger(records)
     if not verdict.intact:
         raise BenchError(f"the ledger after the migration: {verdict}")
-    first = max(0, int(np.searchsorted(records[:, 1], since_ns)) - 1)
-    window = records[first:, 1]
-    if len(window) < 2:
-        raise BenchError("the ledger holds no record after the migration started")
-    return Pause(float(np.diff(window).max()) / 1e9, len(window), verdict.max_gap)
+    times = records[:, 1]
+    first = int(np.searchsorted(times, done.started_ns))
+    last = int(np.searchsorted(times, done.ended_ns))
+    if first == 0 or last >= len(times):
+        raise BenchError("the ledger holds no records from before and after the migration")
+    window = times[first - 1 : last + 1]
+    gaps = np.diff(window)
+    worst = int(np.argmax(gaps))
+    paused_ns = done.started_ns + int((done.total - done.downtime) * 1e9)
+    starts, ends = window[:-1], window[1:]
+    close = np.flatnonzero((ends >= paused_ns - NEAR_PAUSE) & (starts <= paused_ns + NEAR_PAUSE))
+    if len(close):
+        near = int(close[np.argmax(gaps[close])])
+    else:
+        near = int(np.argmin(np.abs(starts - paused_ns)))
+    before = float(np.diff(times[:first]).max()) if first > 1 else 0.0
+    return Pause(
+        gap=float(gaps[worst]) / 1e9,
+        gap_at=float(window[worst] - done.started_ns) / 1e9,
+        at_pause=float(gaps[near]) / 1e9,
+        before=before / 1e9,
+    )
+
+
+def fsync_seconds(directory: Path, times: int = 3) -> list[float]:
+    """Seconds of each of ``times`` 4 KiB appends to a file in ``directory``, each fsynced:
+    what a database commit costs at least there (the daemons' SQLite runs WAL with
+    ``synchronous=FULL``: one fsync of the log per commit)."""
+    path = directory / "bench-fsync"
+    seconds = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for _ in range(times):
+            start = time.perf_counter()
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+            seconds.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return seconds
 
 
 # --- the peer and floors -------------------------------------------------------------------

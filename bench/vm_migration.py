@@ -51,21 +51,22 @@ from common import (
 from vdi_harness import Deadline
 from vdi_servers import Processes
 from vm_hosts import (
+    LEDGER_RUN,
     Fleet,
     Host,
     MemoryFloor,
     MemorySampler,
     Migrated,
     Pause,
+    fsync_seconds,
     iperf3,
     ledger_pause,
     migrate,
     open_host,
-    own_memory,
     save,
     wait_filled,
 )
-from vm_report import Results, print_report
+from vm_report import MemoryRun, Results, print_report
 
 from migrate.cli.units import parse_size
 
@@ -75,8 +76,6 @@ DEFAULT_TIME_LIMIT = 1500.0
 IPERF_SECONDS = 5
 QUICK_IPERF_SECONDS = 2
 HOTSET = "hotset:20M:64M+ledger"
-LEDGER_RUN = 2.0
-"""Seconds the ledger guest runs before the migration (its ring holds a minute)."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,21 +132,18 @@ class Bench:
     a: Host
     b: Host
 
-    def idle(self, sample: bool = False) -> Migrated:
+    def idle(self, sample: str = "") -> Migrated:
         """Figure 1 and 3's migration: a filled, then idle guest, A to B, removed after;
-        with ``sample``, the daemons' memory sampled meanwhile (figure 5)."""
+        with ``sample`` (what to call the run), the daemons' memory sampled meanwhile
+        (figure 5)."""
         memory = self.args.memory
         vm = self.fleet.start(self.a, memory, "fill")
         self.results.fill_seconds.append(wait_filled(vm, memory, self.deadline.end))
         if sample:
             daemons = [("source", self.a.pid), ("destination", self.b.pid)]
-            self.results.at_rest = {
-                name: own_memory(pid)[0] - own_memory(pid)[1] for name, pid in daemons
-            }
             with MemorySampler(daemons) as sampler:
                 done = migrate(vm, self.b, self.deadline, {})
-            self.results.peaks = sampler.peaks
-            self.results.sample_seconds = sampler.seconds
+            self.results.memory_runs.append(MemoryRun(sample, sampler.peaks, sampler.seconds))
         else:
             done = migrate(vm, self.b, self.deadline, {})
         self.fleet.remove(vm)
@@ -164,8 +160,9 @@ class Bench:
         time.sleep(0.2)  # the guest runs on B a little before it is saved
         image = self.workdir / f"hot-{index}.img"
         save(vm, image, self.deadline.left())
-        pause = ledger_pause(image, done.started_ns)
+        pause = ledger_pause(image, done)
         image.unlink()
+        self.results.fsync += fsync_seconds(self.b.server.state)
         self.fleet.remove(vm)
         return done, pause
 
@@ -182,6 +179,8 @@ class Bench:
 def bench(b: Bench) -> None:
     """The figures, interleaved run by run: iperf3, the idle, hot and busy migrations."""
     args, r = b.args, b.results
+    progress("daemons' memory during an idle migration, the first")
+    b.idle(sample="first")
     r.floor = MemoryFloor(args.memory)
     for i in range(args.runs):
         r.floor.measure()
@@ -213,8 +212,8 @@ def bench(b: Bench) -> None:
             f"  run {i + 1}/{args.runs}: busy    total {busy.total:6.3f} s, "
             f"{len(busy.rounds)} rounds, throttle {busy.throttle:.2f}"
         )
-    progress("daemons' memory during an idle migration")
-    b.idle(sample=True)
+    progress("daemons' memory during an idle migration, after the others")
+    b.idle(sample="after the others")
 
 
 def main(argv: list[str] | None = None) -> int:

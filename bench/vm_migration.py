@@ -261,17 +261,21 @@ def main(argv: list[str] | None = None) -> int:
             failure = str(e)
         except XenAPI.Failure as e:
             failure = f"XenAPI: {e.details}"
+        except KeyboardInterrupt:
+            failure = "interrupted"
         finally:
-            with contextlib.suppress(Exception):
-                fleet.remove_all()
-            procs.stop_all()
-            fleet.kill_leftovers()
+            try:
+                with contextlib.suppress(Exception):
+                    fleet.remove_all()
+            finally:
+                procs.stop_all()
+                fleet.kill_leftovers()
     print_report(results, args.quick)
     if failure:
         print()
         print(f"FAILED: {failure}")
         progress(f"vm_migration: {failure}")
-        return 1
+        return 130 if failure == "interrupted" else 1
     return 0
 
 

@@ -91,6 +91,28 @@ def test_dirty_log_in_one_process() -> None:
     assert dirtylog.probe() is None
 
 
+def test_dirty_log_full_vec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More runs than the vec holds: the scan goes on from walk_end."""
+    monkeypatch.setattr(dirtylog, "_VEC_REGIONS", 4)
+    fd = os.memfd_create("test-dirtylog", os.MFD_CLOEXEC)
+    os.ftruncate(fd, 64 * PAGE_SIZE)
+    mapping = mmap.mmap(fd, 64 * PAGE_SIZE)
+    start = dirtylog.mapping_address(mapping)
+    uffd = dirtylog.register_wp_async(start, 64 * PAGE_SIZE)
+    log = dirtylog.DirtyLog(os.getpid(), start, 64)
+    try:
+        log.scan()
+        pages = [1, 3, 5, 7, 11, 12, 13, 20, 40, 63]
+        for page in pages:
+            mapping[page * PAGE_SIZE] = 1
+        assert log.scan().tolist() == [[1, 2], [3, 4], [5, 6], [7, 8], [11, 14], [20, 21],
+                                       [40, 41], [63, 64]]  # fmt: skip
+    finally:
+        log.close()
+        os.close(uffd)
+        os.close(fd)
+
+
 def test_coalesce() -> None:
     runs = np.array([[0, 2], [2, 3], [5, 6], [6, 9], [10, 11]], dtype=np.int64)
     assert dirtylog.coalesce(runs).tolist() == [[0, 3], [5, 9], [10, 11]]
@@ -100,20 +122,32 @@ async def test_dirty_log_exact(hypervisor: ProcessHypervisor) -> None:
     """The guest's writes between two scans are exactly the pages the scan reports: the
     workload's writes are a function of its counter, so the test knows which they were."""
     memory = 64 * MIB
+    pages = memory // PAGE_SIZE
     assert hypervisor.live_migration_support() is None
     domain = await hypervisor.create(GuestSpec(str(1), memory, workload="uniform:16M"))
-    assert domain.scan_dirty().tolist() == [[0, memory // PAGE_SIZE]]  # the first: all
+    assert domain.scan_dirty().tolist() == [[0, pages]]  # the first: all
     await trio.sleep(0.2)
     await domain.pause()
     domain.scan_dirty()
     first = _counter(domain)
+    first += _made(domain, first, pages)  # of a step stopped midway, before the scan
     await domain.unpause()
-    await _until(lambda: _counter_running(domain) > first + 100, "writes")
+    await _until(lambda: _counter_running(domain) > first + 1000, "writes")
     await domain.pause()
     last = _counter(domain)
-    page, _, _ = workloads.page_writes(TERM_SLOTS, first, last - first, memory // PAGE_SIZE)
+    last += _made(domain, last, pages)  # of a step stopped midway, after the scan
+    page, _, _ = workloads.page_writes(TERM_SLOTS, first, last - first, pages)
     assert np.array_equal(_pages(domain.scan_dirty()), np.unique(page))
     assert domain.scan_dirty().tolist() == []  # cleaned, and the guest is stopped
+
+
+def _made(domain: ProcessDomain, first: int, pages: int) -> int:
+    """How many page writes from number ``first`` on are in memory although not committed:
+    those of a step the guest was stopped in the middle of (a step writes in order; write
+    ``k`` stores ``k + 1``, a value no other write stores)."""
+    page, word, value = workloads.page_writes(TERM_SLOTS, first, 100_000, pages)
+    ram = np.frombuffer(domain.memory, dtype=np.uint64)
+    return int(np.argmin(ram[page * np.uint64(PAGE_SIZE // 8) + word] == value))
 
 
 def _counter_running(domain: ProcessDomain, term: int = 0) -> int:
@@ -310,6 +344,7 @@ async def test_guest_outlives_the_forking_thread(
     domain = await hypervisor.create(GuestSpec("l", 4 * MIB))
     await trio.sleep(1)
     assert not domain.exited and _state(domain.pid) in "RS"
+    assert "Threads:\t1\n" in Path(f"/proc/{domain.pid}/status").read_text()
 
 
 _ORPHANING_DAEMON = """
@@ -338,7 +373,17 @@ async def test_guests_die_with_the_daemon() -> None:
     daemon = await trio.run_process([sys.executable, "-c", _ORPHANING_DAEMON], capture_stdout=True)
     pids = [int(pid) for pid in daemon.stdout.split()]
     assert len(pids) == 3
-    await _until(lambda: all(_gone(pid) for pid in pids), "the guests' end")
+    with trio.move_on_after(WAIT):
+        while not all(_gone(pid) for pid in pids):
+            await trio.sleep(0.01)
+    assert all(_gone(pid) for pid in pids), {pid: _status(pid) for pid in pids}
+
+
+def _status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return "gone"
 
 
 def _gone(pid: int) -> bool:

@@ -418,6 +418,9 @@ class ProcessHypervisor:
             command.append("--paused")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
+        # One thread, no BLAS pool: shown stopped in /proc/<pid>/stat is then stopped whole,
+        # as the kernel's orphaned-group SIGHUP (has_stopped_jobs) needs.
+        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         try:
             return await trio.lowlevel.open_process(
                 command,

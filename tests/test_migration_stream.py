@@ -5,6 +5,7 @@ receiver, pages)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 from collections.abc import AsyncIterator
 
@@ -85,6 +86,7 @@ async def migrate_once(
         )
         await out.send([suspend.end_of_image()])
     destination, got = received[0]  # type: ignore[misc]
+    destination_fd = destination._ram_fd
     assert got == metadata
     assert source.paused and destination.paused
     assert report.digest == hashlib.sha256(destination.memory).hexdigest()
@@ -93,6 +95,10 @@ async def migrate_once(
         assert report.rounds and report.stop_reason
     await destination.unpause()
     await source.destroy()
+    # the sender let go of the source's memory: destroying its domain unmapped it
+    with open("/proc/self/maps") as maps:
+        mapped = [line.split()[4] for line in maps if f"xfer-guest-{SRC}" in line]
+    assert mapped == [str(os.fstat(destination_fd).st_ino)], mapped  # the destination's only
     await trio.sleep(0.3)
     if "ledger" in workload:
         await destination.pause()

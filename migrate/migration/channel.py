@@ -10,20 +10,23 @@ instead (an error before it took the connection over) is read as the error it is
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Awaitable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import trio
 
 from migrate.formats import xenops
 from migrate.http.tls import TLSStream
+from migrate.migration import bulk
 
 T = TypeVar("T")
 
-IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+IOV_MAX = bulk.IOV_MAX
 """Buffers one ``sendmsg`` takes at most."""
+BULK = 1 << 20
+"""Bytes from which a send or a receive of several buffers goes through :mod:`bulk`."""
 TIMEOUT = 30.0
 """Seconds a wait for the peer may last by default."""
 HTTP_HEAD_MAX = 16 << 10
@@ -69,18 +72,14 @@ class Channel:
                     self.sent += len(buffer)
             return
         pending = [memoryview(b).cast("B") for b in buffers if len(b)]
+        if sum(len(b) for b in pending) >= BULK:
+            self.sent += await self._in_thread(bulk.writev_all, pending, "send")
+            return
         while pending:
             batch = pending[:IOV_MAX]
             n = await self._wait(self._socket.sendmsg(batch), "send")
             self.sent += n
-            # drop what went, keep the rest of a buffer sent in part
-            i = 0
-            while i < len(batch) and n >= len(batch[i]):
-                n -= len(batch[i])
-                i += 1
-            if i < len(batch) and n:
-                pending[i] = pending[i][n:]
-            del pending[:i]
+            bulk._advance(pending, n)  # what went dropped, the rest of a buffer kept
 
     async def send_sync(self, error: str | None = None) -> None:
         """Send a sync message: success, or ``error``'s text."""
@@ -113,6 +112,37 @@ class Channel:
         filled = 0
         while filled < len(view):
             filled += await self.recv_into(view[filled:])
+
+    async def recv_exactly_into_all(self, views: Sequence[memoryview]) -> None:
+        """Fill every view of ``views``, in order (large amounts: scattered by ``readv``
+        in a worker thread on a plain socket)."""
+        if self._socket is None or self._buffered or sum(len(v) for v in views) < BULK:
+            for view in views:
+                await self.recv_exactly_into(view)
+            return
+        self.received += await self._in_thread(bulk.readv_all, list(views), "receive")
+
+    async def _in_thread(
+        self,
+        io: Callable[[int, Sequence[memoryview], float, threading.Event], int],
+        buffers: list[memoryview],
+        what: str,
+    ) -> int:
+        """``io`` on this connection's socket in a worker thread (see :mod:`bulk`)."""
+        assert self._socket is not None
+        stop = threading.Event()
+        try:
+            return await trio.to_thread.run_sync(
+                io, self._socket.fileno(), buffers, self.timeout, stop, abandon_on_cancel=True
+            )
+        except (OSError, bulk.Stopped) as e:
+            why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ChannelError(
+                f"the {self.name} connection failed ({what}, after {self.sent} bytes sent "
+                f"and {self.received} received): {why}"
+            ) from None
+        finally:
+            stop.set()
 
     async def recv_exactly(self, count: int) -> bytes:
         """The next ``count`` bytes (small reads only: ``count`` is never from the peer)."""

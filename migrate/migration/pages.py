@@ -14,6 +14,7 @@ where earlier data had landed (untouched memory is zero already, and is left unt
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -70,6 +71,12 @@ class PageSender:
         self.sent = 0
         self._buffers: list[Buffer] = []
         self._pending = 0
+
+    def release(self) -> None:
+        """Let go of the guest's memory, so that destroying the domain unmaps it."""
+        self.words = page_words(memoryview(bytearray()))
+        with contextlib.suppress(BufferError):
+            self.memory.release()
 
     async def send_pages(self, pfns: npt.NDArray[np.int64], detect_zero: bool) -> int:
         """Send ``pfns`` in records of 1024; zero pages as XALLOC when ``detect_zero``.
@@ -132,6 +139,12 @@ class PageReceiver:
         self.written = np.zeros(len(self.words), dtype=bool)
         """Pages that received data so far (an XALLOC page among them is zeroed)."""
 
+    def release(self) -> None:
+        """Let go of the guest's memory, so that destroying the domain unmaps it."""
+        self.words = page_words(memoryview(bytearray()))
+        with contextlib.suppress(BufferError):
+            self.memory.release()
+
     async def receive(self, pages: Pages) -> None:
         """Receive the ``pages.payload`` bytes of data of ``pages`` into memory and zero its
         XALLOC pages (those that had data)."""
@@ -148,5 +161,7 @@ class PageReceiver:
             self.words[data] = bounce
             return
         memory = self.memory
-        for start, end in pages.runs.tolist():
-            await self.channel.recv_exactly_into(memory[start * PAGE_SIZE : end * PAGE_SIZE])
+        runs = pages.runs.tolist()
+        await self.channel.recv_exactly_into_all(
+            [memory[s * PAGE_SIZE : e * PAGE_SIZE] for s, e in runs]
+        )

@@ -75,5 +75,8 @@ class MemoryReceiver:
             raise ImageError(f"memory image cut at offset {reader.offset}: {e}") from None
         except StreamError as e:
             raise ImageError(f"bad memory image: {e}") from None
+        finally:
+            if pages is not None:
+                pages.release()
         assert self.domain is not None and self.metadata is not None
         return self.domain, self.metadata

@@ -78,7 +78,14 @@ class MemorySender:
 
     async def send(self, prefix: bytes = b"") -> SendReport:
         """Send ``prefix`` (the suspend image's records before the stream), then the stream
-        up to END; the guest is left paused."""
+        up to END; the guest is left paused. The sender lets go of the guest's memory as it
+        returns (or fails), so that destroying the domain unmaps it."""
+        try:
+            return await self._send(prefix)
+        finally:
+            self.pages_out.release()
+
+    async def _send(self, prefix: bytes) -> SendReport:
         out = self.pages_out
         await out.send_bytes(prefix + libxc.image_header() + libxc.domain_header())
         await out.send_bytes(libxc.static_data_end())

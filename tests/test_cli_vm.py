@@ -4,6 +4,7 @@ images saved to a file and restored from it, every failure one line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from support import (
     UUID,
     CuttingProxy,
     Daemon,
+    KiB,
     MiB,
     one_error_line,
     xfer_ok,
@@ -120,11 +122,11 @@ def test_create_without_an_sr_uses_the_default_one(daemon: Daemon) -> None:
 
 
 def test_a_bad_workload_is_named(daemon: Daemon) -> None:
-    uuid = create(daemon, "--memory", "8M", "--workload", "hotset:1M:64K+spin:7")
-    error = one_error_line(xfer_run("vm", "start", *daemon.auth(), "--vm", uuid))
-    assert "spin:7" in error, error
-    assert listed(daemon)[uuid]["power_state"] == "Halted"
-    vm(daemon, "destroy", uuid)
+    before = set(listed(daemon))
+    args = ("--memory", "8M", "--workload", "hotset:1M:64K+spin:7")
+    error = one_error_line(xfer_run("vm", "create", *daemon.auth(), *args))
+    assert error.startswith("INVALID_VALUE: ") and "'spin:7'" in error, error
+    assert set(listed(daemon)) == before
 
 
 def test_a_failed_disk_leaves_no_vm_behind(daemon: Daemon) -> None:
@@ -199,24 +201,35 @@ def test_save_and_restore_through_a_file(daemon: Daemon, tmp_path: Path) -> None
         vm(daemon, "destroy", uuid, "--force")
 
 
-def test_save_to_stdout(daemon: Daemon) -> None:
-    uuid = create(daemon, "--memory", "8M")
+def test_save_to_stdout_and_restore_from_stdin(daemon: Daemon) -> None:
+    uuid = create(daemon, "--memory", "8M", "--workload", "ledger")
     vm(daemon, "start", uuid)
     proc = xfer_run("vm", "save", *daemon.auth(), "--vm", uuid, "-o", "-")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(SIGNATURE) and proc.stdout.endswith(end_of_image())
-    assert proc.stderr.decode().startswith("sha256 ")
+    digest = hashlib.sha256(proc.stdout).hexdigest()
+    assert proc.stderr.decode() == f"sha256 {digest}  -\n"
+    assert listed(daemon)[uuid]["power_state"] == "Halted"
+    # a pipe goes chunked
+    assert xfer_ok("vm", "restore", *daemon.auth(), "-", input=proc.stdout).strip() == uuid
+    assert listed(daemon)[uuid]["power_state"] == "Running"
     vm(daemon, "destroy", uuid, "--force")
 
 
-def test_a_cut_save_leaves_no_file(daemon: Daemon, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("cut", "words"),
+    [(100, "disconnected without sending a response"), (16 * KiB, "the image is not whole")],
+)
+def test_a_cut_save_leaves_no_file(daemon: Daemon, tmp_path: Path, cut: int, words: str) -> None:
+    """The answer cut inside its head, or inside the page data (an image of 16 MiB of memory
+    has 32 KiB of page entries at least)."""
     uuid = create(daemon, "--memory", "16M", "--workload", "uniform:1M")
     vm(daemon, "start", uuid)
     image = tmp_path / "vm.img"
-    with CuttingProxy(daemon.port, cut=1 * MiB) as proxy:
+    with CuttingProxy(daemon.port, cut=cut) as proxy:
         proc = xfer_run("vm", "save", *proxy.auth(), "--vm", uuid, "-o", str(image))
     error = one_error_line(proc)
-    assert "cut" in error, error
+    assert words in error, error
     assert not image.exists() and not Path(f"{image}.part").exists()
     vm(daemon, "destroy", uuid, "--force")
 

@@ -28,7 +28,7 @@ DIGEST = "ab" * 32
 
 
 def report(**changes: Any) -> dict[str, Any]:
-    """A finished report of a 256 MiB guest: three rounds, the last the stop-and-copy."""
+    """A finished report of a 256 MiB guest: three pre-copy rounds, then 12 pages paused."""
     value: dict[str, Any] = {
         "vm": VM,
         "memory": 256 * MiB,
@@ -59,6 +59,8 @@ def report(**changes: Any) -> dict[str, Any]:
             },
         ],
         "stop_reason": "the rest fits the 20 ms downtime",
+        "final_pages": 12,
+        "link_rate": 514.0 * MiB,
         "downtime": 0.0042,
         "total": 0.75,
         "throughput": 343.7 * MiB,
@@ -88,6 +90,10 @@ def test_a_running_report_may_lack_what_is_not_known_yet() -> None:
     assert progress_note(parsed) == "starting"
     nulls = parse_report(report(downtime=None, total=None, throughput=None, memory_digest=None))
     assert nulls.downtime is None and nulls.memory_identical is None
+    bare = summary(parse_report(report(final_pages=None, link_rate=None, memory=1024 * MiB)))
+    assert "stop-and-copy: the rest fits the 20 ms downtime" in bare
+    assert "sent:          257.0 MiB (25.1% of memory)" in bare
+    assert not [line for line in bare if line.startswith("link rate")]
     assert parse_report({}).state == "running"
 
 
@@ -103,6 +109,8 @@ def test_a_running_report_may_lack_what_is_not_known_yet() -> None:
         (report(rounds=[{"index": 0, "seconds": True}]), r"rounds\[0\]\.seconds"),
         (report(downtime="fast"), "downtime is not a number"),
         (report(memory=float("nan")), "memory is not a number"),
+        (report(final_pages=1.5), "final_pages is not a whole number"),
+        (report(link_rate=[]), "link_rate is not a number"),
         (report(vm=12), "vm is not a string"),
         (report(memory_digest=["a", "b"]), "memory_digest is not an object"),
         (report(memory_digest={"source": 1}), r"memory_digest\.source is not a string"),
@@ -113,7 +121,7 @@ def test_malformed_reports_are_refused_naming_the_field(value: object, message: 
         parse_report(value)
 
 
-def test_rounds_table_is_aligned_with_the_stop_and_copy_marked() -> None:
+def test_rounds_table_is_aligned() -> None:
     lines = rounds_table(parse_report(report()))
     assert len(lines) == 4
     assert lines[0].split() == [
@@ -143,9 +151,7 @@ def test_rounds_table_is_aligned_with_the_stop_and_copy_marked() -> None:
         "0%",
     ]
     assert lines[2].split()[-1] == "20%"
-    assert lines[3].split()[0] == "stop"
-    running = rounds_table(parse_report(report(state="running")))
-    assert running[3].split()[0] == "2"
+    assert lines[3].split()[:2] == ["2", "12"]
     assert len(COLUMNS) == 7
 
 
@@ -153,8 +159,11 @@ def test_summary_and_verdicts() -> None:
     lines = summary(parse_report(report()))
     text = "\n".join(lines)
     assert f"vm:            {VM}" in lines
-    assert "sent:          257.0 MiB (1.00x memory)" in lines
-    assert "stop-and-copy: the rest fits the 20 ms downtime" in lines
+    assert "sent:          257.1 MiB (1.00x memory)" in lines
+    assert "link rate:     514.0 MiB/s over the rounds" in lines
+    assert (
+        "stop-and-copy: 12 pages (48.0 KiB) sent paused: the rest fits the 20 ms downtime" in lines
+    )
     assert "downtime:      4.2 ms" in text
     assert "total time:    750.0 ms" in lines
     assert "throughput:    343.7 MiB/s" in lines

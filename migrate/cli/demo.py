@@ -5,10 +5,11 @@ writes into it, exports the delta against the base, checks every image, and cros
 results with qemu-img where it is installed. Then it starts a real host (``xfer serve`` on
 ``[::1]``), imports the raw disk into a new VDI over HTTP and exports it back as raw and as a
 VHD. Then two hosts, each its own ``xfer serve`` on ``[::1]``: a VM (256 MiB, the ledger
-workload) starts on the first and is live-migrated to the second with the memory digests
-compared at the pause; the report of its pre-copy rounds is shown, the VM is saved on the
-second host and its ledger read from the image (every record there, in order, and going on
-after the migration), restored on the first, and everything is cleaned up. Every step runs
+workload) starts on the first, is live-migrated to the second with the memory digests
+compared at the pause, and back without; the reports of their pre-copy rounds are shown, the
+VM is saved and its ledger read from the image (every record there, in order, going on after
+the migrations, and the pause as the guest saw it), the image restored on the second host,
+and everything is cleaned up. Every step runs
 the real ``xfer`` command.
 """
 
@@ -30,17 +31,24 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import trio
 
 from migrate.addresses import parse_host
 from migrate.cli.commands import TIMEOUT
 from migrate.cli.http_client import Target, open_client, ssl_context
-from migrate.cli.migration_report import format_seconds, memory_verdict, parse_report, render
+from migrate.cli.migration_report import (
+    Report,
+    format_seconds,
+    memory_verdict,
+    parse_report,
+    render,
+)
 from migrate.cli.rpc_client import open_session
 from migrate.cli.saved_image import read_saved_vm
 from migrate.cli.units import format_size, parse_size
 from migrate.formats.xapi import DEFAULT_USER
-from migrate.guest.workloads import LedgerError, check_ledger, read_ledger
+from migrate.guest.workloads import check_ledger, read_ledger
 from vhd import Image
 
 BLOCK = 2 << 20
@@ -73,7 +81,7 @@ class Demo:
         self.size = size
         self.memory = memory
         self.rows: list[tuple[str, str, str, str]] = []
-        self.migration_report = ""
+        self.migration_reports: list[str] = []
         self.failed = False
 
     def path(self, name: str) -> str:
@@ -311,95 +319,99 @@ class Demo:
                 self.clean_up((a, b), env)
 
     def migration_steps(self, a: str, b: str, env: dict[str, str]) -> None:
-        """Create and start the VM on ``a``, migrate it to ``b``, save it there and read its
-        ledger, restore it on ``a``."""
-        size = format_size(self.memory)
-        _, out = self.xfer(
-            "vm",
-            "create",
-            "--host",
-            a,
-            "--memory",
-            str(self.memory),
-            "--workload",
-            "ledger",
-            "--name",
-            "demo",
-            env=env,
-        )
+        """Create and start the VM on ``a``; migrate it to ``b`` comparing the memory at the
+        pause, and back to ``a`` without (the downtime as it is); save it on ``a`` and read
+        its ledger from the image; restore the image on ``b``."""
+        args = ("--memory", str(self.memory), "--workload", "ledger", "--name", "demo")
+        _, out = self.xfer("vm", "create", "--host", a, *args, env=env)
         vm = out.strip()
         t, _ = self.xfer("vm", "start", "--host", a, "--vm", vm, env=env)
-        self.record("vm start", True, f"VM {vm[:8]} on A: {size}, ledger workload", t)
+        detail = f"VM {vm[:8]} on A: {format_size(self.memory)}, ledger workload"
+        self.record("vm start", True, detail, t)
         time.sleep(RUNNING)
 
-        t, out = self.xfer(
-            "migrate",
-            "--host",
-            a,
-            "--vm",
-            vm,
-            "--to",
-            b,
-            "--network",
-            NETWORK,
-            "--verify",
-            "--json",
-            env=env,
-        )
-        migrated_at = time.time_ns()
-        report = parse_report(out)
-        self.migration_report = render(report)
-        detail = f"{len(report.rounds)} rounds"
-        if report.downtime is not None:
-            detail += f", downtime {format_seconds(report.downtime)}"
-        if report.throughput is not None:
-            detail += f", {format_size(report.throughput)}/s"
-        self.record("live migration", report.state == "done", detail, t)
-        verdict = memory_verdict(report)
-        self.record("memory", report.memory_identical is True, verdict or "not compared")
-        on_a = self.vms(a, env).get(vm)
-        on_b = self.vms(b, env).get(vm)
-        moved = on_a is None and on_b is not None and on_b["power_state"] == "Running"
-        self.record(
-            "on host B",
-            moved,
-            "running on B, gone from A" if moved else f"A has {on_a}, B has {on_b}",
-        )
+        report, _ = self.migrate(vm, a, b, "A -> B", env, "--verify")
+        digest = (report.source_digest or "")[:16]
+        verdict = {
+            True: f"identical at the pause (sha256 {digest}... on both hosts)",
+            False: f"DIFFERENT at the pause: {memory_verdict(report)}",
+            None: "not compared: the report has no digests",
+        }[report.memory_identical]
+        self.record("memory", report.memory_identical is True, verdict)
+        time.sleep(RUNNING)
+        report, window = self.migrate(vm, b, a, "B -> A", env)
         time.sleep(RUNNING)
 
         image = self.path("demo-vm.img")
-        t, _ = self.xfer("vm", "save", "--host", b, "--vm", vm, "-o", image, env=env)
-        self.record(
-            "vm save",
-            True,
-            f"B saved the VM to an image of {format_size(os.path.getsize(image))}",
-            t,
-        )
-        self.check_ledger(image, migrated_at)
+        t, _ = self.xfer("vm", "save", "--host", a, "--vm", vm, "-o", image, env=env)
+        size = format_size(os.path.getsize(image))
+        self.record("vm save", True, f"A saved the VM to an image of {size}", t)
+        self.check_ledger(image, window, report.downtime)
 
-        t, out = self.xfer("vm", "restore", "--host", a, image, env=env)
+        t, out = self.xfer("vm", "restore", "--host", b, image, env=env)
         restored = out.strip()
-        row = self.vms(a, env).get(restored)
+        row = self.vms(b, env).get(restored)
         ok = row is not None and row["power_state"] == "Running"
-        self.record("vm restore", ok, f"the image running again on A as {restored[:8]}", t)
+        self.record("vm restore", ok, f"the image running again on B as {restored[:8]}", t)
 
-    def check_ledger(self, image: str, migrated_at: int) -> None:
-        """The ledger in the saved image: every record there and in order, and records
-        written after the migration ended (the guest went on on the destination)."""
+    def migrate(
+        self, vm: str, source: str, destination: str, name: str, env: dict[str, str], *args: str
+    ) -> tuple[Report, tuple[int, int]]:
+        """``xfer migrate`` of ``vm`` from ``source`` to ``destination`` (``args`` added),
+        checked to have moved it; its report, and when it began and ended (ns, wall clock)."""
+        began = time.time_ns()
+        t, out = self.xfer(
+            "migrate",
+            "--host",
+            source,
+            "--vm",
+            vm,
+            "--to",
+            destination,
+            "--network",
+            NETWORK,
+            "--json",
+            *args,
+            env=env,
+        )
+        ended = time.time_ns()
+        report = parse_report(out)
+        note = " (--verify: the downtime includes hashing the memory on both hosts)"
+        self.migration_reports.append(
+            f"{name}{note if '--verify' in args else ''}\n\n{render(report)}"
+        )
+        count = len(report.rounds)
+        detail = f"{name}: {count} round{'' if count == 1 else 's'}"
+        if report.downtime is not None:
+            detail += f", downtime {format_seconds(report.downtime)}"
+        there = self.vms(destination, env).get(vm)
+        running = there is not None and there["power_state"] == "Running"
+        moved = running and vm not in self.vms(source, env)
+        detail += ", running on the destination only" if moved else f"; the VM is {there}"
+        self.record("live migration", report.state == "done" and moved, detail, t)
+        return report, (began, ended)
+
+    def check_ledger(self, image: str, window: tuple[int, int], downtime: float | None) -> None:
+        """The ledger in the saved image: every record there and in order, records written
+        after the last migration (the guest went on there), and the longest the guest saw
+        no time pass during that migration (``window``), beside the downtime reported."""
         try:
             records = read_ledger(memoryview(read_saved_vm(image).memory))
-        except (LedgerError, ValueError) as e:
+        except ValueError as e:  # LedgerError, or a bad image
             self.record("ledger", False, f"unreadable: {e}")
             return
         verdict = check_ledger(records)
-        after = int((records[:, 1] > migrated_at).sum()) if len(records) else 0
+        times = records[:, 1]
+        after = int((times > window[1]).sum())
+        across = (times[1:] >= window[0]) & (times[:-1] <= window[1])
+        gap = float(np.diff(times)[across].max()) / 1e9 if across.any() else 0.0
+        reported = f" (reported {format_seconds(downtime)})" if downtime is not None else ""
         self.record(
             "ledger",
             verdict.intact and after > 0,
-            f"{'intact' if verdict.intact else 'BROKEN'}: {verdict.records} records "
-            f"(seq {verdict.first}..{verdict.last}, {after} after the migration), "
-            f"{verdict.lost} lost, {verdict.reordered} reordered; largest gap "
-            f"{format_seconds(verdict.max_gap)}: the pause as the guest saw it",
+            f"{'intact' if verdict.intact else 'BROKEN'}: {verdict.records} records, "
+            f"{verdict.lost} lost, {verdict.reordered} reordered, {after} after B -> A; "
+            f"its pause as the guest saw it {format_seconds(gap)}{reported}",
         )
 
     def vms(self, host: str, env: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -418,9 +430,9 @@ class Demo:
 
     def report(self, kept: bool) -> None:
         """Print the migration's report, then the table of steps."""
-        if self.migration_report:
+        for text in self.migration_reports:
             print()
-            print(self.migration_report, end="")
+            print(text, end="")
         print()
         widths = [max(len(r[i]) for r in self.rows) for i in range(4)]
         for row in self.rows:

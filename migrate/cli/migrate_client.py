@@ -6,7 +6,8 @@ host's management PIF) and ask ``host.migrate_receive`` for the dest map. On the
 a progress bar on a terminal from its progress and the rounds so far (the report in the
 task's ``other_config``, :data:`~migrate.cli.migration_report.REPORT_KEY`), and at the end
 the report (:mod:`migrate.cli.migration_report`) as a table, or as JSON with ``--json``.
-Ctrl-C cancels the task, which leaves the VM running on the source.
+Ctrl-C cancels the task, which leaves the VM running on the source; a second one stops
+waiting for that.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import contextlib
 import dataclasses
 import functools
 import json
+import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -32,6 +35,7 @@ from migrate.cli.migration_report import (
 )
 from migrate.cli.progress import task_bar
 from migrate.cli.rpc_client import ApiFailure, Session, open_session
+from migrate.nursery import open_nursery
 
 POLL = 0.1
 """Seconds between two looks at the migration's task."""
@@ -74,15 +78,25 @@ async def migrate(client: httpx.AsyncClient, source: Target, args: argparse.Name
         host = await there.call("session.get_this_host", there.ref)
         network = await find_network(there, host, args.network)
         dest = await there.call("host.migrate_receive", host, network, {})
-        task = await here.call(
-            "Async.VM.migrate_send", vm, dest, not args.no_live, {}, {}, options_of(args)
-        )
-        try:
-            record = await follow(here, task, f"migrating {args.vm[:8]}", args.quiet)
-            text = (record.get("other_config") or {}).get(REPORT_KEY)
-        finally:
-            with contextlib.suppress(ClientError), trio.CancelScope(shield=True):
-                await here.call("task.destroy", task)
+        interrupt = Interrupt()
+        # from here Ctrl-C is a request to cancel the task, even before its ref came back
+        with trio.open_signal_receiver(signal.SIGINT) as signals:
+            async with open_nursery(prefer=(KeyboardInterrupt, ClientError)) as nursery:
+                nursery.start_soon(interrupt.watch, signals, nursery.cancel_scope)
+                task = await here.call(
+                    "Async.VM.migrate_send", vm, dest, not args.no_live, {}, {}, options_of(args)
+                )
+                try:
+                    description = f"migrating {args.vm[:8]}"
+                    record = await follow(here, task, description, args.quiet, interrupt)
+                finally:
+                    with contextlib.suppress(ClientError), trio.CancelScope(shield=True):
+                        await here.call("task.destroy", task)
+                nursery.cancel_scope.cancel()
+        if interrupt.forced:
+            print("xfer: stopped waiting for the migration to be cancelled", file=sys.stderr)
+            raise KeyboardInterrupt
+    text = (record.get("other_config") or {}).get(REPORT_KEY)
     if text is None:
         raise ClientError("the migration succeeded but the host kept no report of it")
     report = parse_report(text)
@@ -91,6 +105,24 @@ async def migrate(client: httpx.AsyncClient, source: Target, args: argparse.Name
     else:
         print(render(report), end="")
     return 0
+
+
+class Interrupt:
+    """Ctrl-C while a migration runs: the first asks for its task to be cancelled (and the
+    command waits for that, at most :data:`CANCEL_WAIT` seconds), a second stops waiting."""
+
+    def __init__(self) -> None:
+        self.asked = trio.Event()
+        self.forced = False
+
+    async def watch(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        """Take the SIGINTs from ``signals``; the second cancels ``scope``."""
+        async for _ in signals:
+            if self.asked.is_set():
+                self.forced = True
+                scope.cancel()
+                return
+            self.asked.set()
 
 
 async def find_network(session: Session, host: str, name: str | None) -> str:
@@ -106,7 +138,9 @@ async def find_network(session: Session, host: str, name: str | None) -> str:
         ]
         if len(found) == 1:
             return found[0]
-        known = ", ".join(sorted(str(r.get("name_label", "")) for r in networks.values()))
+        known = ", ".join(
+            sorted(str(r.get("bridge") or r.get("name_label")) for r in networks.values())
+        )
         if not found:
             raise ClientError(f"the destination has no network {name!r} (it has: {known})")
         raise ClientError(f"{name!r} names {len(found)} networks on the destination: give a uuid")
@@ -117,26 +151,34 @@ async def find_network(session: Session, host: str, name: str | None) -> str:
     raise ClientError("the destination has no management interface: give --network")
 
 
-async def follow(session: Session, task: str, description: str, quiet: bool) -> dict[str, Any]:
+async def follow(
+    session: Session, task: str, description: str, quiet: bool, interrupt: Interrupt
+) -> dict[str, Any]:
     """Wait for ``task`` to end, showing its progress and the report's latest round on a
-    terminal; its record once it succeeded. Its failure as an ApiFailure; Ctrl-C cancels
-    it (and waits a little for it to end) before going on."""
+    terminal; its record once it succeeded. Its failure as an ApiFailure. Once ``interrupt``
+    is asked, the task is cancelled and, when it ended (or :data:`CANCEL_WAIT` passed), what
+    became of the VM is said on stderr and KeyboardInterrupt raised."""
+    cancelled_at: float | None = None
     with task_bar(description, quiet) as bar:
-        try:
-            while True:
-                record: dict[str, Any] = await session.call("task.get_record", task)
-                status = record.get("status")
-                if status != "pending":
-                    break
-                _show(bar, record)
-                await trio.sleep(POLL)
-        except KeyboardInterrupt:
-            with trio.CancelScope(shield=True):
-                status = await _cancel(session, task)
-            print(f"xfer: the migration was cancelled ({status})", file=sys.stderr)
-            raise
+        while True:
+            if interrupt.asked.is_set() and cancelled_at is None:
+                cancelled_at = trio.current_time()
+                with contextlib.suppress(ClientError):  # it may have ended meanwhile
+                    await session.call("task.cancel", task)
+            record: dict[str, Any] = await session.call("task.get_record", task)
+            status = str(record.get("status"))
+            if status not in ("pending", "cancelling"):
+                break
+            if cancelled_at is not None and trio.current_time() - cancelled_at > CANCEL_WAIT:
+                break
+            _show(bar, record)
+            with trio.move_on_after(POLL):
+                await interrupt.asked.wait()  # at once on Ctrl-C
         if status == "success":
             _show(bar, record)
+    if interrupt.asked.is_set():
+        print(f"xfer: the migration was cancelled ({_outcome(status)})", file=sys.stderr)
+        raise KeyboardInterrupt
     if status == "success":
         return record
     if status == "failure":
@@ -156,19 +198,12 @@ def _show(bar: Any, record: dict[str, Any]) -> None:
     bar.refresh()
 
 
-async def _cancel(session: Session, task: str) -> str:
-    """``task.cancel``, then wait (at most :data:`CANCEL_WAIT` seconds) until the task is
-    no longer pending or cancelling; how it ended, as a few words."""
-    status = "unknown"
-    with contextlib.suppress(ClientError), trio.move_on_after(CANCEL_WAIT):
-        await session.call("task.cancel", task)
-        while (status := await session.call("task.get_status", task)) in (
-            "pending",
-            "cancelling",
-        ):
-            await trio.sleep(POLL)
+def _outcome(status: str) -> str:
+    """What a cancelled migration's task ``status`` means for the VM, in a few words."""
     if status == "cancelled":
         return "the VM stays on the source"
     if status == "success":
         return "too late: it had already succeeded"
-    return f"its task is {status}"
+    if status == "failure":
+        return "it failed: the VM stays on the source"
+    return f"its task is still {status}"

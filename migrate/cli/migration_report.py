@@ -18,13 +18,17 @@ REPORT_KEY = "xfer_migration"
 """The key of the task's ``other_config`` that holds the report (JSON text)."""
 
 
+PAGE_SIZE = 4096
+"""Bytes of a guest page (the stop-and-copy is counted in pages)."""
+
+
 class ReportError(ValueError):
     """The host's report is not as documented; the message names the field."""
 
 
 @dataclass(frozen=True)
 class Round:
-    """One pre-copy round, or the final stop-and-copy (the last one of a finished report)."""
+    """One pre-copy round (the guest running)."""
 
     index: int
     pages: int
@@ -51,6 +55,10 @@ class Report:
     state: str
     """``running``, ``done`` or ``failed``."""
     stop_reason: str = ""
+    final_pages: int | None = None
+    """Pages sent in the stop-and-copy, the guest paused."""
+    link_rate: float | None = None
+    """Bytes per second the link carried over the rounds."""
     downtime: float | None = None
     """Seconds from the pause on the source to the unpause on the destination."""
     total: float | None = None
@@ -95,6 +103,8 @@ def parse_report(value: object) -> Report:
         rounds=tuple(_round(r, i) for i, r in enumerate(rounds)),
         state=_text(value, "state") or "running",
         stop_reason=_text(value, "stop_reason"),
+        final_pages=_whole(value, "final_pages"),
+        link_rate=_optional(value, "link_rate"),
         downtime=_optional(value, "downtime"),
         total=_optional(value, "total"),
         throughput=_optional(value, "throughput"),
@@ -133,6 +143,14 @@ def _optional(value: dict[str, Any], key: str, where: str = "") -> float | None:
     return item
 
 
+def _whole(value: dict[str, Any], key: str) -> int | None:
+    """``value[key]``, a whole number >= 0, or None when missing or null."""
+    item = _optional(value, key)
+    if item is not None and item != int(item):
+        raise ReportError(f"the migration report's {key} is not a whole number: {item!r}")
+    return None if item is None else int(item)
+
+
 def _text(value: dict[str, Any], key: str, where: str = "") -> str:
     item = value.get(key)
     if item is None:
@@ -166,12 +184,10 @@ COLUMNS = ("ROUND", "PAGES", "BYTES", "TIME", "SENT AT", "GUEST WRITES", "THROTT
 
 
 def rounds_table(report: Report) -> list[str]:
-    """The rounds as aligned lines under a heading; the last round of a finished migration
-    is the stop-and-copy (sent with the guest paused), marked ``stop``."""
-    last = len(report.rounds) - 1
+    """The pre-copy rounds as aligned lines under a heading."""
     rows = [COLUMNS] + [
         (
-            "stop" if i == last and report.state == "done" else str(r.index),
+            str(r.index),
             f"{r.pages:,}",
             format_size(r.bytes),
             format_seconds(r.seconds),
@@ -179,7 +195,7 @@ def rounds_table(report: Report) -> list[str]:
             format_rate(r.dirty_rate),
             format_throttle(r.throttle),
         )
-        for i, r in enumerate(report.rounds)
+        for r in report.rounds
     ]
     widths = [max(len(row[c]) for row in rows) for c in range(len(COLUMNS))]
     return ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -189,10 +205,18 @@ def summary(report: Report) -> list[str]:
     """The lines after the table: how pre-copy ended, downtime, total time, throughput,
     and the memory verdict when the digests were taken."""
     lines = [f"vm:            {report.vm}", f"memory:        {format_size(report.memory)}"]
+    sent = report.sent + (report.final_pages or 0) * PAGE_SIZE
     if report.memory:
-        sent = report.sent
-        lines.append(f"sent:          {format_size(sent)} ({sent / report.memory:.2f}x memory)")
-    if report.stop_reason:
+        ratio = sent / report.memory
+        share = f"{ratio:.2f}x memory" if ratio >= 1 else f"{ratio:.1%} of memory"
+        lines.append(f"sent:          {format_size(sent)} ({share})")
+    if report.link_rate:
+        lines.append(f"link rate:     {format_rate(report.link_rate)} over the rounds")
+    if report.final_pages is not None:
+        final = f"{report.final_pages:,} pages ({format_size(report.final_pages * PAGE_SIZE)})"
+        reason = f": {report.stop_reason}" if report.stop_reason else ""
+        lines.append(f"stop-and-copy: {final} sent paused{reason}")
+    elif report.stop_reason:
         lines.append(f"stop-and-copy: {report.stop_reason}")
     if report.downtime is not None:
         lines.append(

@@ -32,7 +32,7 @@ def task_bar(description: str, quiet: bool) -> Any:
     return tqdm(
         total=100,
         desc=description,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}{postfix}",  # ", " + the note
         file=sys.stderr,
         disable=quiet or not sys.stderr.isatty(),
         dynamic_ncols=True,

@@ -1,6 +1,8 @@
-"""A suspend image file (what ``xfer vm save`` writes) read back whole: the VM's metadata, its
-RAM as it was at the save, and its CPU state, so that the demo and the tests look into the
-guest's memory (its workload's ledger) without running it.
+"""A suspend image file (what ``xfer vm save`` writes): checked whole without its page data
+(:func:`check_image`, how ``xfer vm save`` knows the image it got is complete), or read back
+whole (:func:`read_saved_vm`): the VM's metadata, its RAM as it was at the save, and its CPU
+state, so that the demo and the tests look into the guest's memory (its workload's ledger)
+without running it.
 
 The image is checked by :class:`migrate.formats.suspend.ImageReader` as a host checks it;
 the RAM is an anonymous mapping (untouched pages cost nothing) with the page data read
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import io
 import mmap
+import os
 from dataclasses import dataclass
 
 from migrate.formats import libxc
@@ -29,6 +32,29 @@ class SavedVm:
     """The guest's RAM, ``metadata.memory`` bytes."""
     cpu_state: bytes
     """The HVM context record: the guest's register area."""
+
+
+def check_image(fd: int, name: str) -> VmMetadata:
+    """The metadata of the image ``fd`` holds from its start, every record checked but the
+    page data skipped; :class:`~migrate.formats.libxc.StreamError` naming the record, offset
+    and problem when it is not valid or ends early, ValueError if more follows its end."""
+    reader = ImageReader()
+    offset = 0
+    size = os.fstat(fd).st_size
+    while (n := reader.need()) > 0:
+        data = os.pread(fd, n, offset)
+        if not data:
+            reader.end_of_input()  # raises: the image ends before End_of_image
+        offset += len(data)
+        if isinstance(reader.feed(data), libxc.Pages):
+            offset += reader.payload()
+            if offset > size:
+                raise ValueError(f"{name}: the image ends at offset {size}, inside page data")
+            reader.payload_done()
+    if offset < size:
+        raise ValueError(f"{name}: bytes follow the image's End_of_image at offset {offset}")
+    assert reader.metadata is not None  # the reader insists on the Xenops record
+    return reader.metadata
 
 
 def read_saved_vm(path: str) -> SavedVm:

@@ -3,7 +3,8 @@ metadata, memory as a libxc stream, End_of_image) to and from a file, over the h
 ``GET /vm_save?vm=`` and ``PUT /vm_restore``.
 
 Saving pauses the VM, streams its image and leaves it halted on the host; the image is
-written as ``FILE.part``, checked to end with End_of_image, and renamed into place. Restoring
+written as ``FILE.part``, checked whole (every record, by
+:func:`~migrate.cli.saved_image.check_image`) and renamed into place. Restoring
 sends the file and prints the uuid of the VM the host made of it, running.
 """
 
@@ -30,7 +31,7 @@ from migrate.cli.http_client import (
     run_client,
 )
 from migrate.cli.import_client import send_file
-from migrate.formats.suspend import end_of_image
+from migrate.cli.saved_image import check_image
 from migrate.formats.xapi import REF_PREFIX, VM_RESTORE_PATH, VM_SAVE_PATH
 
 _UUID = re.compile(
@@ -55,7 +56,8 @@ async def save(client: httpx.AsyncClient, target: Target, args: argparse.Namespa
         sys.stdout.flush()
         fd = sys.stdout.fileno()
     else:
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        # read too: its end is checked once written
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
     try:
         async with (
             http_errors(url),
@@ -75,7 +77,7 @@ async def save(client: httpx.AsyncClient, target: Target, args: argparse.Namespa
             if total is not None and moved != total:
                 raise ClientError(f"{url}: the image ended after {moved} of {total} bytes")
         if output != "-":
-            _check_end(fd, part, url)
+            _check(fd, output, url)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -92,13 +94,13 @@ async def save(client: httpx.AsyncClient, target: Target, args: argparse.Namespa
     return 0
 
 
-def _check_end(fd: int, name: str, url: str) -> None:
-    """ClientError unless the file ends with the suspend image's End_of_image record: an
-    answer cut short without a Content-Length to tell."""
-    end = end_of_image()
-    size = os.fstat(fd).st_size
-    if size < len(end) or os.pread(fd, len(end), size - len(end)) != end:
-        raise ClientError(f"{url}: the image in {name} is cut short (no End_of_image record)")
+def _check(fd: int, name: str, url: str) -> None:
+    """ClientError unless the file holds one whole, valid suspend image: an answer cut short
+    (the host sends no Content-Length) or damaged is caught here."""
+    try:
+        check_image(fd, name)
+    except ValueError as e:
+        raise ClientError(f"{url}: the image is not whole ({e}); {name} not written") from None
 
 
 def restore_command(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ the ledger of a guest saved after it, the daemons' own memory and CPU, and the p
 from __future__ import annotations
 
 import contextlib
+import datetime
 import http.client
 import json
 import mmap
@@ -38,8 +39,8 @@ FILL_TIMEOUT = 120.0
 """Longest wait for a guest to have written all of its RAM."""
 TASK_POLL = 0.1
 """Seconds between two task.get_status calls (each is a request the source daemon serves)."""
-NEAR_PAUSE = 50_000_000
-"""Nanoseconds around the estimated pause in which the ledger's gap of the pause is sought."""
+NEAR_RESUME = 20_000_000
+"""Nanoseconds around the destination's resume in which the gap of the stop-and-copy ends."""
 SAMPLE_INTERVAL = 0.05
 """Seconds between two samples of the daemons' memory."""
 
@@ -388,14 +389,23 @@ class Pause:
     gap_at: float
     """When that gap began, from the migration's start."""
     at_pause: float
-    """The gap of the stop-and-copy: the largest within :data:`NEAR_PAUSE` of the instant the
-    source paused the guest (the migration's start + the report's total - its downtime; the
-    clocks of the bench and the daemon differ by the call's few ms)."""
+    """The gap of the stop-and-copy: the largest one ending within :data:`NEAR_RESUME` of the
+    instant the destination resumed the guest (its log line, just after SIGCONT)."""
     before: float
     """The largest gap before the migration (the guest's stalls without a migration)."""
 
 
-def ledger_pause(image: Path, done: Migrated) -> Pause:
+def resumed_at(server: XferServer, vm: str) -> int:
+    """When (ns since the epoch) the daemon ``server`` logged that it resumed the received VM
+    ``vm``, read from the log lines written since the last look; BenchError if none says so."""
+    for line in server.new_log().splitlines():
+        if f"VM {vm} received and running" in line:
+            stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+            return int(stamp.timestamp() * 1e9)  # the daemon logs local time, as this reads it
+    raise BenchError(f"{server.log.name}: no line says VM {vm} was received and running")
+
+
+def ledger_pause(image: Path, done: Migrated, resumed_ns: int) -> Pause:
     """The ledger of a saved image and what it shows of the migration ``done``; BenchError
     unless it is intact and holds records from before and after the migration."""
     try:
@@ -413,13 +423,12 @@ def ledger_pause(image: Path, done: Migrated) -> Pause:
     window = times[first - 1 : last + 1]
     gaps = np.diff(window)
     worst = int(np.argmax(gaps))
-    paused_ns = done.started_ns + int((done.total - done.downtime) * 1e9)
-    starts, ends = window[:-1], window[1:]
-    close = np.flatnonzero((ends >= paused_ns - NEAR_PAUSE) & (starts <= paused_ns + NEAR_PAUSE))
+    ends = window[1:]
+    close = np.flatnonzero(np.abs(ends - resumed_ns) <= NEAR_RESUME)
     if len(close):
         near = int(close[np.argmax(gaps[close])])
     else:
-        near = int(np.argmin(np.abs(starts - paused_ns)))
+        near = int(np.argmin(np.abs(ends - resumed_ns)))
     before = float(np.diff(times[:first]).max()) if first > 1 else 0.0
     return Pause(
         gap=float(gaps[worst]) / 1e9,

@@ -63,6 +63,7 @@ from vm_hosts import (
     ledger_pause,
     migrate,
     open_host,
+    resumed_at,
     save,
     wait_filled,
 )
@@ -156,11 +157,13 @@ class Bench:
         """Figure 2's migration: the hot set and the ledger, saved on B after, its ledger read."""
         vm = self.fleet.start(self.a, self.args.memory, HOTSET)
         time.sleep(LEDGER_RUN)
+        self.b.server.new_log()
         done = migrate(vm, self.b, self.deadline, {})
+        resumed_ns = resumed_at(self.b.server, vm.uuid)
         time.sleep(0.2)  # the guest runs on B a little before it is saved
         image = self.workdir / f"hot-{index}.img"
         save(vm, image, self.deadline.left())
-        pause = ledger_pause(image, done)
+        pause = ledger_pause(image, done, resumed_ns)
         image.unlink()
         self.results.fsync += fsync_seconds(self.b.server.state)
         self.fleet.remove(vm)

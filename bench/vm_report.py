@@ -271,7 +271,8 @@ def print_notes(r: Results, link: float) -> None:
         )
     if r.hot:
         notes.append(
-            "2 the gap of the stop-and-copy (the largest within 50 ms of the source's pause): "
+            "2 the gap of the stop-and-copy (the largest ending within 20 ms of B's resume "
+            "log line): "
             + each([p.at_pause for _, p in r.hot], ms, "ms")
             + "; when the largest gap began, from the migration's start: "
             + each([p.gap_at for _, p in r.hot], lambda v: f"{v:.2f}", "s")

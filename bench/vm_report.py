@@ -219,8 +219,9 @@ def bound(runs: Sequence[Migrated]) -> str:
     if ran[who] > BUSY_CORE * total:
         return f"the {who} daemon's CPU: it ran {ran[who] / total:.0%} of the time (one event loop)"
     return (
-        f"neither daemon busy ({ran['source'] / total:.0%} / {ran['destination'] / total:.0%} "
-        "of the time) nor waiting for a CPU: blocked on something else"
+        f"neither daemon busy all the time (source {ran['source'] / total:.0%}, destination "
+        f"{ran['destination'] / total:.0%}) nor waiting for a CPU: the two hand the stream over "
+        "between their event loops and I/O threads, each stage waiting on the other"
     )
 
 
@@ -243,6 +244,14 @@ def print_notes(r: Results, link: float) -> None:
         + " ".join(f"{p.sender_cpu:.0f}/{p.receiver_cpu:.0f}" for p in r.iperf)
     )
     notes.append(f"1/3 limited by: {bound(r.idle)}")
+    if r.floor is not None:
+        notes.append(
+            f"1/3 CPU seconds per idle migration (medians): source "
+            f"{secs(median([m.source.ran for m in r.idle]))}, destination "
+            f"{secs(median([m.destination.ran for m in r.idle]))}, of which numpy's first write "
+            f"to new RAM of that size alone takes {secs(r.floor.fresh.median)} (the destination "
+            "allocates every page it receives)"
+        )
     if r.floor is not None:
         floors = {
             "one iperf3 stream": link,

@@ -81,10 +81,8 @@ async def migrate_once(
             received.append(await receiver.receive())
 
         nursery.start_soon(receive)
-        report = await sender.send(
-            suspend.SIGNATURE + suspend.xenops_record(metadata) + suspend.libxc_header()
-        )
-        await out.send([suspend.end_of_image()])
+        prefix = suspend.SIGNATURE + suspend.xenops_record(metadata) + suspend.libxc_header()
+        report = await sender.send(prefix, suspend.end_of_image())
     destination, got = received[0]  # type: ignore[misc]
     destination_fd = destination._ram_fd
     assert got == metadata

@@ -151,10 +151,13 @@ class Incoming:
                 digest = ""
                 if verify:
                     digest = await trio.to_thread.run_sync(memory_digest, domain.memory)
-                recorded = True
-                await host.db.call(_record, host, metadata, power)
+                # resumed first, recorded next: the database's commit is not in the pause.
+                # Should the record fail, the domain is destroyed and the source resumes
+                # its copy (a guest without disks: what ran here is simply discarded).
                 if power == "Running":
                     await domain.unpause()
+                recorded = True
+                await host.db.call(_record, host, metadata, power)
                 outcome.decide("committed", digest=digest)
             host.watch(domain)
             log.info("migration %s: VM %s received and %s", id, final_id, power.lower())

@@ -255,8 +255,7 @@ class Migration:
         self.report = sender.report
         prefix = suspend.SIGNATURE + suspend.xenops_record(metadata) + suspend.libxc_header()
         try:
-            await sender.send(prefix)
-            await mem_ch.send([suspend.end_of_image()])
+            await sender.send(prefix, suspend.end_of_image())
         except ChannelError as e:
             # the destination may have said why it stopped reading
             try:

@@ -100,8 +100,7 @@ async def _save(
     sender = MemorySender(domain, channel, PolicyConfig(), live=False)
     try:
         await channel.send([head.encode("latin-1")])
-        await sender.send(prefix)
-        await channel.send([suspend.end_of_image()])
+        await sender.send(prefix, suspend.end_of_image())
     except BaseException as e:
         with trio.CancelScope(shield=True):
             if power == "Running" and domain.paused:

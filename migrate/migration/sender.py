@@ -76,16 +76,17 @@ class MemorySender:
         if self._progress is not None:
             self._progress(min(0.99, sent / max(self._estimate, sent, 1)))
 
-    async def send(self, prefix: bytes = b"") -> SendReport:
-        """Send ``prefix`` (the suspend image's records before the stream), then the stream
-        up to END; the guest is left paused. The sender lets go of the guest's memory as it
+    async def send(self, prefix: bytes = b"", suffix: bytes = b"") -> SendReport:
+        """Send ``prefix`` (the suspend image's records before the stream), the stream up to
+        END, then ``suffix`` (the records after it), the end in one send; the guest is left
+        paused. The sender lets go of the guest's memory as it
         returns (or fails), so that destroying the domain unmaps it."""
         try:
-            return await self._send(prefix)
+            return await self._send(prefix, suffix)
         finally:
             self.pages_out.release()
 
-    async def _send(self, prefix: bytes) -> SendReport:
+    async def _send(self, prefix: bytes, suffix: bytes) -> SendReport:
         out = self.pages_out
         await out.send_bytes(prefix + libxc.image_header() + libxc.domain_header())
         await out.send_bytes(libxc.static_data_end())
@@ -101,6 +102,7 @@ class MemorySender:
             + libxc.hvm_params(HVM_PARAMS)
             + libxc.hvm_context(self.domain.cpu_state())
             + libxc.end()
+            + suffix
         )
         await out.flush()
         if self.verify:

@@ -121,7 +121,7 @@ def print_report(r: Results, quick: bool) -> None:
             ["  floor: final pages / iperf3", f"{ms(final * 4096 / link)} ms",
              f"{final:.0f} pages (median)", ""],
             ["  stage: one fsync in B's state dir", f"{ms(median(r.fsync or [0.0]))} ms",
-             f"max {ms(max(r.fsync or [0.0]))} ms: B commits the VM before SIGCONT", ""],
+             f"max {ms(max(r.fsync or [0.0]))} ms: a commit of B's database", ""],
         ]  # fmt: skip
     if r.busy:
         busy = median([m.total for m in r.busy])

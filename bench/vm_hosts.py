@@ -131,14 +131,27 @@ class MemorySampler:
 
 @dataclass(frozen=True)
 class Sched:
-    """Seconds a process's threads ran on a CPU, and waited for one while runnable (the
-    scheduler's own account, /proc/PID/task/*/schedstat; threads that ended are not in it)."""
+    """A process's CPU over an interval (seconds): what its threads ran (user + system, the
+    threads that ended included) and what they waited for a CPU while runnable (the
+    scheduler's account, /proc/PID/task/TID/schedstat: a thread that ended meanwhile is
+    missing from it, so this is a lower bound)."""
 
     ran: float
     waited: float
 
-    def __sub__(self, other: Sched) -> Sched:
-        return Sched(self.ran - other.ran, self.waited - other.waited)
+
+@dataclass(frozen=True)
+class SchedMark:
+    """The account of a process at one instant, to subtract from a later one."""
+
+    cpu: float
+    waited: dict[int, int]
+    """Nanoseconds each live thread has waited for a CPU."""
+
+    def since(self, earlier: SchedMark) -> Sched:
+        """The interval from ``earlier`` to this mark."""
+        waited = sum(ns - earlier.waited.get(tid, 0) for tid, ns in self.waited.items())
+        return Sched(self.cpu - earlier.cpu, waited / 1e9)
 
 
 def busy_seconds(times: Any) -> float:
@@ -146,14 +159,14 @@ def busy_seconds(times: Any) -> float:
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
-def sched(pid: int) -> Sched:
-    """The scheduler's account of process ``pid`` so far."""
-    ran = waited = 0
+def sched(pid: int) -> SchedMark:
+    """The scheduler's account of process ``pid`` now."""
+    times = psutil.Process(pid).cpu_times()
+    waited = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError):
-            fields = (task / "schedstat").read_text().split()
-            ran, waited = ran + int(fields[0]), waited + int(fields[1])
-    return Sched(ran / 1e9, waited / 1e9)
+            waited[int(task.name)] = int((task / "schedstat").read_text().split()[1])
+    return SchedMark(float(times.user + times.system), waited)
 
 
 # --- the hosts -----------------------------------------------------------------------------
@@ -349,7 +362,7 @@ def migrate(vm: Vm, dest: Host, deadline: Deadline, options: dict[str, str]) -> 
         time.sleep(TASK_POLL)
     wall = time.perf_counter() - start
     ended_ns = time.time_ns()
-    cpu_a, cpu_b = sched(source.pid) - before_a, sched(dest.pid) - before_b
+    cpu_a, cpu_b = sched(source.pid).since(before_a), sched(dest.pid).since(before_b)
     busy = busy_seconds(psutil.cpu_times()) - busy_seconds(machine)
     record = source.x.task.get_record(task)
     source.x.task.destroy(task)

@@ -248,8 +248,8 @@ def print_notes(r: Results, link: float) -> None:
         notes.append(
             f"1/3 CPU seconds per idle migration (medians): source "
             f"{secs(median([m.source.ran for m in r.idle]))}, destination "
-            f"{secs(median([m.destination.ran for m in r.idle]))}, of which numpy's first write "
-            f"to new RAM of that size alone takes {secs(r.floor.fresh.median)} (the destination "
+            f"{secs(median([m.destination.ran for m in r.idle]))}; numpy's first write to new RAM "
+            f"of that size takes {secs(r.floor.fresh.median)} by itself (the destination "
             "allocates every page it receives)"
         )
     if r.floor is not None:

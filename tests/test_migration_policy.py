@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from migrate.migration.policy import (
@@ -86,21 +88,27 @@ def test_slow_writer_is_never_throttled() -> None:
     assert decide(rounds, MEMORY // 30, MEMORY, CONFIG) == Decision(False, 0.0)
 
 
-def test_fast_writer_throttled_after_two_rounds_then_harder() -> None:
+def test_fast_writer_throttled_after_the_first_round_then_harder() -> None:
     # a guest dirtying at twice the link rate (each round's pages dirtied twice over)
     r0 = round_(0, MEMORY // 2, MEMORY)
-    assert decide([r0], MEMORY, MEMORY, CONFIG) == Decision(False, 0.0)  # one round: wait
-    r1 = round_(1, MEMORY // 4, MEMORY // 2)
-    first = decide([r0, r1], MEMORY // 2, MEMORY, CONFIG)
+    first = decide([r0], MEMORY, MEMORY, CONFIG)
     assert not first.stop
     # unthrottled 2x the link, threshold half of it: 75% duty needed
     assert first.throttle == pytest.approx(0.75)
     # throttled, it still dirties at 0.6x the link: one more step at least
-    r2 = round_(2, MEMORY // 4, int(0.6 * MEMORY // 4), first.throttle)
-    second = decide([r0, r1, r2], MEMORY // 8, MEMORY, CONFIG)
+    r1 = round_(1, MEMORY // 4, int(0.6 * MEMORY // 4), first.throttle)
+    second = decide([r0, r1], MEMORY // 8, MEMORY, CONFIG)
     assert second.throttle == pytest.approx(0.95)
-    r3 = round_(3, MEMORY // 8, MEMORY // 8, second.throttle)
-    assert decide([r0, r1, r2, r3], MEMORY // 8, MEMORY, CONFIG).throttle == 0.99
+    r2 = round_(2, MEMORY // 8, MEMORY // 8, second.throttle)
+    assert decide([r0, r1, r2], MEMORY // 8, MEMORY, CONFIG).throttle == 0.99
+
+
+def test_two_rounds_to_judge_when_asked() -> None:
+    config = replace(CONFIG, converge_after=2)
+    r0 = round_(0, MEMORY // 2, MEMORY)
+    assert decide([r0], MEMORY, MEMORY, config) == Decision(False, 0.0)  # one round: wait
+    r1 = round_(1, MEMORY // 4, MEMORY // 2)
+    assert decide([r0, r1], MEMORY // 2, MEMORY, config).throttle == pytest.approx(0.75)
 
 
 def test_throttle_kept_while_the_guest_is_under_the_threshold() -> None:

@@ -4,10 +4,11 @@ how hard to brake the guest), or stop the guest and copy what is left.
 Stop-and-copy comes when the pages still dirty can be sent within the downtime target at the
 rate the link has shown, after a round limit, or once three times the memory was sent (the
 limits libxc has had). Auto-converge, as QEMU's: a guest that dirties memory faster than half
-of what the link carries, two rounds in a row, is throttled (kept stopped part of the time by
-a SIGSTOP/SIGCONT duty cycle), harder at each such round, so that every migration converges.
-Half, not all, of the link: above that the rounds shrink so slowly that the 3x limit comes
-first, and the final copy would be long.
+of what the link carries is throttled (kept stopped part of the time by a SIGSTOP/SIGCONT
+duty cycle), from the round after the first where it did (QEMU waits for a second; round 0,
+the whole memory, is long enough to judge) and harder at each such round, so that every
+migration converges. Half, not all, of the link: above that the rounds shrink so slowly that
+the 3x limit comes first, and the final copy would be long.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class PolicyConfig:
     """Stop-and-copy once this many times the memory was sent."""
     converge_ratio: float = 0.5
     """Throttle when the guest dirties memory faster than this fraction of the link rate..."""
-    converge_after: int = 2
+    converge_after: int = 1
     """...this many rounds in a row (then at each further round while it still does)."""
     throttle_step: float = 0.2
     """At least this much more duty at each throttle increase."""

@@ -64,10 +64,11 @@ def _read_identity(path: str) -> str | None:
         raise SrIdentityError(f"{name}: not an SR identity ({e})") from None
     if not isinstance(document, dict) or document.get("shared") is not True:
         raise SrIdentityError(f"{name}: not a shared SR's identity")
+    value = document.get("uuid")
     try:
-        return check_uuid(str(document.get("uuid")))
-    except ValueError as e:
-        raise SrIdentityError(f"{name}: {e}") from None
+        return check_uuid(str(value))
+    except ValueError:
+        raise SrIdentityError(f"{name}: uuid {value!r} is not a lowercase uuid") from None
 
 
 def shared_identity(path: str, proposed: str) -> str:

@@ -6,6 +6,7 @@ not shared, and a restart that leaves the other host's files alone."""
 from __future__ import annotations
 
 import json
+import random
 import time
 import xmlrpc.client
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ import pytest
 
 from migrate.guest.workloads import check_ledger, read_disk_ledger, read_ledger
 from migrate.storage.sr import IDENTITY_FILE
-from support import Daemon, TimeoutTransport, running_daemon, wait_until_sync
+from support import CuttingProxy, Daemon, TimeoutTransport, running_daemon, wait_until_sync
 from test_migration import dest_map, migrate, read_image, request
+from test_migration_cuts import settle, through
 
 MiB = 1 << 20
 MEMORY = 32 * MiB
@@ -151,6 +153,33 @@ def test_there_and_back(hosts: tuple[Daemon, Daemon], shared: Path) -> None:
     assert disk.first <= 1 and disk.last >= ram.last
     a.rpc("VM.destroy", vm)
     a.rpc("VDI.destroy", a.rpc("VDI.get_by_uuid", vdi))
+
+
+def test_cut_mid_image_releases_the_disk(hosts: tuple[Daemon, Daemon], shared: Path) -> None:
+    """A receive cut in the middle of the memory image lets go of the disk it claimed: the
+    retry of the same VM to the same host claims it again; one domain wrote the disk at a
+    time, so its ledger is intact."""
+    a, b = hosts
+    vdi = raw_vdi(a, shared_sr(a))
+    vm = vm_with_disk(a, vdi, "ledger")
+    with CuttingProxy(b.port) as relay:
+        assert migrate(a, vm, through(dest_map(b), relay))["status"] == "success"
+        size = relay.connections[1].request_total
+    here, there = b, a
+    for position in sorted(random.Random(11).sample(range(size // 4, size), 3)):
+        with CuttingProxy(there.port, cut_request=position, only=1) as relay:
+            task = migrate(here, vm, through(dest_map(there), relay))
+        assert task["status"] == "failure", position
+        assert [(d.port, state) for d, state in settle(vm, a, b)] == [(here.port, "Running")]
+        retry = migrate(here, vm, dest_map(there), verify="true")
+        moved(retry)
+        here, there = there, here
+    assert disk_vdis(here, vm) == [vdi]
+    here.rpc("VM.clean_shutdown", vm)
+    disk = check_ledger(read_disk_ledger((shared / f"{vdi}.vhd").read_bytes()[:DISK]))
+    assert disk.intact and disk.records > 20, str(disk)
+    here.rpc("VM.destroy", vm)
+    here.rpc("VDI.destroy", here.rpc("VDI.get_by_uuid", vdi))
 
 
 def test_unshared_disk_refused(hosts: tuple[Daemon, Daemon]) -> None:

@@ -61,6 +61,8 @@ class DaemonConfig:
     """The ``root`` password to store; None keeps the stored one (or generates one)."""
     srs: Sequence[str] = ()
     """SR directories to add besides the default one."""
+    shared_srs: Sequence[str] = ()
+    """SR directories other hosts attach too (:func:`migrate.storage.sr.ensure_sr`)."""
     limits: Limits = field(default_factory=Limits)
     tls_cert: str | None = None
     """PEM certificate (chain) file: when set with :attr:`tls_key`, every listener speaks
@@ -120,6 +122,7 @@ async def run_daemon(
                     config.primary_address_type,
                     config.password,
                     config.srs,
+                    config.shared_srs,
                 )
                 guests = ProcessHypervisor()
                 host = HostServices.open(store, host_uuid, guests)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,6 +142,7 @@ def test_live_migration(hosts: tuple[Daemon, Daemon], workload: str) -> None:
 def test_save_and_restore(hosts: tuple[Daemon, Daemon]) -> None:
     source, destination = hosts
     vm = start_vm(source, "ledger")
+    time.sleep(0.5)  # records to carry (a tick a millisecond; a loaded host starts guests late)
     status, image = request(source, "GET", f"/vm_save?vm={vm}")
     assert status == 200
     assert source.rpc("VM.get_power_state", vm) == "Halted"
@@ -151,6 +153,7 @@ def test_save_and_restore(hosts: tuple[Daemon, Daemon]) -> None:
     assert status == 200, body
     assert body.decode() == vm
     assert destination.rpc("VM.get_power_state", vm) == "Running"
+    time.sleep(0.5)
     status, again = request(destination, "GET", f"/vm_save?vm={vm}")
     after = check_ledger(read_ledger(read_image(again)[1]))
     assert after.intact and after.last > before.last and after.first <= before.last

@@ -750,7 +750,7 @@ def test_migration_3_on_a_version_2_database(tmp_path: Path) -> None:
     db.close()
     store = Store.open(db_path)
     try:
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == VERSION == 3
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == VERSION >= 3
         assert store.get("task", "7a1f3e0c-0000-4000-8000-0000000000aa")["other_config"] == "{}"
         assert store.all("VM") == [] and store.all("VBD") == []
     finally:

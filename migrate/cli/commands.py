@@ -152,6 +152,15 @@ def _serve(commands: Any) -> None:
         "--sr", action="append", default=[], metavar="DIR", help="add an SR directory; repeatable"
     )
     p.add_argument(
+        "--shared-sr",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="add an SR directory that other hosts attach too (the same SR uuid on each, kept"
+        " in DIR/.xfer-sr.json; VMs whose disks are all on such SRs migrate memory only);"
+        " repeatable",
+    )
+    p.add_argument(
         "--password",
         help="root's password (default: $XFER_PASSWORD, else the stored one, else generated)",
     )

@@ -16,10 +16,11 @@ from migrate.state.schema import SchemaError
 
 def serve_command(args: argparse.Namespace) -> int:
     """``xfer serve [--listen ADDR]... [--ipv6-only] [--primary-address-type ipv4|ipv6]
-    [--state-dir DIR] [--sr DIR]... [--password PW] [--tls-cert FILE --tls-key FILE]``;
-    0 after a clean shutdown."""
+    [--state-dir DIR] [--sr DIR]... [--shared-sr DIR]... [--password PW]
+    [--tls-cert FILE --tls-key FILE]``; 0 after a clean shutdown."""
     # imported here so that the other commands do not load the daemon and the RPC classes
     from migrate.daemon import WILDCARD, DaemonConfig, default_state_dir, run_daemon
+    from migrate.storage.sr import SrIdentityError
 
     if (args.tls_cert is None) != (args.tls_key is None):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -39,6 +40,7 @@ def serve_command(args: argparse.Namespace) -> int:
         primary_address_type=args.primary_address_type,
         password=password,
         srs=tuple(args.sr),
+        shared_srs=tuple(args.shared_sr),
         tls_cert=args.tls_cert and os.path.abspath(args.tls_cert),
         tls_key=args.tls_key and os.path.abspath(args.tls_key),
         **({} if args.interface_poll is None else {"interface_poll": args.interface_poll}),
@@ -48,6 +50,6 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     try:
         trio.run(run_daemon, config)
-    except (SchemaError, InterfaceError) as e:
+    except (SchemaError, InterfaceError, SrIdentityError) as e:
         raise ValueError(str(e)) from None
     return 0

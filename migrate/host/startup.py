@@ -29,10 +29,12 @@ def prepare_state(
     primary: Family,
     password: str | None = None,
     srs: Sequence[str] = (),
+    shared_srs: Sequence[str] = (),
 ) -> str:
     """Bring the state database up to date for this start; the host's uuid (synchronous).
 
-    The default SR lives in ``state_dir/sr``; ``srs`` are more SR directories; ``password``
+    The default SR lives in ``state_dir/sr``; ``srs`` are more SR directories, ``shared_srs``
+    SR directories other hosts attach too (their uuid kept in the directory); ``password``
     replaces the user's (None keeps the stored one, or generates one on first start)."""
     host_uuid = prepare_host(store, primary)
     if not store.all("SR", is_default=1):  # the first start (or one cut short before it)
@@ -40,6 +42,9 @@ def prepare_state(
     for path in srs:
         real = os.path.realpath(path)
         ensure_sr(store, real, f"Local storage at {real}")
+    for path in shared_srs:
+        real = os.path.realpath(path)
+        ensure_sr(store, real, f"Shared storage at {real}", shared=True)
     for sr in store.all("SR"):
         repairs = reconcile(store, sr["uuid"])
         log.info("SR %s at %s: %d repair(s)", sr["uuid"], sr["path"], len(repairs))

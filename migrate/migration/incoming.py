@@ -26,8 +26,9 @@ import trio
 
 from migrate.formats import xenops
 from migrate.formats.xenops import VmMetadata
-from migrate.guest.hypervisor import PAGE_SIZE, Domain, GuestError, GuestSpec
+from migrate.guest.hypervisor import PAGE_SIZE, DiskAttachment, Domain, GuestError, GuestSpec
 from migrate.host import http_auth
+from migrate.host.claims import vm_holder
 from migrate.host.errors import ApiError
 from migrate.host.services import HostServices
 from migrate.http.errors import HTTPError
@@ -39,7 +40,11 @@ from migrate.migration.receiver import ImageError, MemoryReceiver
 from migrate.migration.rendezvous import Expected, MemoryConnection, PairingError, Rendezvous
 from migrate.migration.sender import memory_digest
 from migrate.nursery import open_nursery
+from migrate.state import vms
 from migrate.state.store import NotFound
+from migrate.state.vms import device_name
+from migrate.storage.reconcile import introduce
+from migrate.storage.sr import vdi_path
 
 log = logging.getLogger("xfer.migration")
 
@@ -53,6 +58,10 @@ TEARDOWN_WAIT = 5.0
 """Seconds a receive waits for an earlier one of the same VM to end."""
 OUTCOMES_KEPT = 256
 """Decided receives remembered (the oldest forgotten first)."""
+CLAIM_WAIT = 5.0
+"""Seconds a receive waits for the domain of the VM's earlier stay here to release its disks."""
+MAX_DISKS = 26
+"""Disk devices a VM may have (``0`` to ``25``: ``xvda`` to ``xvdz``)."""
 
 
 class Refused(Exception):
@@ -129,6 +138,7 @@ class Incoming:
         host = self.host
         receiver: MemoryReceiver | None = None
         recorded = False
+        claimed: list[str] = []
         try:
             await _turn(host, final_id)
             with (
@@ -143,7 +153,7 @@ class Incoming:
                 await channel.recv_sync("the source acknowledging the memory connection")
 
                 async def create(metadata: VmMetadata) -> Domain:
-                    domain = await self._create(final_id, metadata)
+                    domain = await self._create(final_id, metadata, claimed)
                     await channel.send_sync()  # it exists: the source may stop its copy
                     return domain
 
@@ -155,13 +165,14 @@ class Incoming:
                     digest = await trio.to_thread.run_sync(memory_digest, domain.memory)
                 # resumed first, recorded next: the database's commit is not in the pause.
                 # Should the record fail, the domain is destroyed and the source resumes
-                # its copy (a guest without disks: what ran here is simply discarded).
+                # its copy (what ran here is discarded; its disk writes, if any, are in the
+                # shared files, as a guest's writes before a crash are).
                 if power == "Running":
                     await domain.unpause()
                 recorded = True
                 await host.db.call(_record, host, metadata, power)
                 outcome.decide("committed", digest=digest)
-            host.watch(domain)
+            host.watch(domain, claimed)
             log.info("migration %s: VM %s received and %s", id, final_id, power.lower())
             with contextlib.suppress(ChannelError):
                 await channel.send_sync()
@@ -172,6 +183,8 @@ class Incoming:
             with trio.CancelScope(shield=True):
                 if receiver is not None and receiver.domain is not None:
                     await receiver.domain.destroy()
+                for vdi in claimed:
+                    host.claims.release_writer(vdi)
                 if recorded:
                     await host.db.call(_unrecord, host, final_id)
                 with trio.move_on_after(1.0), contextlib.suppress(ChannelError):
@@ -192,12 +205,23 @@ class Incoming:
         if limit > available:
             raise Refused(f"the VM needs {limit} bytes of memory, this host has {available}")
 
-    async def _create(self, vm: str, metadata: VmMetadata) -> Domain:
+    async def _create(self, vm: str, metadata: VmMetadata, claimed: list[str]) -> Domain:
+        """The VM's domain, created paused, its disks (on SRs shared with the source: the
+        same files) attached and claimed for it; the claimed VDIs are added to ``claimed``."""
         if metadata.uuid != vm:
             raise Refused(f"the image is of VM {metadata.uuid}, not {vm}")
-        if metadata.vbds:
-            raise Refused("the VM has disks; xfer migrates VMs without disks only")
-        spec = GuestSpec(metadata.uuid, metadata.memory, metadata.vcpus, metadata.workload)
+        disks = await self.host.db.call(_shared_disks, self.host, metadata)
+        holder = vm_holder(vm)
+        for vbd in metadata.vbds:
+            # the domain of an earlier stay here may still be letting go of its disks
+            await self.host.claims.wait_for_writer(vbd.vdi, CLAIM_WAIT)
+            if not self.host.claims.claim_writer(vbd.vdi, holder):
+                user = self.host.claims.holder(vbd.vdi) or "a writer"
+                raise Refused(f"the VM's VDI {vbd.vdi} is in use on this host by {user}")
+            claimed.append(vbd.vdi)
+        spec = GuestSpec(
+            metadata.uuid, metadata.memory, metadata.vcpus, metadata.workload, tuple(disks)
+        )
         try:
             return await self.host.guests.create(spec, paused=True)
         except GuestError as e:
@@ -302,8 +326,39 @@ def _exists(host: HostServices, vm: str) -> bool:
     return True
 
 
+def _shared_disks(host: HostServices, metadata: VmMetadata) -> list[DiskAttachment]:
+    """The disks of the VM ``metadata`` describes, each a VDI of an SR this host shares with
+    the source (a VDI this host has not recorded yet is introduced from its file, as
+    ``SR.scan`` would); Refused naming the disk, VDI and SR otherwise."""
+    store = host.store
+    disks = []
+    for vbd in metadata.vbds:
+        what = f"the VM's disk {vbd.device} (VDI {vbd.vdi} on SR {vbd.sr})"
+        if not vbd.device.isdigit() or int(vbd.device) >= MAX_DISKS:
+            raise Refused(f"{what}: the device must be a number below {MAX_DISKS}")
+        try:
+            sr = store.get("SR", vbd.sr)
+        except NotFound:
+            raise Refused(
+                f"{what}: this host does not have that SR (storage migration is issue 11)"
+            ) from None
+        if not sr["shared"]:
+            raise Refused(f"{what}: that SR is not shared on this host")
+        try:
+            vdi = store.get("VDI", vbd.vdi)
+        except NotFound:
+            why = introduce(store, vbd.sr, vbd.vdi)
+            if why is not None:
+                raise Refused(f"{what}: {why}") from None
+            vdi = store.get("VDI", vbd.vdi)
+        if vdi["sr"] != vbd.sr or vdi["state"] != "ready":
+            raise Refused(f"{what}: here that VDI is {vdi['state']} on SR {vdi['sr']}")
+        disks.append(DiskAttachment(device_name(vbd.device), vdi_path(sr["path"], vbd.vdi)))
+    return disks
+
+
 def _record(host: HostServices, metadata: VmMetadata, power: str) -> None:
-    """Record the received VM here, live."""
+    """Record the received VM here, live, with its VBDs."""
     store = host.store
     with store.change():
         store.insert(
@@ -318,8 +373,10 @@ def _record(host: HostServices, metadata: VmMetadata, power: str) -> None:
                 "resident_on": host.uuid,
             },
         )
+        for vbd in metadata.vbds:
+            vms.insert_vbd(store, metadata.uuid, vbd.vdi, vbd.device, "RW")
 
 
 def _unrecord(host: HostServices, vm: str) -> None:
-    with contextlib.suppress(NotFound), host.store.change():
-        host.store.delete("VM", vm)
+    with contextlib.suppress(NotFound):
+        vms.delete_vm(host.store, vm)

@@ -192,15 +192,23 @@ class Migration:
         row, vbds = await self.host.db.call(_vm_and_vbds, self.host, self.vm)
         if row["power_state"] not in vms.LIVE:
             raise self.failed(f"the VM is {row['power_state']}")
-        if vbds:
-            raise self.failed(
-                "the VM has disks; xfer migrates the memory of VMs without disks only"
-            )
+        for vbd in vbds:
+            if not vbd.shared:
+                raise self.failed(
+                    f"the VM's disk {vbd.device} is VDI {vbd.vdi} on SR {vbd.sr}, which other"
+                    " hosts do not share: xfer migrates VMs whose disks are on shared SRs"
+                    " (storage migration is issue 11)"
+                )
         domain = self.host.guests.domain(self.vm)
         if domain is None:
             raise self.failed("the VM has no domain on this host")
         metadata = VmMetadata(
-            self.vm, row["name_label"], int(row["memory"]), int(row["vcpus"]), row["workload"]
+            self.vm,
+            row["name_label"],
+            int(row["memory"]),
+            int(row["vcpus"]),
+            row["workload"],
+            tuple(xenops.Vbd(vbd.device, vbd.vdi, vbd.sr) for vbd in vbds),
         )
         return domain, metadata, row["power_state"]
 
@@ -365,15 +373,30 @@ class Migration:
         await self.host.db.call(write)
 
 
-def _vm_and_vbds(host: HostServices, vm: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+@dataclass(frozen=True)
+class _Disk:
+    """A disk of the VM to move: its device, VDI, the VDI's SR and whether that is shared."""
+
+    device: str
+    vdi: str
+    sr: str
+    shared: bool
+
+
+def _vm_and_vbds(host: HostServices, vm: str) -> tuple[dict[str, Any], list[_Disk]]:
+    store = host.store
     try:
-        row = host.store.get("VM", vm)
+        row = store.get("VM", vm)
     except NotFound:
         raise ApiError(VM_MIGRATE_FAILED, ref(vm), ref(host.uuid), "", "no such VM") from None
-    return row, vms.vbds(host.store, vm)
+    disks = []
+    for vbd in vms.vbds(store, vm):
+        sr = store.get("SR", store.get("VDI", vbd["vdi"])["sr"])
+        disks.append(_Disk(vbd["device"], vbd["vdi"], sr["uuid"], bool(sr["shared"])))
+    return row, disks
 
 
 def _forget(host: HostServices, vm: str) -> None:
-    """The VM left this host: its record (and its VBDs) removed."""
-    with host.store.change():
-        host.store.delete("VM", vm)
+    """The VM left this host: its record and its VBDs removed (its VDIs stay: they are on
+    SRs the destination shares; the domain's claims on them ended with it)."""
+    vms.delete_vm(host.store, vm)

@@ -7,7 +7,8 @@ touched is zero at both ends and is not even read, which would make the kernel a
 the source); each later round sends what the guest wrote during the one
 before, the policy (:mod:`migrate.migration.policy`) deciding after each round whether to go
 on (throttling the guest if it outruns the link) or to stop the guest and send the rest. Not
-live: the guest is paused first and its memory sent once, like round 0. Then TSC info, HVM
+live: the guest is paused first and its memory sent once, like round 0. While the guest is
+paused its disks are synced, beside the copy of what remains. Then TSC info, HVM
 params, HVM_CONTEXT (the guest's register area) and END. The guest stays paused: the caller
 resumes it on failure or destroys it once the destination runs it.
 """
@@ -26,6 +27,7 @@ from migrate.guest.hypervisor import Domain
 from migrate.migration.channel import Channel
 from migrate.migration.pages import PageSender, expand_runs
 from migrate.migration.policy import PAGE_SIZE, PolicyConfig, Round, decide
+from migrate.nursery import open_nursery
 
 HVM_PARAMS: tuple[tuple[int, int], ...] = ()
 """xfer's guests have no HVM parameters to carry (the record is sent, empty)."""
@@ -99,7 +101,8 @@ class MemorySender:
         await out.send_bytes(libxc.static_data_end())
         if not self.live:
             await self._pause()
-            await out.send_pages(expand_runs(self.domain.populated()), detect_zero=True)
+            pages = expand_runs(self.domain.populated())
+            await self._with_disks_synced(out.send_pages(pages, detect_zero=True))
             self.report.stop_reason = "not live: paused, memory sent once"
         else:
             await self._precopy()
@@ -144,7 +147,15 @@ class MemorySender:
         # what the last round left, and what the guest wrote since, each page once
         final = np.union1d(expand_runs(dirty), expand_runs(domain.scan_dirty()))
         self.report.final_pages = len(final)
-        await out.send_pages(final, detect_zero=False)
+        await self._with_disks_synced(out.send_pages(final, detect_zero=False))
+
+    async def _with_disks_synced(self, copy: Awaitable[object]) -> None:
+        """Await ``copy`` (the final copy, the guest paused) while the guest's disk writes
+        are made durable: a host that attaches the same files (a shared SR) then finds
+        every write the guest was told is done, whatever befalls this one."""
+        async with open_nursery() as nursery:
+            nursery.start_soon(self.domain.sync_disks)
+            await copy
 
     async def _pause(self) -> None:
         if self._before_pause is not None:

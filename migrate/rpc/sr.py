@@ -26,7 +26,7 @@ def record(host: HostServices, row: dict[str, Any]) -> dict[str, Any]:
         "name_description": "",
         "type": SR_TYPE,
         "content_type": "",
-        "shared": False,
+        "shared": bool(row["shared"]),
         "VDIs": [ref(v["uuid"]) for v in vdis],
         "PBDs": [],
         "virtual_allocation": sum(int(v["virtual_size"]) for v in vdis),

@@ -19,9 +19,9 @@ from migrate.host.errors import (
 from migrate.host.services import HostServices
 from migrate.rpc import refs
 from migrate.rpc.values import api_str
-from migrate.rpc.vm import device_name, expect_state
+from migrate.rpc.vm import expect_state
 from migrate.state import vms
-from migrate.state.vms import LIVE
+from migrate.state.vms import LIVE, device_name
 
 CLASS = "VBD"
 FIELDS = (

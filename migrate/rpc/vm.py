@@ -37,7 +37,7 @@ from migrate.rpc import refs
 from migrate.rpc.values import api_bool, api_int, api_map, api_str
 from migrate.state import vms
 from migrate.state.store import Store
-from migrate.state.vms import LIVE, PowerState
+from migrate.state.vms import LIVE, PowerState, device_name
 from migrate.storage.sr import vdi_path
 
 CLASS = "VM"
@@ -113,11 +113,6 @@ def _in_state(store: Store, vm: str, expected: Sequence[PowerState]) -> dict[str
     row = refs.row(store, "VM", vm)
     expect_state(vm, row, expected)
     return row
-
-
-def device_name(userdevice: str) -> str:
-    """The guest's name of disk ``userdevice`` (``0`` is ``xvda``)."""
-    return "xvd" + chr(ord("a") + int(userdevice))
 
 
 def _guest_spec(host: HostServices, vm: str) -> tuple[GuestSpec, list[str]]:

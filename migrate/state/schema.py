@@ -135,6 +135,10 @@ MIGRATIONS: list[str] = [
 
     ALTER TABLE task ADD COLUMN other_config TEXT NOT NULL DEFAULT '{}';
     """,
+    # 4: SRs shared with other hosts (the same directory, attached by each)
+    """
+    ALTER TABLE sr ADD COLUMN shared INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 """Migration N (1-based) takes a database from user_version N-1 to N. Append, never edit."""
 

@@ -67,6 +67,11 @@ def insert_vbd(store: Store, vm: str, vdi: str, device: str, mode: str) -> str:
     return uuid
 
 
+def device_name(userdevice: str) -> str:
+    """The guest's name of disk ``userdevice`` (``0`` is ``xvda``)."""
+    return "xvd" + chr(ord("a") + int(userdevice))
+
+
 def vbds(store: Store, vm: str) -> list[dict[str, Any]]:
     """The VBD rows of VM ``vm``, in device order."""
     return sorted(store.all("VBD", vm=vm), key=lambda row: (len(row["device"]), row["device"]))

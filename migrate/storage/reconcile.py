@@ -81,14 +81,15 @@ def _introduce(store: Store, sr_uuid: str, path: str, uuid: str) -> str:
     return f"VDI {uuid}: introduced file {path} of {size} bytes"
 
 
-def _repair_files(store: Store, sr_uuid: str, sr_path: str) -> list[str]:
-    """Remove ``.part`` leftovers and introduce ``<uuid>.vhd`` files that have no row."""
+def _repair_files(store: Store, sr_uuid: str, sr_path: str, shared: bool) -> list[str]:
+    """Remove ``.part`` leftovers (not in a shared SR: they may be another host's writes in
+    progress) and introduce ``<uuid>.vhd`` files that have no row."""
     repairs: list[str] = []
     recorded = {row["uuid"] for row in store.all("VDI", sr=sr_uuid)}
     for name in sorted(os.listdir(sr_path)):
         path = os.path.join(sr_path, name)
         if name.startswith(".") and name.endswith(PART_SUFFIX):
-            if files.unlink(path):
+            if not shared and files.unlink(path):
                 repairs.append(f"removed partial file {path}")
             continue
         uuid = name.removesuffix(SUFFIX)
@@ -113,11 +114,33 @@ def reconcile(store: Store, sr_uuid: str) -> list[str]:
     missing are deleted; ``<uuid>.vhd`` files without a row are introduced as ready VDIs
     (files that are not VHDs are reported and left alone); ``.part`` leftovers are removed.
     Run at start-up, before any VDI of the SR is used.
+
+    In a shared SR only what this host's own rows say it was doing is finished or undone
+    (creations, destructions, snapshots it began); the files of VDIs other hosts created are
+    introduced, as xapi's ``SR.scan`` does, never removed, and ``.part`` files are left alone
+    (another host may be writing one; this host's next write of the VDI replaces its own).
     """
-    sr_path = store.get("SR", sr_uuid)["path"]
+    sr = store.get("SR", sr_uuid)
+    sr_path = sr["path"]
     repairs = repair_snapshots(store, sr_path, store.all("VDI", sr=sr_uuid))
     repairs += _repair_rows(store, sr_path, store.all("VDI", sr=sr_uuid))
-    repairs += _repair_files(store, sr_uuid, sr_path)
+    repairs += _repair_files(store, sr_uuid, sr_path, bool(sr["shared"]))
     if repairs:
         files.fsync_dir(sr_path)
     return repairs
+
+
+def introduce(store: Store, sr_uuid: str, vdi_uuid: str) -> str | None:
+    """Record VDI ``vdi_uuid``, whose file another host made in the shared SR ``sr_uuid``, as
+    ready here (``SR.scan`` for one VDI: a migration names it); None once it is recorded,
+    else why it cannot be (no such file, not a VHD, a VDI of another SR)."""
+    sr_path = store.get("SR", sr_uuid)["path"]
+    path = vdi_path(sr_path, check_uuid(vdi_uuid))
+    if not os.path.exists(path):
+        return f"SR {sr_uuid} has no file {path}"
+    with store.change():
+        repair = _introduce(store, sr_uuid, path, vdi_uuid)
+    if not repair.startswith(f"VDI {vdi_uuid}: introduced"):
+        return repair
+    log.info("%s", repair)
+    return None

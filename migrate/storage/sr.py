@@ -9,6 +9,7 @@ what a crash interrupted. Plain synchronous code, run inside the host's database
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid as uuidlib
 from typing import Any
@@ -19,6 +20,9 @@ from migrate.storage import files
 
 SUFFIX = ".vhd"
 PART_SUFFIX = ".vhd.part"
+IDENTITY_FILE = ".xfer-sr.json"
+"""In a shared SR's directory: its identity, ``{"uuid": ..., "shared": true}``, the same for
+every host that attaches the directory."""
 
 
 class VdiInUse(Exception):
@@ -44,15 +48,88 @@ def vdi_path(sr_path: str, uuid: str) -> str:
     return os.path.join(sr_path, f"{check_uuid(uuid)}{SUFFIX}")
 
 
-def ensure_sr(store: Store, path: str, name_label: str, *, default: bool = False) -> str:
+class SrIdentityError(ValueError):
+    """A shared SR's identity file that cannot be read or does not fit this host's records."""
+
+
+def _read_identity(path: str) -> str | None:
+    """The uuid a shared SR directory ``path`` records (None when it records none)."""
+    name = os.path.join(path, IDENTITY_FILE)
+    try:
+        with open(name, "rb") as f:
+            document = json.loads(f.read(4096))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise SrIdentityError(f"{name}: not an SR identity ({e})") from None
+    if not isinstance(document, dict) or document.get("shared") is not True:
+        raise SrIdentityError(f"{name}: not a shared SR's identity")
+    value = document.get("uuid")
+    try:
+        return check_uuid(str(value))
+    except ValueError:
+        raise SrIdentityError(f"{name}: uuid {value!r} is not a lowercase uuid") from None
+
+
+def shared_identity(path: str, proposed: str) -> str:
+    """The uuid of the shared SR in directory ``path``: the one its identity file records,
+    or ``proposed``, recorded there first. The file is written under a temporary name, synced
+    and linked into place, so that of two hosts attaching the directory at once one writes
+    it and the other adopts it."""
+    recorded = _read_identity(path)
+    if recorded is not None:
+        return recorded
+    final = os.path.join(path, IDENTITY_FILE)
+    temporary = os.path.join(path, f"{IDENTITY_FILE}.{uuidlib.uuid4()}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8") as f:
+            json.dump({"uuid": check_uuid(proposed), "shared": True}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another host was first: its uuid wins
+            os.link(temporary, final)
+    finally:
+        files.unlink(temporary)
+    files.fsync_dir(path)
+    recorded = _read_identity(path)
+    if recorded is None:
+        raise SrIdentityError(f"{final}: vanished as it was written")
+    return recorded
+
+
+def ensure_sr(
+    store: Store, path: str, name_label: str, *, default: bool = False, shared: bool = False
+) -> str:
     """The uuid of the SR whose directory is ``path``, creating directory and row if needed.
 
     The directory is created with mode 0o700 and recorded by its canonical absolute path. With
-    ``default`` this SR becomes the only default one.
+    ``default`` this SR becomes the only default one. ``shared`` (or an identity file in the
+    directory, :data:`IDENTITY_FILE`) makes it an SR other hosts attach too: its uuid is the
+    one the directory records (written there by the first host, from this host's row if it
+    had one), and its row is marked shared. SrIdentityError when that uuid is already another
+    SR's here.
     """
     os.makedirs(path, mode=0o700, exist_ok=True)
     path = os.path.realpath(path)
     rows = store.all("SR", path=path)
+    if shared or os.path.exists(os.path.join(path, IDENTITY_FILE)):
+        sr_uuid = shared_identity(path, str(rows[0]["uuid"]) if rows else str(uuidlib.uuid4()))
+        if rows and rows[0]["uuid"] != sr_uuid:
+            raise SrIdentityError(
+                f"{path} is SR {sr_uuid} on the hosts sharing it, SR {rows[0]['uuid']} here"
+            )
+        clash = [row for row in store.all("SR", uuid=sr_uuid) if row["path"] != path]
+        if clash:
+            raise SrIdentityError(f"SR {sr_uuid} of {path} is already at {clash[0]['path']} here")
+        if not rows:
+            with store.change():
+                fields = {"uuid": sr_uuid, "name_label": name_label, "path": path, "shared": 1}
+                store.insert("SR", {**fields, "is_default": 0})
+            rows = store.all("SR", path=path)
+        elif not rows[0]["shared"]:
+            with store.change():
+                store.update("SR", sr_uuid, {"shared": 1})
+            rows = store.all("SR", path=path)
     others = [row["uuid"] for row in store.all("SR", is_default=1) if row["path"] != path]
     if rows and not (default and (others or not rows[0]["is_default"])):
         return str(rows[0]["uuid"])
@@ -68,6 +145,11 @@ def ensure_sr(store: Store, path: str, name_label: str, *, default: bool = False
             for other in others:
                 store.update("SR", other, {"is_default": 0})
     return sr_uuid
+
+
+def is_shared(store: Store, sr_uuid: str) -> bool:
+    """Whether SR ``sr_uuid`` is shared with other hosts."""
+    return bool(store.get("SR", sr_uuid)["shared"])
 
 
 def part_path(store: Store, vdi_uuid: str) -> str:

@@ -158,7 +158,18 @@ async def test_receive_failure_ends_the_worker() -> None:
 async def test_cancelled_while_writing() -> None:
     """Cancelled mid-body, once the first piece was written: receive_body returns (the
     worker drains and ends) before the rest of the body went in."""
-    body, decoder = Body(), Recorder()
+    cancelled = threading.Event()
+
+    class HeldRecorder(Recorder):
+        """Holds its first piece until the cancel is made: the body cannot all go in first,
+        however late the canceller runs on a loaded host."""
+
+        def feed(self, data: memoryview) -> None:
+            super().feed(data)
+            if self.fed == len(data):
+                cancelled.wait(10)
+
+    body, decoder = Body(), HeldRecorder()
     limiter = trio.CapacityLimiter(1)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -166,6 +177,7 @@ async def test_cancelled_while_writing() -> None:
             async def cancel_once_writing() -> None:
                 await wait_until(lambda: decoder.fed > 0, what="the first piece written")
                 nursery.cancel_scope.cancel()
+                cancelled.set()
 
             nursery.start_soon(cancel_once_writing)
             await receive_body(nursery, body.fill, decoder, BUFFER_SIZE, lambda n: None, limiter)

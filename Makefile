@@ -58,6 +58,7 @@ bench: venv deps $(VENV)/.bench-stamp
 	@rc=0; \
 	$(PY) bench/vhd_convert.py || rc=1; \
 	$(PY) bench/vdi_transfer.py || rc=1; \
+	$(PY) bench/guest_primitives.py || rc=1; \
 	$(PY) bench/vm_migration.py || rc=1; \
 	exit $$rc
 

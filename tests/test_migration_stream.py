@@ -73,7 +73,7 @@ async def migrate_once(
         )
 
     receiver = MemoryReceiver(into, create, memory // 4096)  # type: ignore[arg-type]
-    sender = MemorySender(source, out, PolicyConfig(), live=live, verify=True)
+    sender = MemorySender(source, out, PolicyConfig(), live=live)
     async with trio.open_nursery() as nursery:
         received: list[object] = []
 
@@ -87,7 +87,7 @@ async def migrate_once(
     destination_fd = destination._ram_fd
     assert got == metadata
     assert source.paused and destination.paused
-    assert report.digest == hashlib.sha256(destination.memory).hexdigest()
+    assert hashlib.sha256(source.memory).digest() == hashlib.sha256(destination.memory).digest()
     assert destination.cpu_state() == source.cpu_state()
     if live:
         assert report.rounds and report.stop_reason

@@ -376,7 +376,7 @@ class Demo:
         )
         ended = time.time_ns()
         report = parse_report(out)
-        note = " (--verify: the downtime includes hashing the memory on both hosts)"
+        note = " (--verify: the downtime includes the destination hashing the memory)"
         self.migration_reports.append(
             f"{name}{note if '--verify' in args else ''}\n\n{render(report)}"
         )

@@ -42,7 +42,7 @@ from migrate.host.services import HostServices
 from migrate.migration.channel import Channel, ChannelError, RemoteError
 from migrate.migration.connect import Destination, DestinationError
 from migrate.migration.policy import PolicyConfig, PolicyError, Round, link_rate
-from migrate.migration.sender import MemorySender, SendReport
+from migrate.migration.sender import MemorySender, SendReport, memory_digest
 from migrate.nursery import open_nursery
 from migrate.state import vms
 from migrate.state.store import NotFound
@@ -157,6 +157,8 @@ class Migration:
         self.state = "running"
         self.started = time.monotonic()
         self.downtime: float | None = None
+        self.resumed_at: float | None = None
+        """trio time the destination's word that it runs the VM arrived (the downtime's end)."""
         self.digests: dict[str, str] | None = None
         self.progress = 0.0
         self.memory = 0
@@ -234,7 +236,11 @@ class Migration:
             await self._send_image(domain, metadata, vm_ch, mem_ch)
             await vm_ch.send_sync()  # done: the destination resumes the VM when it has this
             done_sent = True
-            await vm_ch.recv_sync("the destination resuming the VM", DONE_TIMEOUT)
+            async with open_nursery() as nursery:
+                if self.options.verify:  # while the destination digests its copy
+                    nursery.start_soon(self._digest_source, domain)
+                await vm_ch.recv_sync("the destination resuming the VM", DONE_TIMEOUT)
+                self.resumed_at = trio.current_time()
         except BaseException as e:
             if done_sent:
                 with trio.CancelScope(shield=True):
@@ -265,7 +271,6 @@ class Migration:
             mem_ch,
             self.options.policy,
             live=self.options.live,
-            verify=self.options.verify,
             progress=self._set_progress,
             before_pause=domain_created,
         )
@@ -284,8 +289,13 @@ class Migration:
             except ChannelError:
                 pass
             raise e from None
-        if self.options.verify:
-            self.digests = {"source": sender.report.digest or ""}
+
+    async def _digest_source(self, domain: Domain) -> None:
+        """sha256 of the source's memory as it was at the pause (the guest stays paused here
+        until destroyed or resumed), taken beside the destination's own digest rather than
+        before "done", so that the two are not both in the downtime."""
+        digest = await trio.to_thread.run_sync(memory_digest, domain.memory)
+        self.digests = {**(self.digests or {}), "source": digest}
 
     def _set_progress(self, fraction: float) -> None:
         self.progress = fraction
@@ -330,7 +340,7 @@ class Migration:
         with trio.CancelScope(shield=True):
             paused_at = self.report.paused_at
             if paused_at is not None:
-                self.downtime = trio.current_time() - paused_at
+                self.downtime = (self.resumed_at or trio.current_time()) - paused_at
             if self.digests is not None and "destination" not in self.digests:
                 await self._outcome()
             await domain.destroy()

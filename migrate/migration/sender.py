@@ -43,8 +43,6 @@ class SendReport:
     """trio time of the pause (the downtime starts there)."""
     final_pages: int = 0
     bytes: int = 0
-    digest: str | None = None
-    """sha256 of the memory at the pause (when asked)."""
 
 
 class MemorySender:
@@ -58,7 +56,6 @@ class MemorySender:
         config: PolicyConfig,
         *,
         live: bool,
-        verify: bool = False,
         progress: Callable[[float], None] | None = None,
         on_round: Callable[[SendReport], None] | None = None,
         before_pause: Callable[[], Awaitable[None]] | None = None,
@@ -67,7 +64,6 @@ class MemorySender:
         self.channel = channel
         self.config = config
         self.live = live
-        self.verify = verify
         self.report = SendReport()
         self._progress = progress
         self._on_round = on_round
@@ -114,8 +110,6 @@ class MemorySender:
             + suffix
         )
         await out.flush()
-        if self.verify:
-            self.report.digest = await trio.to_thread.run_sync(memory_digest, self.domain.memory)
         return self.report
 
     async def _precopy(self) -> None:

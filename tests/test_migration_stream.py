@@ -19,7 +19,7 @@ from migrate.guest.hypervisor import GuestSpec
 from migrate.guest.processes import ProcessHypervisor
 from migrate.guest.workloads import check_ledger, read_ledger
 from migrate.migration.channel import Channel
-from migrate.migration.pages import expand_runs, page_words, zero_pages
+from migrate.migration.pages import expand_runs, page_words, union_of_runs, zero_pages
 from migrate.migration.policy import PolicyConfig
 from migrate.migration.receiver import ImageError, MemoryReceiver
 from migrate.migration.sender import MemorySender
@@ -41,6 +41,14 @@ async def hypervisors(
 def pair() -> tuple[Channel, Channel]:
     a, b = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return Channel(trio.SocketStream(a), "mem"), Channel(trio.SocketStream(b), "mem")
+
+
+def test_union_of_runs() -> None:
+    a = np.array([[2, 5], [9, 10]], dtype=np.int64)
+    b = np.array([[4, 7], [12, 14]], dtype=np.int64)
+    assert union_of_runs(16, a, b).tolist() == [2, 3, 4, 5, 6, 9, 12, 13]
+    assert union_of_runs(16, a, np.empty((0, 2), dtype=np.int64)).tolist() == [2, 3, 4, 9]
+    assert union_of_runs(16).dtype == np.int64
 
 
 def test_expand_runs_and_zero_pages() -> None:

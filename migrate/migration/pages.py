@@ -47,6 +47,16 @@ def expand_runs(runs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     return starts + np.arange(total, dtype=np.int64)
 
 
+def union_of_runs(pages: int, *runs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """The pages of all the ``[start, end)`` runs of a guest of ``pages`` pages, each once,
+    ascending. A mask, not ``np.union1d``: the first call of that in a process took 14 ms
+    (numpy loading its sorting), and this runs in the downtime."""
+    mask = np.zeros(pages, dtype=bool)
+    for each in runs:
+        mask[expand_runs(each)] = True
+    return np.flatnonzero(mask).astype(np.int64)
+
+
 def zero_pages(words: npt.NDArray[np.uint64], pfns: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
     """Which of ``pfns`` are all zero: their first word, then the whole page of those whose
     first word is zero (random or written memory is decided by one word a page)."""

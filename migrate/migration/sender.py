@@ -19,13 +19,12 @@ import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import trio
 
 from migrate.formats import libxc
 from migrate.guest.hypervisor import Domain
 from migrate.migration.channel import Channel
-from migrate.migration.pages import PageSender, expand_runs
+from migrate.migration.pages import PageSender, expand_runs, union_of_runs
 from migrate.migration.policy import PAGE_SIZE, PolicyConfig, Round, decide
 from migrate.nursery import open_nursery
 
@@ -139,7 +138,7 @@ class MemorySender:
         await self._pause()
         domain.set_throttle(0.0)
         # what the last round left, and what the guest wrote since, each page once
-        final = np.union1d(expand_runs(dirty), expand_runs(domain.scan_dirty()))
+        final = union_of_runs(self.pages, dirty, domain.scan_dirty())
         self.report.final_pages = len(final)
         await self._with_disks_synced(out.send_pages(final, detect_zero=False))
 
